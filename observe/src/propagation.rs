@@ -1,0 +1,264 @@
+//! W3C Trace Context across process boundaries.
+//!
+//! A trace is one tree of spans spread over many processes. What crosses the wire
+//! is only the parent's identity: the `traceparent` header
+//! (`00-<trace id, 32 hex>-<span id, 16 hex>-<flags>`) and optional `tracestate`.
+//! The sender *injects* the current span's context into request metadata; the
+//! receiver *extracts* it and makes it the parent of its own server span. Both
+//! sides here use [`TraceContextPropagator`] directly rather than the global
+//! propagator, so the wire format cannot change with process configuration.
+
+use opentelemetry::Context;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The current `tracing` span's trace id as 32 lowercase hex chars, or `None` when
+/// no valid OpenTelemetry context is active.
+pub fn current_trace_id() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// The current `tracing` span's span id as 16 lowercase hex chars.
+pub fn current_span_id() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.span_id().to_string())
+}
+
+/// gRPC: inject on the client, extract on the server.
+pub mod grpc {
+    use super::*;
+    use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+
+    /// A tonic client interceptor that writes the current span's context into the
+    /// outgoing request's metadata (`traceparent`, `tracestate`).
+    ///
+    /// ```ignore
+    /// let client = DiagClient::with_interceptor(channel, observe::grpc::InjectContext);
+    /// ```
+    ///
+    /// The interceptor runs when the call is made, inside the caller's span, so
+    /// the callee's server span becomes a child of whatever span issued the call
+    /// (use [`client_span`] to give the call a span of its own).
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct InjectContext;
+
+    impl tonic::service::Interceptor for InjectContext {
+        fn call(
+            &mut self,
+            mut request: tonic::Request<()>,
+        ) -> Result<tonic::Request<()>, tonic::Status> {
+            inject(&tracing::Span::current().context(), request.metadata_mut());
+            Ok(request)
+        }
+    }
+
+    /// Writes `cx` into gRPC metadata.
+    pub fn inject(cx: &Context, metadata: &mut MetadataMap) {
+        TraceContextPropagator::new().inject_context(cx, &mut MetadataInjector(metadata));
+    }
+
+    /// Reads a context from gRPC metadata (an empty context when absent or invalid).
+    pub fn extract(metadata: &MetadataMap) -> Context {
+        TraceContextPropagator::new().extract(&MetadataExtractor(metadata))
+    }
+
+    /// Builds the server span for an incoming gRPC request, parented to the context
+    /// the client sent. Pass it to tonic's `Server::builder().trace_fn(...)`: tonic
+    /// then runs the whole request (handler and response body) inside this span.
+    ///
+    /// The span is named after the method (`mlstack.kv.v1.KV/Put`) with the
+    /// OpenTelemetry RPC semantic-convention attributes.
+    pub fn server_span(request: &http::Request<()>) -> tracing::Span {
+        let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
+        let path = request.uri().path().trim_start_matches('/');
+        let (service, method) = path.split_once('/').unwrap_or((path, ""));
+        let span = tracing::info_span!(
+            "grpc.server",
+            otel.name = %path,
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+        );
+        // set_parent fails only when the span is disabled by the filter; there is
+        // then nothing to parent.
+        let _ = span.set_parent(parent);
+        span
+    }
+
+    /// A span for an outgoing call (`otel.kind = client`). Enter it (or
+    /// `.instrument()` the call's future) before calling through an
+    /// [`InjectContext`] client so the callee's span hangs below it.
+    pub fn client_span(service: &str, method: &str) -> tracing::Span {
+        tracing::info_span!(
+            "grpc.client",
+            otel.name = %format!("{service}/{method}"),
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+        )
+    }
+
+    struct MetadataInjector<'a>(&'a mut MetadataMap);
+
+    impl Injector for MetadataInjector<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            // Keys from the W3C propagator are lowercase ASCII and values are
+            // printable ASCII, so these conversions do not fail in practice; a
+            // failure drops only the header, never the request.
+            if let (Ok(k), Ok(v)) = (
+                MetadataKey::from_bytes(key.as_bytes()),
+                MetadataValue::try_from(value.as_str()),
+            ) {
+                self.0.insert(k, v);
+            }
+        }
+    }
+
+    struct MetadataExtractor<'a>(&'a MetadataMap);
+
+    impl Extractor for MetadataExtractor<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0
+                .keys()
+                .filter_map(|k| match k {
+                    tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+                    tonic::metadata::KeyRef::Binary(_) => None,
+                })
+                .collect()
+        }
+    }
+
+    struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+    impl Extractor for HeaderExtractor<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(|k| k.as_str()).collect()
+        }
+    }
+}
+
+/// Kafka: trace context in message headers, so a consumer's processing span can
+/// link to (or continue) the producer's trace.
+///
+/// The helpers take and return plain `(name, bytes)` pairs so this crate does not
+/// depend on a Kafka client; `stream` adapts them to `rdkafka`'s `OwnedHeaders`.
+pub mod kafka {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// The current span's context as Kafka headers (`traceparent`, and
+    /// `tracestate` when set). Empty when no valid context is active.
+    pub fn inject() -> Vec<(String, Vec<u8>)> {
+        inject_context(&tracing::Span::current().context())
+    }
+
+    /// `cx` as Kafka headers.
+    pub fn inject_context(cx: &Context) -> Vec<(String, Vec<u8>)> {
+        let mut map: HashMap<String, String> = HashMap::new();
+        TraceContextPropagator::new().inject_context(cx, &mut map);
+        let mut headers: Vec<_> = map.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+        headers.sort();
+        headers
+    }
+
+    /// The context carried by a message's headers. Header values that are not
+    /// UTF-8 are ignored; with no valid `traceparent` the result is empty.
+    pub fn extract<'a, I>(headers: I) -> Context
+    where
+        I: IntoIterator<Item = (&'a str, &'a [u8])>,
+    {
+        let map: HashMap<String, String> = headers
+            .into_iter()
+            .filter_map(|(k, v)| {
+                std::str::from_utf8(v)
+                    .ok()
+                    .map(|v| (k.to_ascii_lowercase(), v.to_string()))
+            })
+            .collect();
+        TraceContextPropagator::new().extract(&map)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+
+    fn remote_cx() -> (Context, TraceId, SpanId) {
+        let trace_id = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("hex");
+        let span_id = SpanId::from_hex("00f067aa0ba902b7").expect("hex");
+        let sc = SpanContext::new(
+            trace_id,
+            span_id,
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        (Context::new().with_remote_span_context(sc), trace_id, span_id)
+    }
+
+    #[test]
+    fn kafka_headers_round_trip_the_w3c_context() {
+        let (cx, trace_id, span_id) = remote_cx();
+        let headers = kafka::inject_context(&cx);
+        let tp = headers
+            .iter()
+            .find(|(k, _)| k == "traceparent")
+            .map(|(_, v)| String::from_utf8_lossy(v).to_string());
+        assert_eq!(
+            tp.as_deref(),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+        let back = kafka::extract(headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+        let sc = back.span().span_context().clone();
+        assert!(sc.is_remote());
+        assert_eq!(sc.trace_id(), trace_id);
+        assert_eq!(sc.span_id(), span_id);
+    }
+
+    #[test]
+    fn kafka_extract_ignores_garbage() {
+        let garbage: Vec<(&str, &[u8])> = vec![
+            ("traceparent", b"not-a-traceparent"),
+            ("other", &[0xff, 0xfe]),
+        ];
+        let cx = kafka::extract(garbage);
+        assert!(!cx.span().span_context().is_valid());
+        assert!(kafka::extract(Vec::<(&str, &[u8])>::new())
+            .span()
+            .span_context()
+            .trace_id()
+            == TraceId::INVALID);
+    }
+
+    #[test]
+    fn grpc_metadata_round_trips_the_w3c_context() {
+        let (cx, trace_id, span_id) = remote_cx();
+        let mut md = tonic::metadata::MetadataMap::new();
+        grpc::inject(&cx, &mut md);
+        assert!(md.get("traceparent").is_some(), "{md:?}");
+        let back = grpc::extract(&md);
+        assert_eq!(back.span().span_context().trace_id(), trace_id);
+        assert_eq!(back.span().span_context().span_id(), span_id);
+    }
+
+    #[test]
+    fn no_active_span_means_no_ids() {
+        // No subscriber in this unit-test process: nothing to report.
+        assert_eq!(current_trace_id(), None);
+        assert!(kafka::inject().is_empty());
+    }
+}
