@@ -1,1 +1,92 @@
+//! # mlstack: the command-line front of a miniature ML systems stack
+//!
+//! One binary, `mlstack`, whose subcommands call into the component crates
+//! (`ARCHITECTURE.md`, "Conventions"). This crate stays thin: argument parsing,
+//! process wiring (observability, signals, servers), and the end-to-end demo.
+//! The ideas live in the component crates.
+//!
+//! # Layout
+//! - [`cli`]: the clap command tree; every flag also reads `MLSTACK_<FLAG>`.
+//! - [`diag`]: the `mlstack.diag.v1.Diag` service every gRPC server mounts, and
+//!   `mlstack diag serve|ping`.
+//! - [`demo`]: `mlstack demo`, which drives whatever exists of the data path.
+//! - [`run`]: dispatch from a parsed command line to the component.
 
+pub mod cli;
+pub mod demo;
+pub mod diag;
+
+use cli::{Cli, Command, DiagCommand};
+
+/// Errors the CLI reports; each component's own error is carried with context.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Observe(#[from] observe::Error),
+    #[error(transparent)]
+    Proto(#[from] proto::Error),
+    /// A gRPC call failed.
+    #[error("{what} at {endpoint}: {code:?}: {message}")]
+    Rpc {
+        what: &'static str,
+        endpoint: String,
+        code: tonic::Code,
+        message: String,
+    },
+    /// A server could not bind or serve.
+    #[error("{what} on {addr}: {reason}")]
+    Serve {
+        what: &'static str,
+        addr: String,
+        reason: String,
+    },
+    /// An HTTP request (metrics scrape, readiness probe) failed.
+    #[error("GET {url}: {reason}")]
+    Http { url: String, reason: String },
+    /// The demo found a result that contradicts what it demonstrates.
+    #[error("demo check failed: {0}")]
+    DemoCheck(String),
+}
+
+impl Error {
+    pub(crate) fn rpc(what: &'static str, endpoint: &str, status: tonic::Status) -> Self {
+        Self::Rpc {
+            what,
+            endpoint: endpoint.to_string(),
+            code: status.code(),
+            message: status.message().to_string(),
+        }
+    }
+}
+
+/// Sets up observability for `service` the way the command line asked.
+pub fn init_observe(cli: &Cli, service: &str) -> Result<observe::Telemetry, Error> {
+    let mut config = observe::Config::from_env(service);
+    config.log_format = cli.log_format;
+    Ok(observe::init_with(config)?)
+}
+
+/// Runs one parsed command line to completion.
+pub async fn run(cli: Cli) -> Result<(), Error> {
+    match &cli.command {
+        Command::Demo(args) => {
+            let telemetry = init_observe(&cli, "demo")?;
+            let result = demo::run(args, &telemetry).await;
+            telemetry.shutdown().await?;
+            result
+        }
+        Command::Diag(DiagCommand::Serve(args)) => {
+            let telemetry = init_observe(&cli, "diag")?;
+            let result = diag::serve_until_signal(args, &telemetry).await;
+            // Flush even when serving failed: the spans explain the failure.
+            telemetry.shutdown().await?;
+            result
+        }
+        Command::Diag(DiagCommand::Ping(args)) => {
+            let telemetry = init_observe(&cli, "diag-client")?;
+            let result = diag::ping_command(args).await;
+            telemetry.shutdown().await?;
+            result
+        }
+    }
+}

@@ -207,7 +207,11 @@ mod tests {
             true,
             TraceState::default(),
         );
-        (Context::new().with_remote_span_context(sc), trace_id, span_id)
+        (
+            Context::new().with_remote_span_context(sc),
+            trace_id,
+            span_id,
+        )
     }
 
     #[test]
@@ -237,11 +241,13 @@ mod tests {
         ];
         let cx = kafka::extract(garbage);
         assert!(!cx.span().span_context().is_valid());
-        assert!(kafka::extract(Vec::<(&str, &[u8])>::new())
-            .span()
-            .span_context()
-            .trace_id()
-            == TraceId::INVALID);
+        assert!(
+            kafka::extract(Vec::<(&str, &[u8])>::new())
+                .span()
+                .span_context()
+                .trace_id()
+                == TraceId::INVALID
+        );
     }
 
     #[test]

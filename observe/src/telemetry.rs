@@ -175,9 +175,7 @@ pub fn init_with(config: Config) -> Result<Telemetry, Error> {
     opentelemetry::global::set_tracer_provider(provider.clone());
 
     let otel_layer = tracing_opentelemetry::layer().with_tracer(tracer);
-    let registry = tracing_subscriber::registry()
-        .with(filter)
-        .with(otel_layer);
+    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
     let installed = match config.log_format {
         LogFormat::Text => registry
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
@@ -218,7 +216,9 @@ mod tests {
     fn log_format_parses_and_rejects() {
         assert_eq!("json".parse::<LogFormat>().ok(), Some(LogFormat::Json));
         assert_eq!("TEXT".parse::<LogFormat>().ok(), Some(LogFormat::Text));
-        let err = "yaml".parse::<LogFormat>().expect_err("yaml is not a format");
+        let err = "yaml"
+            .parse::<LogFormat>()
+            .expect_err("yaml is not a format");
         assert!(err.to_string().contains("yaml"), "{err}");
     }
 

@@ -4,7 +4,9 @@
 use observe::{MetricsServer, Readiness};
 
 async fn get(url: &str) -> (u16, String) {
-    let resp = reqwest::get(url).await.expect("HTTP request to the metrics server");
+    let resp = reqwest::get(url)
+        .await
+        .expect("HTTP request to the metrics server");
     let status = resp.status().as_u16();
     (status, resp.text().await.expect("body"))
 }
@@ -24,7 +26,10 @@ async fn readyz_flips_from_503_to_200_when_the_component_is_ready() {
     assert_eq!(get(&format!("{base}/readyz")).await.0, 503);
     assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
     ready.set_ready(true);
-    assert_eq!(get(&format!("{base}/readyz")).await, (200, "ready\n".into()));
+    assert_eq!(
+        get(&format!("{base}/readyz")).await,
+        (200, "ready\n".into())
+    );
     ready.set_ready(false);
     assert_eq!(get(&format!("{base}/readyz")).await.0, 503);
     server.stop().await;
@@ -46,7 +51,10 @@ async fn metrics_exposes_registered_and_process_metrics() {
     let dup = observe::metrics::register(
         prometheus::IntCounter::new("mlstack_test_events_total", "dup").expect("valid"),
     );
-    assert!(matches!(dup, Err(observe::Error::Register { .. })), "{dup:?}");
+    assert!(
+        matches!(dup, Err(observe::Error::Register { .. })),
+        "{dup:?}"
+    );
 
     let server = MetricsServer::start(
         "127.0.0.1:0".parse().expect("addr"),

@@ -71,7 +71,10 @@ mod tests {
             .expect("embedded descriptor set decodes");
         let packages: Vec<_> = fds.file.iter().filter_map(|f| f.package.clone()).collect();
         for want in ["mlstack.diag.v1", "mlstack.kv.v1", "mlstack.infer.v1"] {
-            assert!(packages.iter().any(|p| p == want), "{want} missing from {packages:?}");
+            assert!(
+                packages.iter().any(|p| p == want),
+                "{want} missing from {packages:?}"
+            );
         }
     }
 

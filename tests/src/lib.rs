@@ -1,1 +1,146 @@
-//! placeholder
+//! # tests: cross-component integration tests and drills
+//!
+//! The tests here run mlstack the way users do: the real `mlstack` binary as
+//! child processes, real gRPC clients, a real Prometheus server, an OTLP receiver
+//! speaking the collector's gRPC protocol. This library holds the harness they
+//! share.
+//!
+//! # Layout
+//! - [`mlstack_bin`]: the path of the `mlstack` binary under test.
+//! - [`Proc`]: a child process killed on drop, with its first stdout line parsed.
+//! - [`otlp`]: an in-test OTLP `TraceService` receiver that records spans.
+//! - Tests: `tests/trace_propagation.rs`, `tests/prometheus_scrape.rs`.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub mod otlp;
+
+/// The `mlstack` binary of this build, (re)built once per test process so a test
+/// never runs a stale binary (`cargo build` is a no-op when it is fresh).
+pub fn mlstack_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // current_exe = target/<profile>/deps/<test>-<hash>
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("target/<profile> directory")
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "mlstack", "--bin", "mlstack"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .status()
+            .expect("running cargo build -p mlstack --bin mlstack");
+        assert!(
+            status.success(),
+            "cargo build -p mlstack --bin mlstack failed"
+        );
+        let bin = profile_dir.join("mlstack");
+        assert!(
+            bin.exists(),
+            "mlstack binary not found at {}",
+            bin.display()
+        );
+        bin
+    })
+    .clone()
+}
+
+/// A child process that is SIGKILLed on drop unless it already exited.
+#[derive(Debug)]
+pub struct Proc {
+    pub child: Child,
+    /// The first line the process printed on stdout, parsed as JSON.
+    pub hello: serde_json::Value,
+}
+
+impl Proc {
+    /// Spawns `mlstack ARGS` with extra environment, waits (up to 30 s) for its
+    /// first stdout line and parses it as JSON.
+    pub fn spawn_mlstack(args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(mlstack_bin());
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawning mlstack");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("mlstack {args:?} printed nothing within 30 s");
+            }
+        };
+        let hello = match serde_json::from_str(line.trim()) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = child.kill();
+                panic!("mlstack {args:?} first line {line:?} is not JSON: {e}");
+            }
+        };
+        Proc { child, hello }
+    }
+
+    /// A string field of the first line.
+    pub fn field(&self, key: &str) -> String {
+        self.hello[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("field {key} missing from {}", self.hello))
+            .to_string()
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for a clean exit; returns the status.
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) with a pid we own; no memory is shared.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM) failed for pid {pid}");
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waitpid") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pid {pid} did not exit within {timeout:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A port that was free a moment ago (for servers that are not ours to bind).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral port")
+}
