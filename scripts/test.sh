@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# mlstack's test command (the README's second command; .ci/run calls exactly this).
+#
+# 1. Installs what the suite needs, idempotently: each step checks first and
+#    installs only what is missing, so a second run installs nothing.
+#      - Debian: prometheus (a real Prometheus server scrapes /metrics in tests).
+#      - rustup components: rustfmt, clippy.
+#    No system protoc is needed: .proto files compile with protox (pure Rust).
+# 2. Runs: cargo fmt --check, cargo clippy -D warnings, cargo test --workspace
+#    (unit tests, each crate's tests/, and the cross-component tests/ crate).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*"; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+log "dependencies"
+apt_missing=()
+command -v prometheus >/dev/null 2>&1 || apt_missing+=(prometheus)
+if [ "${#apt_missing[@]}" -gt 0 ]; then
+  echo "installing Debian packages: ${apt_missing[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${apt_missing[@]}"
+else
+  echo "Debian packages present: prometheus"
+fi
+for component in rustfmt clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^${component}"; then
+    rustup component add "$component"
+  fi
+done
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "cargo test"
+cargo test --workspace --locked
