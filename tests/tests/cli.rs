@@ -58,8 +58,16 @@ fn bad_input_is_refused_with_a_clear_message() {
 
 #[test]
 fn demo_drives_the_stack_and_reports_one_trace() {
-    let (ok, out, err) = run(&["demo", "--json"]);
+    let (ok, out, err) = run(&["--log-format", "json", "demo", "--json"]);
     assert!(ok, "demo failed:\n{err}");
+    // --log-format json: every log line on stderr is one JSON object.
+    let log_lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!log_lines.is_empty(), "no log lines at the default level");
+    for line in log_lines {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
     let report: serde_json::Value = serde_json::from_str(out.trim()).expect("demo prints JSON");
     assert_eq!(report["observe"]["readyz_before"], 503);
     assert_eq!(report["observe"]["readyz_after"], 200);
