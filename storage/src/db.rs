@@ -453,6 +453,34 @@ impl Db {
         Ok(())
     }
 
+    /// Blocks until no flush is pending and no level is over its compaction
+    /// trigger (or a background error stops the work). Benchmarks call it
+    /// before measuring write and space amplification.
+    pub fn wait_for_background(&self) -> Result<()> {
+        loop {
+            {
+                let mut st = self.inner.state.lock();
+                if let Some(e) = &st.bg_error {
+                    return Err(Error::Background {
+                        job: "background",
+                        reason: e.clone(),
+                    });
+                }
+                let idle = st.imms.is_empty() && !self.inner.needs_compaction(&st.version);
+                if !idle {
+                    self.inner.bg_cv.notify_all();
+                    self.inner.bg_cv.wait_for(&mut st, Duration::from_millis(50));
+                    continue;
+                }
+            }
+            // Idle by the numbers; make sure no compaction is mid-install.
+            if self.inner.compaction.try_lock().is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Counters and the level shape.
     pub fn stats(&self) -> DbStats {
         let st = self.inner.state.lock();
