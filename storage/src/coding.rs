@@ -97,6 +97,9 @@ mod tests {
 
     #[test]
     fn crc_append_equals_crc_of_concatenation() {
-        assert_eq!(crc32c_append(crc32c(b"hello "), b"world"), crc32c(b"hello world"));
+        assert_eq!(
+            crc32c_append(crc32c(b"hello "), b"world"),
+            crc32c(b"hello world")
+        );
     }
 }

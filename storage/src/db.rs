@@ -310,7 +310,11 @@ impl Db {
 
     /// Point lookup: newest structure first, stopping at the first version
     /// visible at the read's sequence number.
-    pub fn get_opt(&self, key: impl AsRef<[u8]>, opts: &ReadOptions<'_>) -> Result<Option<Vec<u8>>> {
+    pub fn get_opt(
+        &self,
+        key: impl AsRef<[u8]>,
+        opts: &ReadOptions<'_>,
+    ) -> Result<Option<Vec<u8>>> {
         let key = key.as_ref();
         // Sequence first, then the view: the view is at least as new as the
         // sequence, so every write the sequence covers is in it.
@@ -339,7 +343,8 @@ impl Db {
             })
         };
         for f in &v.levels[0] {
-            if f.smallest_user() <= key && key <= f.largest_user()
+            if f.smallest_user() <= key
+                && key <= f.largest_user()
                 && let Some(r) = probe(f)?
             {
                 return Ok(r);
@@ -469,7 +474,9 @@ impl Db {
                 let idle = st.imms.is_empty() && !self.inner.needs_compaction(&st.version);
                 if !idle {
                     self.inner.bg_cv.notify_all();
-                    self.inner.bg_cv.wait_for(&mut st, Duration::from_millis(50));
+                    self.inner
+                        .bg_cv
+                        .wait_for(&mut st, Duration::from_millis(50));
                     continue;
                 }
             }
@@ -640,7 +647,10 @@ fn recover(dir: &Path, opts: &Options, fs: &Fs, cache: &Arc<BlockCache>) -> Resu
                 ),
             ));
         }
-        added.push((*level, Arc::new(FileMeta::new(rec.clone(), table, fs.clone()))));
+        added.push((
+            *level,
+            Arc::new(FileMeta::new(rec.clone(), table, fs.clone())),
+        ));
         next_file = next_file.max(number + 1);
     }
     let mut version = Version::default().apply(&VersionEdit::default(), &added);
@@ -700,7 +710,10 @@ fn recover(dir: &Path, opts: &Options, fs: &Fs, cache: &Arc<BlockCache>) -> Resu
         let table = Arc::new(Table::open(&sst_path(dir, number), number, cache.clone())?);
         let rec = record_of(&info);
         edit.added.push((0, rec.clone()));
-        version = version.apply(&edit, &[(0, Arc::new(FileMeta::new(rec, table, fs.clone())))]);
+        version = version.apply(
+            &edit,
+            &[(0, Arc::new(FileMeta::new(rec, table, fs.clone())))],
+        );
     }
 
     // New WAL, new manifest holding the whole version, then CURRENT.
@@ -725,7 +738,11 @@ fn recover(dir: &Path, opts: &Options, fs: &Fs, cache: &Arc<BlockCache>) -> Resu
     manifest.add_record(&full.encode());
     manifest.sync()?;
     fs.sync_dir(dir)?;
-    fs.write_atomic(dir, CURRENT, format!("{}\n", manifest_name(manifest_number)).as_bytes())?;
+    fs.write_atomic(
+        dir,
+        CURRENT,
+        format!("{}\n", manifest_name(manifest_number)).as_bytes(),
+    )?;
 
     // Garbage: WALs replayed into the new table, old manifests, orphan tables,
     // temp files.
@@ -736,9 +753,15 @@ fn recover(dir: &Path, opts: &Options, fs: &Fs, cache: &Arc<BlockCache>) -> Resu
         .collect();
     for name in &entries {
         let path = dir.join(name);
-        let remove = if let Some(n) = name.strip_suffix(".log").and_then(|s| s.parse::<u64>().ok()) {
+        let remove = if let Some(n) = name
+            .strip_suffix(".log")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
             n < wal_number
-        } else if let Some(n) = name.strip_suffix(".sst").and_then(|s| s.parse::<u64>().ok()) {
+        } else if let Some(n) = name
+            .strip_suffix(".sst")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
             !live.contains(&n)
         } else {
             (name.starts_with("MANIFEST-") && Some(&path) != Some(&mpath)) || name.ends_with(".tmp")
@@ -794,8 +817,16 @@ struct Compaction {
 impl Compaction {
     /// `inputs` at `level` plus every file of `level + 1` they overlap.
     fn new(version: &Arc<Version>, level: usize, inputs: Vec<Arc<FileMeta>>) -> Compaction {
-        let lo = inputs.iter().map(|f| f.smallest_user()).min().map(<[u8]>::to_vec);
-        let hi = inputs.iter().map(|f| f.largest_user()).max().map(<[u8]>::to_vec);
+        let lo = inputs
+            .iter()
+            .map(|f| f.smallest_user())
+            .min()
+            .map(<[u8]>::to_vec);
+        let hi = inputs
+            .iter()
+            .map(|f| f.largest_user())
+            .max()
+            .map(<[u8]>::to_vec);
         let next = version.overlapping(level + 1, lo.as_deref(), hi.as_deref());
         Compaction {
             level,
@@ -902,7 +933,9 @@ impl Inner {
                 wal.add_record_with(|buf| w.batch.encode_wal_payload(seq, buf));
                 seq += w.batch.len() as u64;
             }
-            let written = wal.flush().and_then(|_| if sync { wal.sync() } else { Ok(()) });
+            let written = wal
+                .flush()
+                .and_then(|_| if sync { wal.sync() } else { Ok(()) });
             if let Err(e) = written {
                 // The WAL may now end in a partial record. Refuse further writes
                 // so nothing is appended after it; reopening cuts the torn tail.
@@ -922,7 +955,9 @@ impl Inner {
             }
             user_bytes += w.batch.user_bytes() as u64;
         }
-        self.stats.user_bytes.fetch_add(user_bytes, Ordering::Relaxed);
+        self.stats
+            .user_bytes
+            .fetch_add(user_bytes, Ordering::Relaxed);
         self.stats.writes.fetch_add(count, Ordering::Relaxed);
         self.visible_seq.store(seq - 1, Ordering::Release);
         Ok(())
@@ -949,7 +984,9 @@ impl Inner {
                 // Spread the delay over many writes rather than stopping
                 // later: gives compaction a share of the CPU.
                 let t = Instant::now();
-                parking_lot::MutexGuard::unlocked(st, || std::thread::sleep(Duration::from_millis(1)));
+                parking_lot::MutexGuard::unlocked(st, || {
+                    std::thread::sleep(Duration::from_millis(1))
+                });
                 self.stats.add_stall(t.elapsed());
                 slowed = true;
                 continue;
@@ -1008,8 +1045,16 @@ impl Inner {
     }
 
     fn open_output(&self, info: &TableInfo) -> Result<Arc<FileMeta>> {
-        let table = Table::open(&sst_path(&self.dir, info.number), info.number, self.cache.clone())?;
-        Ok(Arc::new(FileMeta::new(record_of(info), Arc::new(table), self.fs.clone())))
+        let table = Table::open(
+            &sst_path(&self.dir, info.number),
+            info.number,
+            self.cache.clone(),
+        )?;
+        Ok(Arc::new(FileMeta::new(
+            record_of(info),
+            Arc::new(table),
+            self.fs.clone(),
+        )))
     }
 
     fn flush_loop(&self) {
@@ -1063,7 +1108,12 @@ impl Inner {
             .fetch_add(info.file_bytes, Ordering::Relaxed);
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
         self.fs.remove(&wal_path(&self.dir, imm.wal_number()))?;
-        tracing::debug!(table = number, bytes = info.file_bytes, ms = t.elapsed().as_millis() as u64, "flushed memtable to L0");
+        tracing::debug!(
+            table = number,
+            bytes = info.file_bytes,
+            ms = t.elapsed().as_millis() as u64,
+            "flushed memtable to L0"
+        );
         Ok(())
     }
 
@@ -1099,8 +1149,7 @@ impl Inner {
     /// Whether some level is over its trigger (no side effects).
     fn needs_compaction(&self, v: &Version) -> bool {
         v.levels[0].len() >= self.opts.l0_compaction_trigger
-            || (1..NUM_LEVELS - 1)
-                .any(|l| v.level_bytes(l) >= self.level_target_bytes(l))
+            || (1..NUM_LEVELS - 1).any(|l| v.level_bytes(l) >= self.level_target_bytes(l))
     }
 
     fn compaction_loop(&self) {
@@ -1168,9 +1217,18 @@ impl Inner {
                 .unwrap_or_else(|| self.visible_seq.load(Ordering::Acquire))
         };
         let mut sources: Vec<Box<dyn crate::iter::Source>> = Vec::new();
-        let read_bytes: u64 = c.inputs.iter().chain(&c.next).map(|f| f.rec.file_bytes).sum();
+        let read_bytes: u64 = c
+            .inputs
+            .iter()
+            .chain(&c.next)
+            .map(|f| f.rec.file_bytes)
+            .sum();
         for f in c.inputs.iter().chain(&c.next) {
-            sources.push(Box::new(crate::iter::TableSource::new(f.table.clone(), None, false)?));
+            sources.push(Box::new(crate::iter::TableSource::new(
+                f.table.clone(),
+                None,
+                false,
+            )?));
         }
         let mut merge = Merge::new(sources, false);
         let mut outputs: Vec<TableInfo> = Vec::new();
@@ -1218,7 +1276,9 @@ impl Inner {
                         st.next_file += 1;
                         st.next_file - 1
                     };
-                    builder = Some(TableBuilder::create(&self.fs, &self.dir, number, &self.opts)?);
+                    builder = Some(TableBuilder::create(
+                        &self.fs, &self.dir, number, &self.opts,
+                    )?);
                 }
                 if let Some(b) = &mut builder {
                     b.add(&ik, &v)?;
@@ -1261,8 +1321,12 @@ impl Inner {
         self.bg_cv.notify_all();
         drop(st);
         self.stats.compactions.fetch_add(1, Ordering::Relaxed);
-        self.stats.compaction_read_bytes.fetch_add(read_bytes, Ordering::Relaxed);
-        self.stats.compaction_write_bytes.fetch_add(written, Ordering::Relaxed);
+        self.stats
+            .compaction_read_bytes
+            .fetch_add(read_bytes, Ordering::Relaxed);
+        self.stats
+            .compaction_write_bytes
+            .fetch_add(written, Ordering::Relaxed);
         tracing::debug!(
             level = c.level,
             inputs = c.inputs.len() + c.next.len(),

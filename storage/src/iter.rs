@@ -219,12 +219,13 @@ impl LevelSource {
         let idx = match (target, reverse) {
             (None, false) => 0,
             (None, true) => files.len().wrapping_sub(1),
-            (Some(t), false) => files.partition_point(|f| {
-                key::compare(&f.rec.largest, t) == std::cmp::Ordering::Less
-            }),
+            (Some(t), false) => files
+                .partition_point(|f| key::compare(&f.rec.largest, t) == std::cmp::Ordering::Less),
             // Last file whose smallest key is <= target.
             (Some(t), true) => files
-                .partition_point(|f| key::compare(&f.rec.smallest, t) != std::cmp::Ordering::Greater)
+                .partition_point(|f| {
+                    key::compare(&f.rec.smallest, t) != std::cmp::Ordering::Greater
+                })
                 .wrapping_sub(1),
         };
         let mut s = Self {
@@ -295,7 +296,11 @@ impl Merge {
             sources.push(Box::new(MemSource::new(m.clone(), target, reverse)));
         }
         for f in version.levels[0].iter().filter(|f| f.overlaps(lo, hi)) {
-            sources.push(Box::new(TableSource::new(f.table.clone(), target, reverse)?));
+            sources.push(Box::new(TableSource::new(
+                f.table.clone(),
+                target,
+                reverse,
+            )?));
         }
         for level in 1..NUM_LEVELS {
             let files = version.overlapping(level, lo, hi);
@@ -378,7 +383,8 @@ impl DbIter {
         let target = if reverse {
             hi.as_ref().map(|k| key::make_ikey(k, 0, Kind::Delete))
         } else {
-            lo.as_ref().map(|k| key::make_ikey(k, key::MAX_SEQ, Kind::Put))
+            lo.as_ref()
+                .map(|k| key::make_ikey(k, key::MAX_SEQ, Kind::Put))
         };
         let merge = Merge::over(
             mems,
@@ -419,7 +425,9 @@ impl DbIter {
 
     fn next_forward(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         while let Some((ik, v)) = self.merge.next_entry()? {
-            let Some((uk, seq, kind)) = key::parse(&ik) else { continue };
+            let Some((uk, seq, kind)) = key::parse(&ik) else {
+                continue;
+            };
             if seq > self.seq || self.last_user.as_deref() == Some(uk) {
                 continue;
             }

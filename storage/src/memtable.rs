@@ -47,10 +47,8 @@ impl Memtable {
 
     pub fn insert(&self, user_key: &[u8], seq: u64, kind: Kind, value: &[u8]) {
         let ikey = key::make_ikey(user_key, seq, kind);
-        self.approx_bytes.fetch_add(
-            ikey.len() + value.len() + ENTRY_OVERHEAD,
-            Ordering::Relaxed,
-        );
+        self.approx_bytes
+            .fetch_add(ikey.len() + value.len() + ENTRY_OVERHEAD, Ordering::Relaxed);
         self.map.insert(InternalKey(ikey), value.to_vec());
     }
 
@@ -112,7 +110,9 @@ impl Memtable {
 
     /// Every entry in internal-key order (used by flush).
     pub fn iter(&self) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> + '_ {
-        self.map.iter().map(|e| (e.key().0.clone(), e.value().clone()))
+        self.map
+            .iter()
+            .map(|e| (e.key().0.clone(), e.value().clone()))
     }
 }
 

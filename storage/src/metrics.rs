@@ -27,20 +27,56 @@ pub struct DbCollector {
 }
 
 const COUNTERS: &[(&str, &str)] = &[
-    ("mlstack_storage_user_bytes_total", "Bytes of keys and values written by users."),
-    ("mlstack_storage_wal_bytes_total", "Bytes appended to the write-ahead log."),
-    ("mlstack_storage_flush_bytes_total", "Bytes of L0 tables written by memtable flushes."),
-    ("mlstack_storage_compaction_read_bytes_total", "Bytes of tables read by compactions."),
-    ("mlstack_storage_compaction_write_bytes_total", "Bytes of tables written by compactions."),
+    (
+        "mlstack_storage_user_bytes_total",
+        "Bytes of keys and values written by users.",
+    ),
+    (
+        "mlstack_storage_wal_bytes_total",
+        "Bytes appended to the write-ahead log.",
+    ),
+    (
+        "mlstack_storage_flush_bytes_total",
+        "Bytes of L0 tables written by memtable flushes.",
+    ),
+    (
+        "mlstack_storage_compaction_read_bytes_total",
+        "Bytes of tables read by compactions.",
+    ),
+    (
+        "mlstack_storage_compaction_write_bytes_total",
+        "Bytes of tables written by compactions.",
+    ),
     ("mlstack_storage_flushes_total", "Memtable flushes."),
-    ("mlstack_storage_compactions_total", "Compactions that rewrote data."),
-    ("mlstack_storage_trivial_moves_total", "Compactions that moved a file down without rewriting it."),
+    (
+        "mlstack_storage_compactions_total",
+        "Compactions that rewrote data.",
+    ),
+    (
+        "mlstack_storage_trivial_moves_total",
+        "Compactions that moved a file down without rewriting it.",
+    ),
     ("mlstack_storage_gets_total", "Point lookups."),
-    ("mlstack_storage_tables_probed_total", "Tables probed by point lookups (read amplification = this / gets)."),
-    ("mlstack_storage_bloom_useful_total", "Probes a bloom filter answered 'not here' (I/O saved)."),
-    ("mlstack_storage_bloom_false_positives_total", "Probes a bloom filter answered 'maybe' for an absent key."),
-    ("mlstack_storage_block_cache_hits_total", "Block cache hits."),
-    ("mlstack_storage_block_cache_misses_total", "Block cache misses."),
+    (
+        "mlstack_storage_tables_probed_total",
+        "Tables probed by point lookups (read amplification = this / gets).",
+    ),
+    (
+        "mlstack_storage_bloom_useful_total",
+        "Probes a bloom filter answered 'not here' (I/O saved).",
+    ),
+    (
+        "mlstack_storage_bloom_false_positives_total",
+        "Probes a bloom filter answered 'maybe' for an absent key.",
+    ),
+    (
+        "mlstack_storage_block_cache_hits_total",
+        "Block cache hits.",
+    ),
+    (
+        "mlstack_storage_block_cache_misses_total",
+        "Block cache misses.",
+    ),
 ];
 
 impl DbCollector {
@@ -48,28 +84,41 @@ impl DbCollector {
     pub fn new(db: &Arc<Db>, db_label: &str) -> Self {
         let mut descs = Vec::new();
         for (name, help) in COUNTERS {
-            if let Ok(c) = IntCounter::with_opts(Opts::new(*name, *help).const_label("db", db_label)) {
+            if let Ok(c) =
+                IntCounter::with_opts(Opts::new(*name, *help).const_label("db", db_label))
+            {
                 descs.extend(c.desc().into_iter().cloned());
             }
         }
-        for (name, help) in [
-            ("mlstack_storage_stall_seconds_total", "Time writers spent stalled by L0 or flush backlog."),
-        ] {
+        for (name, help) in [(
+            "mlstack_storage_stall_seconds_total",
+            "Time writers spent stalled by L0 or flush backlog.",
+        )] {
             if let Ok(c) = Counter::with_opts(Opts::new(name, help).const_label("db", db_label)) {
                 descs.extend(c.desc().into_iter().cloned());
             }
         }
         for (name, help) in [
-            ("mlstack_storage_write_amplification", "(flush + compaction bytes written) / user bytes."),
-            ("mlstack_storage_memtable_bytes", "Bytes in the memtable and immutable memtables."),
-            ("mlstack_storage_block_cache_bytes", "Bytes held by the block cache."),
+            (
+                "mlstack_storage_write_amplification",
+                "(flush + compaction bytes written) / user bytes.",
+            ),
+            (
+                "mlstack_storage_memtable_bytes",
+                "Bytes in the memtable and immutable memtables.",
+            ),
+            (
+                "mlstack_storage_block_cache_bytes",
+                "Bytes held by the block cache.",
+            ),
         ] {
             if let Ok(g) = Gauge::with_opts(Opts::new(name, help).const_label("db", db_label)) {
                 descs.extend(g.desc().into_iter().cloned());
             }
         }
         if let Ok(g) = GaugeVec::new(
-            Opts::new("mlstack_storage_level_bytes", "Bytes of tables per level.").const_label("db", db_label),
+            Opts::new("mlstack_storage_level_bytes", "Bytes of tables per level.")
+                .const_label("db", db_label),
             &["level"],
         ) {
             descs.extend(g.desc().into_iter().cloned());
@@ -124,16 +173,31 @@ impl Collector for DbCollector {
             out.extend(c.collect());
         }
         for (name, help, v) in [
-            ("mlstack_storage_write_amplification", "(flush + compaction bytes written) / user bytes.", s.write_amplification()),
-            ("mlstack_storage_memtable_bytes", "Bytes in the memtable and immutable memtables.", s.memtable_bytes as f64),
-            ("mlstack_storage_block_cache_bytes", "Bytes held by the block cache.", s.block_cache_bytes as f64),
+            (
+                "mlstack_storage_write_amplification",
+                "(flush + compaction bytes written) / user bytes.",
+                s.write_amplification(),
+            ),
+            (
+                "mlstack_storage_memtable_bytes",
+                "Bytes in the memtable and immutable memtables.",
+                s.memtable_bytes as f64,
+            ),
+            (
+                "mlstack_storage_block_cache_bytes",
+                "Bytes held by the block cache.",
+                s.block_cache_bytes as f64,
+            ),
         ] {
             if let Ok(g) = Gauge::with_opts(opts(name, help)) {
                 g.set(v);
                 out.extend(g.collect());
             }
         }
-        if let Ok(g) = GaugeVec::new(opts("mlstack_storage_level_bytes", "Bytes of tables per level."), &["level"]) {
+        if let Ok(g) = GaugeVec::new(
+            opts("mlstack_storage_level_bytes", "Bytes of tables per level."),
+            &["level"],
+        ) {
             for (i, l) in s.levels.iter().enumerate() {
                 g.with_label_values(&[&i.to_string()]).set(l.bytes as f64);
             }

@@ -118,7 +118,9 @@ impl Options {
             && self.l0_slowdown_trigger <= self.l0_stop_trigger
             && self.l0_compaction_trigger >= 1)
         {
-            return bad("need 1 <= l0_compaction_trigger <= l0_slowdown_trigger <= l0_stop_trigger");
+            return bad(
+                "need 1 <= l0_compaction_trigger <= l0_slowdown_trigger <= l0_stop_trigger",
+            );
         }
         if self.level_size_ratio < 2 || self.max_immutable_memtables == 0 {
             return bad("level_size_ratio must be >= 2 and max_immutable_memtables >= 1");

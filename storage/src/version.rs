@@ -221,8 +221,12 @@ impl VersionEdit {
                 5 => {
                     let l = level(num()?)?;
                     let (number, file_bytes, entries) = (num()?, num()?, num()?);
-                    let smallest = get_bytes(b, &mut p).ok_or("truncated smallest key")?.to_vec();
-                    let largest = get_bytes(b, &mut p).ok_or("truncated largest key")?.to_vec();
+                    let smallest = get_bytes(b, &mut p)
+                        .ok_or("truncated smallest key")?
+                        .to_vec();
+                    let largest = get_bytes(b, &mut p)
+                        .ok_or("truncated largest key")?
+                        .to_vec();
                     if key::parse(&smallest).is_none() || key::parse(&largest).is_none() {
                         return Err(format!("table {number} has malformed bounds"));
                     }
@@ -272,6 +276,9 @@ mod tests {
             let _ = VersionEdit::decode(&enc[..cut]); // no panic
         }
         assert!(VersionEdit::decode(&[9, 9]).is_err());
-        assert!(VersionEdit::decode(&[4, 50, 1]).is_err(), "level 50 accepted");
+        assert!(
+            VersionEdit::decode(&[4, 50, 1]).is_err(),
+            "level 50 accepted"
+        );
     }
 }

@@ -46,7 +46,10 @@ fn key(n: u64) -> Vec<u8> {
 }
 
 fn batch_keys(n: u64) -> [Vec<u8>; 2] {
-    [format!("bat{n:010}a").into_bytes(), format!("bat{n:010}b").into_bytes()]
+    [
+        format!("bat{n:010}a").into_bytes(),
+        format!("bat{n:010}b").into_bytes(),
+    ]
 }
 
 #[test]
@@ -55,7 +58,10 @@ fn crash_child() {
     let Ok(dir) = std::env::var("CRASH_DIR") else {
         return;
     };
-    let start: u64 = std::env::var("CRASH_START").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let start: u64 = std::env::var("CRASH_START")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let db = Db::open(&dir, options()).expect("child open");
     let sync = WriteOptions { sync: true };
     let out = std::io::stdout();
@@ -105,20 +111,33 @@ fn check(db: &Db, log: &Log) {
                 );
             }
         } else if n % 7 == 3 && n >= 3 {
-            assert_eq!(db.get(key(n - 3)).expect("get"), None, "acknowledged delete {n} lost");
+            assert_eq!(
+                db.get(key(n - 3)).expect("get"),
+                None,
+                "acknowledged delete {n} lost"
+            );
         } else {
             let deleter = n + 3;
             let may_be_deleted = deleter % 7 == 3 && deleter % 5 != 1 && deleter < log.begun;
             let got = db.get(key(n)).expect("get");
             if !(may_be_deleted && got.is_none()) {
-                assert_eq!(got, Some(value_for(n)), "acknowledged put {n} lost or wrong");
+                assert_eq!(
+                    got,
+                    Some(value_for(n)),
+                    "acknowledged put {n} lost or wrong"
+                );
             }
         }
     }
     // Nothing that was never begun; every value is exactly what was written;
     // batches are all-or-nothing.
     let all: Vec<_> = db
-        .range(Bound::Unbounded, Bound::Unbounded, false, &ReadOptions::default())
+        .range(
+            Bound::Unbounded,
+            Bound::Unbounded,
+            false,
+            &ReadOptions::default(),
+        )
         .expect("scan")
         .collect::<Result<_, _>>()
         .expect("scan succeeds");
@@ -132,7 +151,11 @@ fn check(db: &Db, log: &Log) {
         } else {
             panic!("unexpected key {s}");
         };
-        assert!(n < log.begun, "key {s} from op {n}, but only {} ops began", log.begun);
+        assert!(
+            n < log.begun,
+            "key {s} from op {n}, but only {} ops began",
+            log.begun
+        );
         assert_eq!(v, &value_for(n), "wrong value under {s}");
         if is_batch {
             *batch_halves.entry(n).or_default() += 1;
@@ -145,8 +168,14 @@ fn check(db: &Db, log: &Log) {
 
 #[test]
 fn sigkill_at_random_moments_loses_no_acknowledged_write() {
-    let cycles: usize = std::env::var("CRASH_CYCLES").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
-    let seed: u64 = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
+    let cycles: usize = std::env::var("CRASH_CYCLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
+    let seed: u64 = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().expect("tempdir");
     let exe = std::env::current_exe().expect("test binary");
@@ -154,7 +183,13 @@ fn sigkill_at_random_moments_loses_no_acknowledged_write() {
     let mut total_acked = 0usize;
     for cycle in 0..cycles {
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("CRASH_DIR", dir.path())
             .env("CRASH_START", log.begun.to_string())
             .stdout(Stdio::piped())
@@ -177,9 +212,15 @@ fn sigkill_at_random_moments_loses_no_acknowledged_write() {
         let status = child.wait().expect("reap child");
         assert!(!status.success(), "child exited on its own: {status:?}");
         for line in reader.join().expect("reader thread") {
-            if let Some(n) = line.strip_prefix("begin ").and_then(|s| s.parse::<u64>().ok()) {
+            if let Some(n) = line
+                .strip_prefix("begin ")
+                .and_then(|s| s.parse::<u64>().ok())
+            {
                 log.begun = log.begun.max(n + 1);
-            } else if let Some(n) = line.strip_prefix("ack ").and_then(|s| s.parse::<u64>().ok()) {
+            } else if let Some(n) = line
+                .strip_prefix("ack ")
+                .and_then(|s| s.parse::<u64>().ok())
+            {
                 log.acked.insert(n, ());
                 total_acked += 1;
             }
@@ -196,6 +237,12 @@ fn sigkill_at_random_moments_loses_no_acknowledged_write() {
         log.begun,
         stats.len()
     );
-    assert!(total_acked > cycles, "children acknowledged only {total_acked} writes in {cycles} cycles");
-    assert!(!stats.is_empty(), "no table was ever flushed: kills never met a flush");
+    assert!(
+        total_acked > cycles,
+        "children acknowledged only {total_acked} writes in {cycles} cycles"
+    );
+    assert!(
+        !stats.is_empty(),
+        "no table was ever flushed: kills never met a flush"
+    );
 }

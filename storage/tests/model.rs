@@ -101,7 +101,12 @@ fn in_range(k: &[u8], lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>) -> bool {
     above_lo && below_hi
 }
 
-fn expect_scan(m: &Model, lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>, reverse: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn expect_scan(
+    m: &Model,
+    lo: &Bound<Vec<u8>>,
+    hi: &Bound<Vec<u8>>,
+    reverse: bool,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut v: Vec<_> = m
         .iter()
         .filter(|(k, _)| in_range(k, lo, hi))
@@ -114,7 +119,8 @@ fn expect_scan(m: &Model, lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>, reverse: boo
 }
 
 fn collect(it: storage::DbIter) -> Vec<(Vec<u8>, Vec<u8>)> {
-    it.collect::<Result<Vec<_>, _>>().expect("iteration succeeds")
+    it.collect::<Result<Vec<_>, _>>()
+        .expect("iteration succeeds")
 }
 
 fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
@@ -177,15 +183,39 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Get(k) => {
-                prop_assert_eq!(d.get(&k).expect("get"), model.get(&k).cloned(), "step {} get {:?}", step, k);
+                prop_assert_eq!(
+                    d.get(&k).expect("get"),
+                    model.get(&k).cloned(),
+                    "step {} get {:?}",
+                    step,
+                    k
+                );
             }
             Op::Scan { lo, hi, reverse } => {
-                let got = collect(d.range(as_ref(&lo), as_ref(&hi), reverse, &ReadOptions::default()).expect("range"));
-                prop_assert_eq!(got, expect_scan(&model, &lo, &hi, reverse), "step {} scan {:?}..{:?} rev {}", step, lo, hi, reverse);
+                let got = collect(
+                    d.range(as_ref(&lo), as_ref(&hi), reverse, &ReadOptions::default())
+                        .expect("range"),
+                );
+                prop_assert_eq!(
+                    got,
+                    expect_scan(&model, &lo, &hi, reverse),
+                    "step {} scan {:?}..{:?} rev {}",
+                    step,
+                    lo,
+                    hi,
+                    reverse
+                );
             }
             Op::Prefix(p, reverse) => {
-                let got = collect(d.prefix(&p, reverse, &ReadOptions::default()).expect("prefix"));
-                let mut want: Vec<_> = model.iter().filter(|(k, _)| k.starts_with(&p)).map(|(k, v)| (k.clone(), v.clone())).collect();
+                let got = collect(
+                    d.prefix(&p, reverse, &ReadOptions::default())
+                        .expect("prefix"),
+                );
+                let mut want: Vec<_> = model
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&p))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
                 if reverse {
                     want.reverse();
                 }
@@ -194,13 +224,34 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::TakeSnapshot => snaps.push((d.snapshot(), model.clone())),
             Op::SnapshotGet(i, k) if !snaps.is_empty() => {
                 let (s, m) = &snaps[i % snaps.len()];
-                let got = d.get_opt(&k, &ReadOptions { snapshot: Some(s) }).expect("get at snapshot");
-                prop_assert_eq!(got, m.get(&k).cloned(), "step {} snapshot get {:?}", step, k);
+                let got = d
+                    .get_opt(&k, &ReadOptions { snapshot: Some(s) })
+                    .expect("get at snapshot");
+                prop_assert_eq!(
+                    got,
+                    m.get(&k).cloned(),
+                    "step {} snapshot get {:?}",
+                    step,
+                    k
+                );
             }
             Op::SnapshotScan(i, reverse) if !snaps.is_empty() => {
                 let (s, m) = &snaps[i % snaps.len()];
-                let got = collect(d.range(Bound::Unbounded, Bound::Unbounded, reverse, &ReadOptions { snapshot: Some(s) }).expect("range"));
-                prop_assert_eq!(got, expect_scan(m, &Bound::Unbounded, &Bound::Unbounded, reverse), "step {} snapshot scan", step);
+                let got = collect(
+                    d.range(
+                        Bound::Unbounded,
+                        Bound::Unbounded,
+                        reverse,
+                        &ReadOptions { snapshot: Some(s) },
+                    )
+                    .expect("range"),
+                );
+                prop_assert_eq!(
+                    got,
+                    expect_scan(m, &Bound::Unbounded, &Bound::Unbounded, reverse),
+                    "step {} snapshot scan",
+                    step
+                );
             }
             Op::DropSnapshot(i) if !snaps.is_empty() => {
                 let n = snaps.len();
@@ -219,17 +270,44 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     }
     // Final full comparison, then once more after a reopen.
     let d = db.as_ref().expect("open db");
-    let all = collect(d.range(Bound::Unbounded, Bound::Unbounded, false, &ReadOptions::default()).expect("range"));
-    prop_assert_eq!(all, expect_scan(&model, &Bound::Unbounded, &Bound::Unbounded, false));
+    let all = collect(
+        d.range(
+            Bound::Unbounded,
+            Bound::Unbounded,
+            false,
+            &ReadOptions::default(),
+        )
+        .expect("range"),
+    );
+    prop_assert_eq!(
+        all,
+        expect_scan(&model, &Bound::Unbounded, &Bound::Unbounded, false)
+    );
     d.verify().expect("tables verify");
     d.wait_for_background().expect("background work settles");
-    let deepest = d.stats().levels.iter().rposition(|l| l.files > 0).unwrap_or(0);
+    let deepest = d
+        .stats()
+        .levels
+        .iter()
+        .rposition(|l| l.files > 0)
+        .unwrap_or(0);
     DEEPEST.fetch_max(deepest, std::sync::atomic::Ordering::Relaxed);
     snaps.clear();
     drop(db.take());
     let d = Db::open(dir.path(), opts).expect("final reopen");
-    let all = collect(d.range(Bound::Unbounded, Bound::Unbounded, true, &ReadOptions::default()).expect("range"));
-    prop_assert_eq!(all, expect_scan(&model, &Bound::Unbounded, &Bound::Unbounded, true));
+    let all = collect(
+        d.range(
+            Bound::Unbounded,
+            Bound::Unbounded,
+            true,
+            &ReadOptions::default(),
+        )
+        .expect("range"),
+    );
+    prop_assert_eq!(
+        all,
+        expect_scan(&model, &Bound::Unbounded, &Bound::Unbounded, true)
+    );
     Ok(())
 }
 
@@ -253,10 +331,18 @@ fn the_model_test_reaches_deep_levels() {
     // Guards the property test's reach: if option changes stop it from building
     // levels below L1, tombstone and level logic would go untested.
     let ops: Vec<Op> = (0..600u32)
-        .map(|i| Op::Put(format!("k{:03}", (i * 37) % 400).into_bytes(), vec![i as u8; 60]))
+        .map(|i| {
+            Op::Put(
+                format!("k{:03}", (i * 37) % 400).into_bytes(),
+                vec![i as u8; 60],
+            )
+        })
         .collect();
     run(ops).expect("model run");
-    assert!(DEEPEST.load(std::sync::atomic::Ordering::Relaxed) >= 3, "never reached L3");
+    assert!(
+        DEEPEST.load(std::sync::atomic::Ordering::Relaxed) >= 3,
+        "never reached L3"
+    );
 }
 
 #[test]
@@ -280,13 +366,32 @@ fn many_versions_and_tombstones_survive_compaction_to_the_bottom() {
     db.compact_range(None, None).expect("compact");
     let stats = db.stats();
     assert!(stats.compactions > 0, "no compaction ran: {stats:?}");
-    assert!(stats.levels[0].files == 0, "L0 not emptied: {:?}", stats.levels);
-    let got = collect(db.range(Bound::Unbounded, Bound::Unbounded, false, &ReadOptions::default()).expect("range"));
-    assert_eq!(got, expect_scan(&model, &Bound::Unbounded, &Bound::Unbounded, false));
+    assert!(
+        stats.levels[0].files == 0,
+        "L0 not emptied: {:?}",
+        stats.levels
+    );
+    let got = collect(
+        db.range(
+            Bound::Unbounded,
+            Bound::Unbounded,
+            false,
+            &ReadOptions::default(),
+        )
+        .expect("range"),
+    );
+    assert_eq!(
+        got,
+        expect_scan(&model, &Bound::Unbounded, &Bound::Unbounded, false)
+    );
     // After a full compaction only live keys remain on disk: tombstones and
     // overwritten versions were dropped at the bottom level.
     let entries: u64 = db.tables().iter().map(|(_, r)| r.entries).sum();
-    assert_eq!(entries, model.len() as u64, "dead versions kept after full compaction");
+    assert_eq!(
+        entries,
+        model.len() as u64,
+        "dead versions kept after full compaction"
+    );
     for (k, v) in &model {
         assert_eq!(db.get(k).expect("get").as_ref(), Some(v));
     }

@@ -103,8 +103,11 @@ pub type BlockResult<T> = Result<T, String>;
 impl Block {
     pub fn parse(data: Vec<u8>) -> BlockResult<Block> {
         let len = data.len();
-        let n = get_u32(&data, len.checked_sub(4).ok_or("block shorter than 4 bytes")?)
-            .ok_or("block shorter than 4 bytes")? as usize;
+        let n = get_u32(
+            &data,
+            len.checked_sub(4).ok_or("block shorter than 4 bytes")?,
+        )
+        .ok_or("block shorter than 4 bytes")? as usize;
         let restarts_bytes = n
             .checked_mul(4)
             .and_then(|b| b.checked_add(4))
@@ -234,13 +237,21 @@ mod tests {
                 let got = block.seek(between.as_bytes(), cmp).expect("seek");
                 assert_eq!(got.map(|e| e.0), want.get(i + 1).map(|e| e.0.clone()));
             }
-            assert_eq!(block.seek(b"a", cmp).expect("seek").map(|e| e.0), Some(want[0].0.clone()));
+            assert_eq!(
+                block.seek(b"a", cmp).expect("seek").map(|e| e.0),
+                Some(want[0].0.clone())
+            );
         }
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for bytes in [vec![], vec![1, 2, 3], vec![0xff; 16], vec![5, 0, 0, 0, 1, 0, 0, 0]] {
+        for bytes in [
+            vec![],
+            vec![1, 2, 3],
+            vec![0xff; 16],
+            vec![5, 0, 0, 0, 1, 0, 0, 0],
+        ] {
             if let Ok(b) = Block::parse(bytes) {
                 let _ = b.entries();
                 let _ = b.seek(b"x", |a: &[u8], b: &[u8]| a.cmp(b));

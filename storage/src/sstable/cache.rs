@@ -80,7 +80,8 @@ impl BlockCache {
     }
 
     fn shard(&self, key: &CacheKey) -> &Mutex<Shard> {
-        let h = key.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (key.1 >> 12).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        let h = key.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ (key.1 >> 12).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
         &self.shards[(h >> 59) as usize % SHARDS]
     }
 
@@ -162,8 +163,15 @@ mod tests {
         for i in 0..1000u64 {
             cache.insert((i, i * 4096), b.clone());
         }
-        assert!(cache.used_bytes() <= cache.capacity_bytes(), "{}", cache.used_bytes());
-        assert!(cache.get(&(999, 999 * 4096)).is_some(), "newest entry evicted");
+        assert!(
+            cache.used_bytes() <= cache.capacity_bytes(),
+            "{}",
+            cache.used_bytes()
+        );
+        assert!(
+            cache.get(&(999, 999 * 4096)).is_some(),
+            "newest entry evicted"
+        );
         assert!(cache.get(&(123_456, 0)).is_none());
         assert_eq!(cache.hits(), 1);
         assert_eq!(cache.misses(), 1);

@@ -329,7 +329,11 @@ impl Table {
             t.index.push((k, h));
         }
         if t.index.is_empty() {
-            return Err(Error::corruption(path, ih.offset, "table has no data blocks"));
+            return Err(Error::corruption(
+                path,
+                ih.offset,
+                "table has no data blocks",
+            ));
         }
         Ok(t)
     }
@@ -357,7 +361,11 @@ impl Table {
     /// Reads a block's contents, verifying its checksum and decompressing.
     fn read_raw(&self, h: Handle) -> Result<Vec<u8>> {
         let len = usize::try_from(h.size).map_err(|_| {
-            Error::corruption(&self.path, h.offset, format!("block size {} too large", h.size))
+            Error::corruption(
+                &self.path,
+                h.offset,
+                format!("block size {} too large", h.size),
+            )
         })?;
         let mut buf = read_exact(&self.file, &self.path, h.offset, len + BLOCK_TRAILER)?;
         let stored = get_u32(&buf, len + 1).unwrap_or(0);
@@ -366,16 +374,17 @@ impl Table {
             return Err(Error::corruption(
                 &self.path,
                 h.offset,
-                format!("block checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"),
+                format!(
+                    "block checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
+                ),
             ));
         }
         let ty = buf[len];
         buf.truncate(len);
         match ty {
             TYPE_RAW => Ok(buf),
-            TYPE_LZ4 => lz4_flex::block::decompress_size_prepended(&buf).map_err(|e| {
-                Error::corruption(&self.path, h.offset, format!("lz4 block: {e}"))
-            }),
+            TYPE_LZ4 => lz4_flex::block::decompress_size_prepended(&buf)
+                .map_err(|e| Error::corruption(&self.path, h.offset, format!("lz4 block: {e}"))),
             other => Err(Error::corruption(
                 &self.path,
                 h.offset,
@@ -432,9 +441,10 @@ impl Table {
             return Ok((Lookup::Absent, miss));
         }
         let off = self.index[i].1.offset;
-        let found = self.data_block(i)?.seek(&target, key::compare).map_err(|r| {
-            Error::corruption(&self.path, off, format!("data block: {r}"))
-        })?;
+        let found = self
+            .data_block(i)?
+            .seek(&target, key::compare)
+            .map_err(|r| Error::corruption(&self.path, off, format!("data block: {r}")))?;
         match found.as_ref().and_then(|(k, _)| key::parse(k)) {
             Some((uk, _, kind)) if uk == user_key => {
                 let Some((_, v)) = found else {
