@@ -36,6 +36,120 @@ pub enum Command {
     /// Diagnostics: a gRPC ping that relays through servers and shows the trace.
     #[command(subcommand)]
     Diag(DiagCommand),
+    /// The LSM storage engine: inspect a database directory, or benchmark the
+    /// engine against fjall.
+    #[command(subcommand)]
+    Lsm(LsmCommand),
+}
+
+#[derive(Clone, Debug, Subcommand)]
+pub enum LsmCommand {
+    /// Write one key.
+    Put(LsmKeyValueArgs),
+    /// Read one key (exit status 1 when absent).
+    Get(LsmKeyArgs),
+    /// Delete one key.
+    Delete(LsmKeyArgs),
+    /// List keys in a range or with a prefix.
+    Scan(LsmScanArgs),
+    /// Levels, tables and engine counters.
+    Stats(LsmDirArgs),
+    /// Read every table block and check checksums, key order and level shape.
+    Verify(LsmDirArgs),
+    /// Compact the whole key space down to the last level.
+    Compact(LsmDirArgs),
+    /// Benchmark this engine and fjall side by side; prints a table and writes
+    /// JSON.
+    Bench(LsmBenchArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct LsmDirArgs {
+    /// Database directory.
+    #[arg(long, env = "MLSTACK_DIR")]
+    pub dir: std::path::PathBuf,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct LsmKeyArgs {
+    #[command(flatten)]
+    pub db: LsmDirArgs,
+    /// The key (UTF-8; use \xNN for other bytes).
+    pub key: String,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct LsmKeyValueArgs {
+    #[command(flatten)]
+    pub db: LsmDirArgs,
+    pub key: String,
+    pub value: String,
+    /// Return only after the write is fsynced.
+    #[arg(long, env = "MLSTACK_SYNC")]
+    pub sync: bool,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct LsmScanArgs {
+    #[command(flatten)]
+    pub db: LsmDirArgs,
+    /// Only keys with this prefix (overrides --start/--end).
+    #[arg(long, env = "MLSTACK_PREFIX")]
+    pub prefix: Option<String>,
+    /// First key (inclusive).
+    #[arg(long, env = "MLSTACK_START")]
+    pub start: Option<String>,
+    /// Last key (exclusive).
+    #[arg(long, env = "MLSTACK_END")]
+    pub end: Option<String>,
+    /// Newest-key-first order.
+    #[arg(long, env = "MLSTACK_REVERSE")]
+    pub reverse: bool,
+    /// At most this many entries.
+    #[arg(long, env = "MLSTACK_LIMIT", default_value_t = 100)]
+    pub limit: usize,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct LsmBenchArgs {
+    /// Keys written by fillseq and fillrandom.
+    #[arg(long, env = "MLSTACK_KEYS", default_value_t = 1_000_000)]
+    pub keys: u64,
+    /// Point reads in readrandom (readmissing does half as many).
+    #[arg(long, env = "MLSTACK_READS", default_value_t = 1_000_000)]
+    pub reads: u64,
+    /// Seeks in seekrandom (each followed by 100 nexts).
+    #[arg(long, env = "MLSTACK_SEEKS", default_value_t = 100_000)]
+    pub seeks: u64,
+    /// fsynced writes in fillsync.
+    #[arg(long, env = "MLSTACK_SYNC_WRITES", default_value_t = 10_000)]
+    pub sync_writes: u64,
+    /// Operations per thread in readwhilewriting (2 threads).
+    #[arg(long, env = "MLSTACK_MIXED_OPS", default_value_t = 250_000)]
+    pub mixed_ops: u64,
+    /// Repeats; the report gives medians.
+    #[arg(long, env = "MLSTACK_REPEATS", default_value_t = 3)]
+    pub repeats: usize,
+    /// Systems to run: mlstack, fjall.
+    #[arg(
+        long,
+        env = "MLSTACK_SYSTEMS",
+        value_delimiter = ',',
+        default_value = "mlstack,fjall"
+    )]
+    pub systems: Vec<String>,
+    /// Scratch directory (removed afterwards).
+    #[arg(long, env = "MLSTACK_BENCH_DIR")]
+    pub dir: Option<std::path::PathBuf>,
+    /// Where the JSON goes.
+    #[arg(
+        long,
+        env = "MLSTACK_OUT",
+        default_value = "bench/results/storage-lsm.json"
+    )]
+    pub out: std::path::PathBuf,
+    #[arg(long, env = "MLSTACK_SEED", default_value_t = 42)]
+    pub seed: u64,
 }
 
 #[derive(Debug, Args)]

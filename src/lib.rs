@@ -10,11 +10,13 @@
 //! - [`diag`]: the `mlstack.diag.v1.Diag` service every gRPC server mounts, and
 //!   `mlstack diag serve|ping`.
 //! - [`demo`]: `mlstack demo`, which drives whatever exists of the data path.
+//! - [`lsm`]: `mlstack lsm ...`: inspect and benchmark the storage engine.
 //! - [`run`]: dispatch from a parsed command line to the component.
 
 pub mod cli;
 pub mod demo;
 pub mod diag;
+pub mod lsm;
 
 use cli::{Cli, Command, DiagCommand};
 
@@ -43,6 +45,14 @@ pub enum Error {
     /// An HTTP request (metrics scrape, readiness probe) failed.
     #[error("GET {url}: {reason}")]
     Http { url: String, reason: String },
+    #[error(transparent)]
+    Storage(#[from] storage::Error),
+    /// A benchmark could not run.
+    #[error("benchmark: {0}")]
+    Bench(String),
+    /// A key was not found (`mlstack lsm get`).
+    #[error("key {0:?} not found")]
+    KeyNotFound(String),
     /// The demo found a result that contradicts what it demonstrates.
     #[error("demo check failed: {0}")]
     DemoCheck(String),
@@ -79,6 +89,17 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             let telemetry = init_observe(&cli, "diag")?;
             let result = diag::serve_until_signal(args, &telemetry).await;
             // Flush even when serving failed: the spans explain the failure.
+            telemetry.shutdown().await?;
+            result
+        }
+        Command::Lsm(cmd) => {
+            let telemetry = init_observe(&cli, "lsm")?;
+            // Blocking file I/O and CPU-bound benchmark loops: off the runtime.
+            let cmd = cmd.clone();
+            let result = tokio::task::spawn_blocking(move || lsm::run(&cmd))
+                .await
+                .map_err(|e| Error::Bench(format!("lsm task failed: {e}")))
+                .and_then(|r| r);
             telemetry.shutdown().await?;
             result
         }

@@ -23,6 +23,14 @@ impl WriteBatch {
         Self::default()
     }
 
+    /// A batch whose encoding needs no reallocation up to `bytes`.
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self {
+            rep: Vec::with_capacity(bytes),
+            ..Self::default()
+        }
+    }
+
     pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> &mut Self {
         let (key, value) = (key.as_ref(), value.as_ref());
         self.rep.push(Kind::Put as u8);
@@ -83,8 +91,11 @@ impl WriteBatch {
     }
 }
 
+/// One decoded batch entry: (kind, key, value; empty for deletes).
+pub type BatchEntry<'a> = (Kind, &'a [u8], &'a [u8]);
+
 /// Decodes a WAL payload into (first seq, entries). `None` when malformed.
-pub(crate) fn decode_wal_payload(payload: &[u8]) -> Option<(u64, Vec<(Kind, &[u8], &[u8])>)> {
+pub(crate) fn decode_wal_payload(payload: &[u8]) -> Option<(u64, Vec<BatchEntry<'_>>)> {
     let seq = crate::coding::get_u64(payload, 0)?;
     let count = crate::coding::get_u32(payload, 8)? as usize;
     let mut it = BatchIter {
@@ -109,7 +120,7 @@ pub struct BatchIter<'a> {
 }
 
 impl<'a> BatchIter<'a> {
-    fn next_checked(&mut self) -> Option<(Kind, &'a [u8], &'a [u8])> {
+    fn next_checked(&mut self) -> Option<BatchEntry<'a>> {
         let kind = Kind::from_u8(*self.rep.get(self.pos)?)?;
         self.pos += 1;
         let key = get_bytes(self.rep, &mut self.pos)?;
@@ -122,7 +133,7 @@ impl<'a> BatchIter<'a> {
 }
 
 impl<'a> Iterator for BatchIter<'a> {
-    type Item = (Kind, &'a [u8], &'a [u8]);
+    type Item = BatchEntry<'a>;
     fn next(&mut self) -> Option<Self::Item> {
         if self.pos >= self.rep.len() {
             return None;

@@ -72,17 +72,25 @@ struct State {
 }
 
 #[derive(Debug)]
-struct PendingWrite {
+struct WriteRequest {
     batch: WriteBatch,
     sync: bool,
     /// Switch the memtable even if it is not full (`Db::flush`).
     force_rotate: bool,
+}
+
+/// A follower's request, waiting in the queue for a leader to commit it.
+#[derive(Debug)]
+struct PendingWrite {
+    req: WriteRequest,
     result: Mutex<Option<Result<()>>>,
 }
 
 #[derive(Debug, Default)]
 struct WriterQueue {
     queue: Vec<Arc<PendingWrite>>,
+    /// The previous group's vector, kept for its capacity.
+    spare: Vec<Arc<PendingWrite>>,
     leader_active: bool,
 }
 
@@ -262,13 +270,15 @@ impl Db {
     }
 
     pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
-        let mut b = WriteBatch::new();
+        let (key, value) = (key.as_ref(), value.as_ref());
+        let mut b = WriteBatch::with_capacity(key.len() + value.len() + 16);
         b.put(key, value);
         self.write(b, &WriteOptions::default())
     }
 
     pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<()> {
-        let mut b = WriteBatch::new();
+        let key = key.as_ref();
+        let mut b = WriteBatch::with_capacity(key.len() + 8);
         b.delete(key);
         self.write(b, &WriteOptions::default())
     }
@@ -684,13 +694,15 @@ fn recover(dir: &Path, opts: &Options, fs: &Fs, cache: &Arc<BlockCache>) -> Resu
             }
             last_seq = last_seq.max(seq + batch.len().saturating_sub(1) as u64);
         }
-        if contents.torn_bytes > 0 {
-            tracing::warn!(
-                wal = %path.display(),
-                valid_bytes = contents.valid_len,
-                torn_bytes = contents.torn_bytes,
-                "cutting a torn WAL tail"
-            );
+        if contents.torn_bytes > 0 || contents.preallocated_bytes > 0 {
+            if contents.torn_bytes > 0 {
+                tracing::warn!(
+                    wal = %path.display(),
+                    valid_bytes = contents.valid_len,
+                    torn_bytes = contents.torn_bytes,
+                    "cutting a torn WAL tail"
+                );
+            }
             let f = std::fs::OpenOptions::new()
                 .write(true)
                 .open(&path)
@@ -720,7 +732,7 @@ fn recover(dir: &Path, opts: &Options, fs: &Fs, cache: &Arc<BlockCache>) -> Resu
     let wal_number = next_file;
     let manifest_number = next_file + 1;
     next_file += 2;
-    let wal = WalWriter::create(fs, dir, wal_number)?;
+    let wal = WalWriter::create_preallocated(fs, dir, wal_number, wal_prealloc(opts))?;
     let mpath = dir.join(manifest_name(manifest_number));
     let mut manifest = WalWriter::create_at(fs, &mpath, manifest_number)?;
     let full = VersionEdit {
@@ -777,6 +789,11 @@ fn recover(dir: &Path, opts: &Options, fs: &Fs, cache: &Arc<BlockCache>) -> Resu
         next_file,
         last_seq,
     })
+}
+
+/// WAL preallocation: the memtable's size plus slack for framing, capped.
+fn wal_prealloc(opts: &Options) -> u64 {
+    (opts.write_buffer_bytes as u64 + (opts.write_buffer_bytes as u64 / 4)).min(128 << 20)
 }
 
 fn record_of(info: &TableInfo) -> FileRecord {
@@ -847,6 +864,10 @@ impl Compaction {
 }
 
 impl Inner {
+    fn wal_prealloc(&self) -> u64 {
+        wal_prealloc(&self.opts)
+    }
+
     fn level_target_bytes(&self, level: usize) -> u64 {
         let mut t = self.opts.l1_target_bytes;
         for _ in 1..level {
@@ -872,14 +893,30 @@ impl Inner {
     }
 
     /// Group commit: queue this write; the first writer without a leader leads.
+    ///
+    /// Fast path: with no leader and nobody queued, the writer leads at once
+    /// and commits its own request from the stack. Otherwise it queues an
+    /// `Arc` and sleeps; when the leader finishes, the first writer still
+    /// queued becomes the next leader and takes everything queued meanwhile,
+    /// so under load one WAL write (and fsync) covers many writers.
     fn submit(&self, batch: WriteBatch, sync: bool, force_rotate: bool) -> Result<()> {
-        let me = Arc::new(PendingWrite {
+        let req = WriteRequest {
             batch,
             sync,
             force_rotate,
+        };
+        let mut q = self.writers.lock();
+        if !q.leader_active && q.queue.is_empty() {
+            q.leader_active = true;
+            drop(q);
+            let r = self.commit_group(&[&req]);
+            self.finish_leading();
+            return r;
+        }
+        let me = Arc::new(PendingWrite {
+            req,
             result: Mutex::new(None),
         });
-        let mut q = self.writers.lock();
         q.queue.push(me.clone());
         loop {
             if let Some(r) = me.result.lock().take() {
@@ -891,9 +928,12 @@ impl Inner {
             self.writer_cv.wait(&mut q);
         }
         q.leader_active = true;
-        let group: Vec<Arc<PendingWrite>> = std::mem::take(&mut q.queue);
+        let spare = std::mem::take(&mut q.spare);
+        let mut group = std::mem::replace(&mut q.queue, spare);
         drop(q);
-        let r = self.commit_group(&group);
+        let reqs: Vec<&WriteRequest> = group.iter().map(|w| &w.req).collect();
+        let r = self.commit_group(&reqs);
+        drop(reqs);
         for w in &group {
             if !Arc::ptr_eq(w, &me) {
                 *w.result.lock() = Some(match &r {
@@ -902,17 +942,27 @@ impl Inner {
                 });
             }
         }
+        group.clear();
+        let mut q = self.writers.lock();
+        q.spare = group;
+        drop(q);
+        self.finish_leading();
+        r
+    }
+
+    /// Hands leadership on: a queued writer (if any) wakes and leads.
+    fn finish_leading(&self) {
         let mut q = self.writers.lock();
         q.leader_active = false;
-        self.writer_cv.notify_all();
-        drop(q);
-        r
+        if !q.queue.is_empty() {
+            self.writer_cv.notify_all();
+        }
     }
 
     /// The leader's work for one group: make room, assign sequence numbers, one
     /// WAL write (+ fsync if any writer asked), memtable inserts, then publish
     /// the new visible sequence number.
-    fn commit_group(&self, group: &[Arc<PendingWrite>]) -> Result<()> {
+    fn commit_group(&self, group: &[&WriteRequest]) -> Result<()> {
         let force = group.iter().any(|w| w.force_rotate);
         let sync = self.opts.sync_policy == SyncPolicy::Always || group.iter().any(|w| w.sync);
         let count: u64 = group.iter().map(|w| w.batch.len() as u64).sum();
@@ -1016,7 +1066,8 @@ impl Inner {
     fn rotate(&self, st: &mut State) -> Result<()> {
         let number = st.next_file;
         st.next_file += 1;
-        let new_wal = WalWriter::create(&self.fs, &self.dir, number)?;
+        let new_wal =
+            WalWriter::create_preallocated(&self.fs, &self.dir, number, self.wal_prealloc())?;
         {
             let mut wal = self.wal.lock();
             wal.sync()?;
@@ -1240,7 +1291,7 @@ impl Inner {
         let result: Result<()> = (|| {
             while let Some((ik, v)) = merge.next_entry()? {
                 n += 1;
-                if n % 4096 == 0 && self.shutdown.load(Ordering::Acquire) {
+                if n.is_multiple_of(4096) && self.shutdown.load(Ordering::Acquire) {
                     return Err(Error::Closed);
                 }
                 let (uk, seq, kind) = key::parse(&ik).ok_or_else(|| {

@@ -141,6 +141,16 @@ impl WritableFile {
             .map_err(|e| Error::io("fsync", &self.path, e))
     }
 
+    /// Extends the file to `bytes` with zeros (the write position stays at the
+    /// end of the data written so far) and makes the new size durable.
+    pub fn preallocate(&mut self, bytes: u64) -> Result<()> {
+        self.fs.check(IoOp::Write, &self.path, "preallocate")?;
+        self.file
+            .set_len(bytes.max(self.len))
+            .and_then(|_| self.file.sync_all())
+            .map_err(|e| Error::io("preallocate", &self.path, e))
+    }
+
     pub fn len(&self) -> u64 {
         self.len
     }

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use crate::key::{self, InternalKey, Kind};
+use crate::key::{self, Kind};
 use crate::memtable::Memtable;
 use crate::sstable::Table;
 use crate::version::{FileMeta, NUM_LEVELS, Version};
@@ -43,8 +43,7 @@ const MEM_CHUNK: usize = 64;
 
 impl MemSource {
     pub fn new(mem: Arc<Memtable>, target: Option<&[u8]>, reverse: bool) -> Self {
-        let from = target.map(|t| InternalKey(t.to_vec()));
-        let bound = match &from {
+        let bound = match target {
             Some(k) => Bound::Included(k),
             None => Bound::Unbounded,
         };
@@ -68,7 +67,6 @@ impl Source for MemSource {
             return Ok(());
         };
         if self.buf.is_empty() && !self.exhausted {
-            let last = InternalKey(last);
             let chunk = self
                 .mem
                 .chunk(Bound::Excluded(&last), self.reverse, MEM_CHUNK);

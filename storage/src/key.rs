@@ -85,22 +85,6 @@ pub fn compare(a: &[u8], b: &[u8]) -> Ordering {
         .then_with(|| trailer(b).cmp(&trailer(a)))
 }
 
-/// An owned internal key ordered by [`compare`] (the memtable's key type).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InternalKey(pub Vec<u8>);
-
-impl Ord for InternalKey {
-    fn cmp(&self, other: &Self) -> Ordering {
-        compare(&self.0, &other.0)
-    }
-}
-
-impl PartialOrd for InternalKey {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
 /// The smallest byte string greater than every string starting with `prefix`
 /// (`None` when no such string exists: the prefix is empty or all `0xff`).
 pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {

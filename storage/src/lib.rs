@@ -60,3 +60,6 @@ pub use error::{Error, Result};
 pub use iter::DbIter;
 pub use options::{Compression, Options, SyncPolicy, WriteOptions};
 pub use stats::DbStats;
+
+#[cfg(feature = "bench")]
+pub mod bench;

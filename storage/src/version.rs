@@ -133,7 +133,7 @@ impl Version {
         for (level, f) in added {
             v.levels[*level].push(f.clone());
         }
-        v.levels[0].sort_by(|a, b| b.rec.number.cmp(&a.rec.number));
+        v.levels[0].sort_by_key(|f| std::cmp::Reverse(f.rec.number));
         for level in v.levels.iter_mut().skip(1) {
             level.sort_by(|a, b| key::compare(&a.rec.smallest, &b.rec.smallest));
         }

@@ -47,6 +47,15 @@ impl WalWriter {
         })
     }
 
+    /// A WAL whose file is first extended to `bytes` (zeros) and fsynced, so
+    /// appends inside it do not change the file size: an fdatasync then has no
+    /// size update to journal. Recovery reads the zero tail as unused space.
+    pub fn create_preallocated(fs: &Fs, dir: &Path, number: u64, bytes: u64) -> Result<Self> {
+        let mut w = Self::create(fs, dir, number)?;
+        w.file.preallocate(bytes)?;
+        Ok(w)
+    }
+
     pub fn number(&self) -> u64 {
         self.number
     }
@@ -106,8 +115,10 @@ pub struct WalContents {
     pub records: Vec<(u64, Vec<u8>)>,
     /// Length of the valid prefix.
     pub valid_len: u64,
-    /// Bytes after the valid prefix (a torn tail) that recovery cuts off.
+    /// Non-zero bytes after the valid prefix (a torn tail) that recovery cuts off.
     pub torn_bytes: u64,
+    /// Zero bytes after the valid prefix: preallocated space never written.
+    pub preallocated_bytes: u64,
 }
 
 /// Reads a WAL file; see the module doc for torn tail vs corruption.
@@ -115,36 +126,39 @@ pub fn read_wal(path: &Path) -> Result<WalContents> {
     let data = std::fs::read(path).map_err(|e| Error::io("read WAL", path, e))?;
     let mut records = Vec::new();
     let mut pos = 0usize;
+    let zero_from = |p: usize| data[p..].iter().all(|&b| b == 0);
     while pos < data.len() {
-        let torn = |pos: usize| -> Result<WalContents> {
-            Ok(WalContents {
-                records: Vec::new(),
-                valid_len: pos as u64,
-                torn_bytes: (data.len() - pos) as u64,
-            })
+        // The valid prefix ends here; classify what follows.
+        let stop = |records: Vec<(u64, Vec<u8>)>, pos: usize| WalContents {
+            records,
+            valid_len: pos as u64,
+            torn_bytes: if zero_from(pos) {
+                0
+            } else {
+                (data.len() - pos) as u64
+            },
+            preallocated_bytes: if zero_from(pos) {
+                (data.len() - pos) as u64
+            } else {
+                0
+            },
         };
         if data.len() - pos < HEADER_LEN {
-            let mut c = torn(pos)?;
-            c.records = records;
-            return Ok(c);
+            return Ok(stop(records, pos));
         }
         let len = get_u32(&data, pos).unwrap_or(0) as usize;
         let crc = get_u32(&data, pos + 4).unwrap_or(0);
         let end = pos + HEADER_LEN + len;
-        let rest_is_zero = data[pos..].iter().all(|&b| b == 0);
-        if end > data.len() || rest_is_zero {
-            let mut c = torn(pos)?;
-            c.records = records;
-            return Ok(c);
+        if end > data.len() {
+            return Ok(stop(records, pos));
         }
         let payload = &data[pos + HEADER_LEN..end];
         let want = crc32c_append(crc32c(&data[pos..pos + 4]), payload);
         if want != crc {
-            if end == data.len() {
-                // The last record, damaged: a torn append.
-                let mut c = torn(pos)?;
-                c.records = records;
-                return Ok(c);
+            // A damaged record with only zeros (preallocated space) or nothing
+            // after it is a torn append. Anything else is corruption.
+            if end == data.len() || zero_from(end) || zero_from(pos) {
+                return Ok(stop(records, pos));
             }
             return Err(Error::corruption(
                 path,
@@ -163,6 +177,7 @@ pub fn read_wal(path: &Path) -> Result<WalContents> {
         records,
         valid_len: data.len() as u64,
         torn_bytes: 0,
+        preallocated_bytes: 0,
     })
 }
 
@@ -201,11 +216,21 @@ mod tests {
             assert_eq!(c.records.len(), 1, "cut {cut}");
             assert_eq!(c.valid_len, (HEADER_LEN + 3) as u64);
         }
-        // Zeros after the valid prefix (preallocated space) are a torn tail too.
+        // Zeros after the valid prefix are preallocated space, not a torn tail.
         let mut z = full.clone();
         z.extend_from_slice(&[0u8; 100]);
         std::fs::write(&p, &z).expect("write");
-        assert_eq!(read_wal(&p).expect("zeros").records.len(), 2);
+        let c = read_wal(&p).expect("zeros");
+        assert_eq!(
+            (c.records.len(), c.torn_bytes, c.preallocated_bytes),
+            (2, 0, 100)
+        );
+        // A torn record followed by preallocated zeros is still a torn tail.
+        let mut t = full[..full.len() - 3].to_vec();
+        t.extend_from_slice(&[0u8; 100]);
+        std::fs::write(&p, &t).expect("write");
+        let c = read_wal(&p).expect("torn + zeros");
+        assert_eq!(c.records.len(), 1);
     }
 
     #[test]

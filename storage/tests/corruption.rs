@@ -173,7 +173,7 @@ fn random_flips_never_panic_and_never_return_wrong_values() {
         state ^= state << 17;
         let mut b = pristine.clone();
         let off = (state % b.len() as u64) as usize;
-        b[off] ^= 1 << (state >> 60) % 8;
+        b[off] ^= 1 << ((state >> 60) % 8);
         std::fs::write(&sst, &b).expect("write");
         let Ok(db) = Db::open(d.path(), opts()) else {
             continue; // refused with an error: fine

@@ -100,6 +100,9 @@ pub struct Block {
 /// Decoding failure inside a block: a reason; the table adds file and offset.
 pub type BlockResult<T> = Result<T, String>;
 
+/// An owned (key, value) pair.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 impl Block {
     pub fn parse(data: Vec<u8>) -> BlockResult<Block> {
         let len = data.len();
@@ -167,7 +170,7 @@ impl Block {
         &self,
         target: &[u8],
         cmp: impl Fn(&[u8], &[u8]) -> Ordering,
-    ) -> BlockResult<Option<(Vec<u8>, Vec<u8>)>> {
+    ) -> BlockResult<Option<Entry>> {
         // Binary search for the last restart point whose key is < target.
         let (mut lo, mut hi) = (0usize, self.n_restarts - 1);
         let mut key = Vec::new();
@@ -194,7 +197,7 @@ impl Block {
     }
 
     /// Every entry, in order.
-    pub fn entries(&self) -> BlockResult<Vec<(Vec<u8>, Vec<u8>)>> {
+    pub fn entries(&self) -> BlockResult<Vec<Entry>> {
         let mut out = Vec::new();
         let mut key = Vec::new();
         let mut off = 0;
@@ -211,7 +214,7 @@ impl Block {
 mod tests {
     use super::*;
 
-    fn build(n: usize, interval: usize) -> (Block, Vec<(Vec<u8>, Vec<u8>)>) {
+    fn build(n: usize, interval: usize) -> (Block, Vec<Entry>) {
         let mut b = BlockBuilder::new(interval);
         let mut want = Vec::new();
         for i in 0..n {
