@@ -732,7 +732,7 @@ fn recover(dir: &Path, opts: &Options, fs: &Fs, cache: &Arc<BlockCache>) -> Resu
     let wal_number = next_file;
     let manifest_number = next_file + 1;
     next_file += 2;
-    let wal = WalWriter::create_preallocated(fs, dir, wal_number, wal_prealloc(opts))?;
+    let wal = WalWriter::create_preallocated(fs, dir, wal_number)?;
     let mpath = dir.join(manifest_name(manifest_number));
     let mut manifest = WalWriter::create_at(fs, &mpath, manifest_number)?;
     let full = VersionEdit {
@@ -789,11 +789,6 @@ fn recover(dir: &Path, opts: &Options, fs: &Fs, cache: &Arc<BlockCache>) -> Resu
         next_file,
         last_seq,
     })
-}
-
-/// WAL preallocation: the memtable's size plus slack for framing, capped.
-fn wal_prealloc(opts: &Options) -> u64 {
-    (opts.write_buffer_bytes as u64 + (opts.write_buffer_bytes as u64 / 4)).min(128 << 20)
 }
 
 fn record_of(info: &TableInfo) -> FileRecord {
@@ -864,10 +859,6 @@ impl Compaction {
 }
 
 impl Inner {
-    fn wal_prealloc(&self) -> u64 {
-        wal_prealloc(&self.opts)
-    }
-
     fn level_target_bytes(&self, level: usize) -> u64 {
         let mut t = self.opts.l1_target_bytes;
         for _ in 1..level {
@@ -1066,8 +1057,7 @@ impl Inner {
     fn rotate(&self, st: &mut State) -> Result<()> {
         let number = st.next_file;
         st.next_file += 1;
-        let new_wal =
-            WalWriter::create_preallocated(&self.fs, &self.dir, number, self.wal_prealloc())?;
+        let new_wal = WalWriter::create_preallocated(&self.fs, &self.dir, number)?;
         {
             let mut wal = self.wal.lock();
             wal.sync()?;
@@ -1151,13 +1141,15 @@ impl Inner {
         };
         self.log_and_apply(&mut st, edit, &[(0, meta)])?;
         st.imms.pop_front();
-        self.install_super_version(&st);
-        self.bg_cv.notify_all();
-        drop(st);
+        // Counters move with the version, under the same lock, so stats never
+        // show a table without the flush that wrote it.
         self.stats
             .flush_bytes
             .fetch_add(info.file_bytes, Ordering::Relaxed);
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        self.install_super_version(&st);
+        self.bg_cv.notify_all();
+        drop(st);
         self.fs.remove(&wal_path(&self.dir, imm.wal_number()))?;
         tracing::debug!(
             table = number,
@@ -1254,9 +1246,9 @@ impl Inner {
             edit.added.push((out_level, f.rec.clone()));
             let mut st = self.state.lock();
             self.log_and_apply(&mut st, edit, &[(out_level, f)])?;
+            self.stats.trivial_moves.fetch_add(1, Ordering::Relaxed);
             self.install_super_version(&st);
             self.bg_cv.notify_all();
-            self.stats.trivial_moves.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
         // The oldest sequence any reader may still ask for.
@@ -1368,9 +1360,6 @@ impl Inner {
         for f in c.inputs.iter().chain(&c.next) {
             f.mark_obsolete();
         }
-        self.install_super_version(&st);
-        self.bg_cv.notify_all();
-        drop(st);
         self.stats.compactions.fetch_add(1, Ordering::Relaxed);
         self.stats
             .compaction_read_bytes
@@ -1378,6 +1367,9 @@ impl Inner {
         self.stats
             .compaction_write_bytes
             .fetch_add(written, Ordering::Relaxed);
+        self.install_super_version(&st);
+        self.bg_cv.notify_all();
+        drop(st);
         tracing::debug!(
             level = c.level,
             inputs = c.inputs.len() + c.next.len(),

@@ -31,7 +31,13 @@ pub struct WalWriter {
     file: WritableFile,
     number: u64,
     buf: Vec<u8>,
+    /// Preallocation step (0 = none) and the file size allocated so far.
+    prealloc_step: u64,
+    allocated: u64,
 }
+
+/// The WAL grows by this much at a time when preallocating.
+pub const PREALLOC_STEP: u64 = 4 << 20;
 
 impl WalWriter {
     pub fn create(fs: &Fs, dir: &Path, number: u64) -> Result<Self> {
@@ -44,16 +50,31 @@ impl WalWriter {
             file: fs.create(path)?,
             number,
             buf: Vec::with_capacity(64 << 10),
+            prealloc_step: 0,
+            allocated: 0,
         })
     }
 
-    /// A WAL whose file is first extended to `bytes` (zeros) and fsynced, so
-    /// appends inside it do not change the file size: an fdatasync then has no
-    /// size update to journal. Recovery reads the zero tail as unused space.
-    pub fn create_preallocated(fs: &Fs, dir: &Path, number: u64, bytes: u64) -> Result<Self> {
+    /// A WAL whose file is extended ahead of the data, [`PREALLOC_STEP`] at a
+    /// time (zeros, size fsynced), so most appends do not change the file size
+    /// and an fdatasync has no size update to journal. Steps, not one large
+    /// extension: recovery reads the whole file, so the unused tail stays
+    /// under one step. Recovery reads the zero tail as unused space.
+    pub fn create_preallocated(fs: &Fs, dir: &Path, number: u64) -> Result<Self> {
         let mut w = Self::create(fs, dir, number)?;
-        w.file.preallocate(bytes)?;
+        w.prealloc_step = PREALLOC_STEP;
+        w.grow(0)?;
         Ok(w)
+    }
+
+    fn grow(&mut self, needed: u64) -> Result<()> {
+        if self.prealloc_step == 0 || needed <= self.allocated && self.allocated > 0 {
+            return Ok(());
+        }
+        let target = (needed / self.prealloc_step + 1) * self.prealloc_step;
+        self.file.preallocate(target)?;
+        self.allocated = target;
+        Ok(())
     }
 
     pub fn number(&self) -> u64 {
@@ -87,6 +108,10 @@ impl WalWriter {
     pub fn flush(&mut self) -> Result<()> {
         if self.buf.is_empty() {
             return Ok(());
+        }
+        if let Err(e) = self.grow(self.file.len() + self.buf.len() as u64) {
+            self.buf.clear();
+            return Err(e);
         }
         let r = self.file.write_all(&self.buf);
         self.buf.clear();
@@ -126,7 +151,10 @@ pub fn read_wal(path: &Path) -> Result<WalContents> {
     let data = std::fs::read(path).map_err(|e| Error::io("read WAL", path, e))?;
     let mut records = Vec::new();
     let mut pos = 0usize;
-    let zero_from = |p: usize| data[p..].iter().all(|&b| b == 0);
+    // Compare against a zero block (memcmp) rather than byte by byte: the tail
+    // of a preallocated WAL is up to one preallocation step of zeros.
+    static ZEROS: [u8; 4096] = [0; 4096];
+    let zero_from = |p: usize| data[p..].chunks(4096).all(|c| c == &ZEROS[..c.len()]);
     while pos < data.len() {
         // The valid prefix ends here; classify what follows.
         let stop = |records: Vec<(u64, Vec<u8>)>, pos: usize| WalContents {

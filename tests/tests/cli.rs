@@ -92,3 +92,70 @@ fn demo_drives_the_stack_and_reports_one_trace() {
         "{metrics}"
     );
 }
+
+#[test]
+fn lsm_commands_write_read_scan_and_verify_a_database() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf-8 path");
+    for (k, v) in [
+        ("apple", "red"),
+        ("banana", "yellow"),
+        ("avocado", "green"),
+        ("bin\\x00ary", "\\xff"),
+    ] {
+        let (ok, _, err) = run(&["lsm", "put", "--dir", d, k, v]);
+        assert!(ok, "put {k}: {err}");
+    }
+    let (ok, out, _) = run(&["lsm", "get", "--dir", d, "banana"]);
+    assert!(ok);
+    assert_eq!(out.trim(), "yellow");
+    let (ok, out, _) = run(&["lsm", "get", "--dir", d, "bin\\x00ary"]);
+    assert!(ok);
+    assert_eq!(out.trim(), "\\xff");
+    let (ok, out, _) = run(&["lsm", "scan", "--dir", d, "--prefix", "a", "--reverse"]);
+    assert!(ok);
+    assert_eq!(out, "avocado\tgreen\napple\tred\n");
+    let (ok, _, _) = run(&["lsm", "delete", "--dir", d, "apple"]);
+    assert!(ok);
+    let (ok, _, err) = run(&["lsm", "get", "--dir", d, "apple"]);
+    assert!(!ok, "deleted key still found");
+    assert!(err.contains("not found"), "{err}");
+    let (ok, out, err) = run(&["lsm", "compact", "--dir", d]);
+    assert!(ok, "{err}");
+    assert!(out.contains("compacted"), "{out}");
+    let (ok, out, err) = run(&["lsm", "verify", "--dir", d]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("ok:"), "{out}");
+    let (ok, out, _) = run(&["lsm", "stats", "--dir", d]);
+    assert!(ok);
+    assert!(out.contains(".sst"), "{out}");
+}
+
+#[test]
+fn lsm_reports_missing_and_corrupt_databases_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nothing-here");
+    let (ok, _, err) = run(&["lsm", "get", "--dir", missing.to_str().expect("utf-8"), "k"]);
+    assert!(!ok);
+    assert!(err.contains("no database"), "{err}");
+
+    let d = dir.path().join("db");
+    let ds = d.to_str().expect("utf-8");
+    for i in 0..50 {
+        let (ok, _, err) = run(&["lsm", "put", "--dir", ds, &format!("k{i:03}"), "value"]);
+        assert!(ok, "{err}");
+    }
+    let (ok, _, err) = run(&["lsm", "compact", "--dir", ds]);
+    assert!(ok, "{err}");
+    let sst = std::fs::read_dir(&d)
+        .expect("list")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "sst"))
+        .expect("a table");
+    let mut bytes = std::fs::read(&sst).expect("read");
+    bytes[10] ^= 0xff;
+    std::fs::write(&sst, bytes).expect("write");
+    let (ok, _, err) = run(&["lsm", "verify", "--dir", ds]);
+    assert!(!ok, "verify passed a corrupt table");
+    assert!(err.contains("corruption") && err.contains(".sst"), "{err}");
+}
