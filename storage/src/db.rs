@@ -901,7 +901,8 @@ impl Inner {
             q.leader_active = true;
             drop(q);
             let r = self.commit_group(&[&req]);
-            self.finish_leading();
+            // No follower's result was set: wake only writers queued meanwhile.
+            self.finish_leading(false);
             return r;
         }
         let me = Arc::new(PendingWrite {
@@ -937,15 +938,18 @@ impl Inner {
         let mut q = self.writers.lock();
         q.spare = group;
         drop(q);
-        self.finish_leading();
+        // Followers whose results were just set are asleep on the condvar and
+        // must be woken even when nobody new is queued.
+        self.finish_leading(true);
         r
     }
 
-    /// Hands leadership on: a queued writer (if any) wakes and leads.
-    fn finish_leading(&self) {
+    /// Hands leadership on: wakes followers (whose results are set) and any
+    /// queued writer, one of which becomes the next leader.
+    fn finish_leading(&self, followers_done: bool) {
         let mut q = self.writers.lock();
         q.leader_active = false;
-        if !q.queue.is_empty() {
+        if followers_done || !q.queue.is_empty() {
             self.writer_cv.notify_all();
         }
     }
