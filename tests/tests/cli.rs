@@ -86,9 +86,22 @@ fn demo_drives_the_stack_and_reports_one_trace() {
     assert_eq!(hops.len(), 2);
     assert!(hops.iter().all(|h| h["trace_id"] == trace), "{hops:?}");
     assert_ne!(hops[0]["span_id"], hops[1]["span_id"]);
+    let st = &report["storage"];
+    assert_eq!(st["keys_written"], 50_000);
+    assert_eq!(st["prefix_matches"], 100);
+    assert!(st["reads_verified"].as_u64().expect("count") > 500, "{st}");
+    assert!(st["flushes"].as_u64().expect("count") >= 1, "{st}");
+    assert!(
+        st["write_amplification"].as_f64().expect("wa") > 0.0,
+        "{st}"
+    );
     let metrics = report["metrics"].to_string();
     assert!(
         metrics.contains(r#"mlstack_diag_pings_total{outcome=\"ok\",service=\"demo\"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mlstack_storage_flushes_total"),
         "{metrics}"
     );
 }
