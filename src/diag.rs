@@ -223,7 +223,10 @@ pub async fn spawn_server(
     health.set_serving::<DiagServer<DiagService>>().await;
     let stop = CancellationToken::new();
     let stopped = stop.clone();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // TCP_NODELAY: a unary gRPC reply is small; without it Nagle's algorithm
+    // holds it until the client's delayed ACK (~40 ms per hop on Linux).
+    let incoming =
+        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let task = tokio::spawn(
         tonic::transport::Server::builder()
             .trace_fn(observe::grpc::server_span)
