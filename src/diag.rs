@@ -225,8 +225,7 @@ pub async fn spawn_server(
     let stopped = stop.clone();
     // TCP_NODELAY: a unary gRPC reply is small; without it Nagle's algorithm
     // holds it until the client's delayed ACK (~40 ms per hop on Linux).
-    let incoming =
-        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let task = tokio::spawn(
         tonic::transport::Server::builder()
             .trace_fn(observe::grpc::server_span)
