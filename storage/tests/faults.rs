@@ -94,16 +94,22 @@ fn reopen_and_check(dir: &Path, acked: &BTreeMap<Vec<u8>, Vec<u8>>, unknown: &[V
     db.verify().expect("tables verify after reopen");
 }
 
+/// Opens a database with `fault` (not yet armed) and writes `n` acknowledged keys.
+fn open_with_acked(dir: &Path, fault: &Arc<Fault>, n: u32) -> (Db, BTreeMap<Vec<u8>, Vec<u8>>) {
+    let db = Db::open(dir, opts(Some(fault.clone()))).expect("open");
+    let mut acked = BTreeMap::new();
+    for i in 0..n {
+        db.put(k(i), v(i)).expect("put");
+        acked.insert(k(i), v(i));
+    }
+    (db, acked)
+}
+
 #[test]
 fn a_failed_wal_fsync_reaches_the_syncing_writer() {
     let d = tempfile::tempdir().expect("tempdir");
     let fault = Fault::new(IoOp::Sync, ".log", 0);
-    let db = Db::open(d.path(), opts(Some(fault.clone()))).expect("open");
-    let mut acked = BTreeMap::new();
-    for i in 0..100 {
-        db.put(k(i), v(i)).expect("put");
-        acked.insert(k(i), v(i));
-    }
+    let (db, acked) = open_with_acked(d.path(), &fault, 100);
     fault.arm();
     let mut b = storage::WriteBatch::new();
     b.put(k(1000), v(1000));
@@ -127,12 +133,7 @@ fn a_failed_wal_fsync_reaches_the_syncing_writer() {
 fn a_failed_wal_write_loses_only_the_failed_write() {
     let d = tempfile::tempdir().expect("tempdir");
     let fault = Fault::new(IoOp::Write, ".log", 0);
-    let db = Db::open(d.path(), opts(Some(fault.clone()))).expect("open");
-    let mut acked = BTreeMap::new();
-    for i in 0..100 {
-        db.put(k(i), v(i)).expect("put");
-        acked.insert(k(i), v(i));
-    }
+    let (db, acked) = open_with_acked(d.path(), &fault, 100);
     fault.arm();
     let err = db.put(k(500), v(500)).expect_err("WAL write fails");
     assert!(matches!(&err, Error::Io { op: "write", .. }), "{err:?}");
@@ -151,12 +152,7 @@ fn a_failed_wal_write_loses_only_the_failed_write() {
 fn a_failed_flush_is_reported_and_the_wal_still_holds_the_data() {
     let d = tempfile::tempdir().expect("tempdir");
     let fault = Fault::new(IoOp::Create, ".sst", 0);
-    let db = Db::open(d.path(), opts(Some(fault.clone()))).expect("open");
-    let mut acked = BTreeMap::new();
-    for i in 0..50 {
-        db.put(k(i), v(i)).expect("put");
-        acked.insert(k(i), v(i));
-    }
+    let (db, acked) = open_with_acked(d.path(), &fault, 50);
     fault.arm();
     let err = db.flush().expect_err("flush cannot create its table");
     assert!(
@@ -176,12 +172,7 @@ fn a_failed_flush_is_reported_and_the_wal_still_holds_the_data() {
 fn a_failed_manifest_fsync_during_flush_keeps_the_old_version() {
     let d = tempfile::tempdir().expect("tempdir");
     let fault = Fault::new(IoOp::Sync, "MANIFEST", 0);
-    let db = Db::open(d.path(), opts(Some(fault.clone()))).expect("open");
-    let mut acked = BTreeMap::new();
-    for i in 0..50 {
-        db.put(k(i), v(i)).expect("put");
-        acked.insert(k(i), v(i));
-    }
+    let (db, acked) = open_with_acked(d.path(), &fault, 50);
     fault.arm();
     assert!(
         db.flush().is_err(),

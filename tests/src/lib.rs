@@ -100,6 +100,21 @@ impl Proc {
         Proc { child, hello }
     }
 
+    /// `mlstack diag serve` on ephemeral gRPC and metrics ports.
+    pub fn spawn_diag_server(env: &[(&str, &str)]) -> Proc {
+        Proc::spawn_mlstack(
+            &[
+                "diag",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ],
+            env,
+        )
+    }
+
     /// A string field of the first line.
     pub fn field(&self, key: &str) -> String {
         self.hello[key]

@@ -90,17 +90,7 @@ async fn wait_for_value(prom: &Prometheus, query: &str, want: f64) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_metrics_and_the_query_api_returns_them() {
-    let server = Proc::spawn_mlstack(
-        &[
-            "diag",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-    );
+    let server = Proc::spawn_diag_server(&[]);
     let mut client =
         DiagClient::new(proto::server::channel(&server.field("grpc")).expect("channel"));
     for i in 0..PINGS {

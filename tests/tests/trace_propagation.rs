@@ -41,16 +41,9 @@ async fn one_trace_across_two_servers_reaches_the_otlp_receiver() {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("RUST_LOG", "info"),
     ];
-    let serve = [
-        "diag",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ];
-    let mut b = Proc::spawn_mlstack(&serve, &env);
-    let mut a = Proc::spawn_mlstack(&serve, &env);
+
+    let mut b = Proc::spawn_diag_server(&env);
+    let mut a = Proc::spawn_diag_server(&env);
     let (a_addr, b_addr) = (a.field("grpc"), b.field("grpc"));
     let (a_inst, b_inst) = (a.field("instance_id"), b.field("instance_id"));
 
