@@ -65,6 +65,14 @@ fn crash_child() {
     let db = Db::open(&dir, options()).expect("child open");
     let sync = WriteOptions { sync: true };
     let out = std::io::stdout();
+    // libtest prints "test crash_child ... " with no newline before the body
+    // runs; end that line so the first marker starts a line of its own.
+    {
+        use std::io::Write;
+        let mut o = out.lock();
+        writeln!(o).expect("stdout");
+        o.flush().expect("stdout");
+    }
     for n in start.. {
         {
             let mut o = out.lock();
@@ -212,15 +220,15 @@ fn sigkill_at_random_moments_loses_no_acknowledged_write() {
         let status = child.wait().expect("reap child");
         assert!(!status.success(), "child exited on its own: {status:?}");
         for line in reader.join().expect("reader thread") {
-            if let Some(n) = line
-                .strip_prefix("begin ")
-                .and_then(|s| s.parse::<u64>().ok())
-            {
+            // Markers are matched anywhere in the line: the harness may prefix
+            // the first one (see crash_child).
+            let marker = |tag: &str| {
+                line.find(tag)
+                    .and_then(|i| line[i + tag.len()..].trim().parse::<u64>().ok())
+            };
+            if let Some(n) = marker("begin ") {
                 log.begun = log.begun.max(n + 1);
-            } else if let Some(n) = line
-                .strip_prefix("ack ")
-                .and_then(|s| s.parse::<u64>().ok())
-            {
+            } else if let Some(n) = marker("ack ") {
                 log.acked.insert(n);
                 total_acked += 1;
             }
