@@ -7,12 +7,15 @@
 //! (Hwu, Kirk, El Hajj), and ggml's quantization formats as llama.cpp defines
 //! them.
 //!
-//! Status: the quantized block formats and their dequantization exist (the
-//! first part of issue #6); the matrix products and the other kernels are not
-//! built yet.
+//! Status: the quantized block formats with their dequantization, and the
+//! scalar reference ops, exist (the first part of issue #6); the SIMD and
+//! threaded kernels and the quantized matrix products are not built yet.
 //!
 //! # Layout
 //! - [`quant`]: ggml tensor types (F32, F16, BF16, Q8_0, Q4_0, Q4_1), their block
 //!   layouts and scalar dequantization.
+//! - [`ops`]: scalar references for RMSNorm, softmax, SiLU·mul and RoPE (both
+//!   the GGUF and the Hugging Face layouts).
 
+pub mod ops;
 pub mod quant;
