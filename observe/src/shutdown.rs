@@ -31,15 +31,3 @@ pub async fn shutdown_signal() {
         _ = terminate => tracing::info!(signal = "SIGTERM", "shutting down"),
     }
 }
-
-/// A token cancelled on the first SIGINT/SIGTERM, for components that hand
-/// shutdown to several tasks (each takes a `child_token()`).
-pub fn cancel_on_signal() -> tokio_util::sync::CancellationToken {
-    let token = tokio_util::sync::CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        t.cancel();
-    });
-    token
-}

@@ -59,25 +59,6 @@ impl Fs {
         })
     }
 
-    /// Opens an existing file for appending (WAL reuse after recovery).
-    pub fn append(&self, path: &Path) -> Result<WritableFile> {
-        self.check(IoOp::Create, path, "open for append")?;
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map_err(|e| Error::io("open for append", path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io("stat", path, e))?
-            .len();
-        Ok(WritableFile {
-            file,
-            path: path.to_path_buf(),
-            fs: self.clone(),
-            len,
-        })
-    }
-
     pub fn rename(&self, from: &Path, to: &Path) -> Result<()> {
         self.check(IoOp::Rename, to, "rename")?;
         std::fs::rename(from, to).map_err(|e| Error::io("rename", from, e))
