@@ -328,10 +328,7 @@ impl Db {
         let key = key.as_ref();
         // Sequence first, then the view: the view is at least as new as the
         // sequence, so every write the sequence covers is in it.
-        let seq = match opts.snapshot {
-            Some(s) => s.seq,
-            None => self.inner.visible_seq.load(Ordering::Acquire),
-        };
+        let seq = self.read_seq(opts);
         let sv = self.inner.current.read().clone();
         let stats = &self.inner.stats;
         stats.gets.fetch_add(1, Ordering::Relaxed);
@@ -372,6 +369,14 @@ impl Db {
         Ok(None)
     }
 
+    /// The sequence a read sees: its snapshot's, or the latest visible one.
+    fn read_seq(&self, opts: &ReadOptions<'_>) -> u64 {
+        match opts.snapshot {
+            Some(s) => s.seq,
+            None => self.inner.visible_seq.load(Ordering::Acquire),
+        }
+    }
+
     /// A consistent read view as of now.
     pub fn snapshot(&self) -> Snapshot {
         let mut s = self.inner.snapshots.lock();
@@ -393,10 +398,7 @@ impl Db {
         reverse: bool,
         opts: &ReadOptions<'_>,
     ) -> Result<DbIter> {
-        let seq = match opts.snapshot {
-            Some(s) => s.seq,
-            None => self.inner.visible_seq.load(Ordering::Acquire),
-        };
+        let seq = self.read_seq(opts);
         let sv = self.inner.current.read().clone();
         let mut mems = vec![sv.mem.clone()];
         mems.extend(sv.imms.iter().cloned());

@@ -15,7 +15,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Counter, Gauge, GaugeVec, IntCounter, Opts};
 
-use crate::Db;
+use crate::{Db, DbStats};
 
 /// Reads a [`Db`]'s stats on every scrape. Holds a weak reference: a scrape
 /// after the database is closed returns nothing rather than keeping it open.
@@ -79,50 +79,81 @@ const COUNTERS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Every series, with values from `s`. The one list of names and help texts:
+/// `new` takes the descriptors from it (with zero stats), `collect` the values.
+fn build(label: &str, s: &DbStats) -> Vec<Box<dyn Collector>> {
+    let opts = |name: &str, help: &str| Opts::new(name, help).const_label("db", label);
+    let counters = [
+        s.user_bytes_written,
+        s.wal_bytes_written,
+        s.flush_bytes_written,
+        s.compaction_bytes_read,
+        s.compaction_bytes_written,
+        s.flushes,
+        s.compactions,
+        s.trivial_moves,
+        s.gets,
+        s.tables_probed,
+        s.bloom_useful,
+        s.bloom_false_positives,
+        s.block_cache_hits,
+        s.block_cache_misses,
+    ];
+    let mut out: Vec<Box<dyn Collector>> = Vec::new();
+    for ((name, help), v) in COUNTERS.iter().zip(counters) {
+        if let Ok(c) = IntCounter::with_opts(opts(name, help)) {
+            c.inc_by(v);
+            out.push(Box::new(c));
+        }
+    }
+    if let Ok(c) = Counter::with_opts(opts(
+        "mlstack_storage_stall_seconds_total",
+        "Time writers spent stalled by L0 or flush backlog.",
+    )) {
+        c.inc_by(s.stall_micros as f64 / 1e6);
+        out.push(Box::new(c));
+    }
+    for (name, help, v) in [
+        (
+            "mlstack_storage_write_amplification",
+            "(flush + compaction bytes written) / user bytes.",
+            s.write_amplification(),
+        ),
+        (
+            "mlstack_storage_memtable_bytes",
+            "Bytes in the memtable and immutable memtables.",
+            s.memtable_bytes as f64,
+        ),
+        (
+            "mlstack_storage_block_cache_bytes",
+            "Bytes held by the block cache.",
+            s.block_cache_bytes as f64,
+        ),
+    ] {
+        if let Ok(g) = Gauge::with_opts(opts(name, help)) {
+            g.set(v);
+            out.push(Box::new(g));
+        }
+    }
+    if let Ok(g) = GaugeVec::new(
+        opts("mlstack_storage_level_bytes", "Bytes of tables per level."),
+        &["level"],
+    ) {
+        for (i, l) in s.levels.iter().enumerate() {
+            g.with_label_values(&[&i.to_string()]).set(l.bytes as f64);
+        }
+        out.push(Box::new(g));
+    }
+    out
+}
+
 impl DbCollector {
     /// `db_label` becomes the `db` label on every series (e.g. `kv-1`).
     pub fn new(db: &Arc<Db>, db_label: &str) -> Self {
-        let mut descs = Vec::new();
-        for (name, help) in COUNTERS {
-            if let Ok(c) =
-                IntCounter::with_opts(Opts::new(*name, *help).const_label("db", db_label))
-            {
-                descs.extend(c.desc().into_iter().cloned());
-            }
-        }
-        for (name, help) in [(
-            "mlstack_storage_stall_seconds_total",
-            "Time writers spent stalled by L0 or flush backlog.",
-        )] {
-            if let Ok(c) = Counter::with_opts(Opts::new(name, help).const_label("db", db_label)) {
-                descs.extend(c.desc().into_iter().cloned());
-            }
-        }
-        for (name, help) in [
-            (
-                "mlstack_storage_write_amplification",
-                "(flush + compaction bytes written) / user bytes.",
-            ),
-            (
-                "mlstack_storage_memtable_bytes",
-                "Bytes in the memtable and immutable memtables.",
-            ),
-            (
-                "mlstack_storage_block_cache_bytes",
-                "Bytes held by the block cache.",
-            ),
-        ] {
-            if let Ok(g) = Gauge::with_opts(Opts::new(name, help).const_label("db", db_label)) {
-                descs.extend(g.desc().into_iter().cloned());
-            }
-        }
-        if let Ok(g) = GaugeVec::new(
-            Opts::new("mlstack_storage_level_bytes", "Bytes of tables per level.")
-                .const_label("db", db_label),
-            &["level"],
-        ) {
-            descs.extend(g.desc().into_iter().cloned());
-        }
+        let descs = build(db_label, &DbStats::default())
+            .iter()
+            .flat_map(|c| c.desc().into_iter().cloned().collect::<Vec<_>>())
+            .collect();
         Self {
             db: Arc::downgrade(db),
             descs,
@@ -140,69 +171,9 @@ impl Collector for DbCollector {
         let Some(db) = self.db.upgrade() else {
             return Vec::new();
         };
-        let s = db.stats();
-        let values = [
-            s.user_bytes_written,
-            s.wal_bytes_written,
-            s.flush_bytes_written,
-            s.compaction_bytes_read,
-            s.compaction_bytes_written,
-            s.flushes,
-            s.compactions,
-            s.trivial_moves,
-            s.gets,
-            s.tables_probed,
-            s.bloom_useful,
-            s.bloom_false_positives,
-            s.block_cache_hits,
-            s.block_cache_misses,
-        ];
-        let mut out = Vec::new();
-        let opts = |name: &str, help: &str| Opts::new(name, help).const_label("db", &self.label);
-        for ((name, help), v) in COUNTERS.iter().zip(values) {
-            if let Ok(c) = IntCounter::with_opts(opts(name, help)) {
-                c.inc_by(v);
-                out.extend(c.collect());
-            }
-        }
-        if let Ok(c) = Counter::with_opts(opts(
-            "mlstack_storage_stall_seconds_total",
-            "Time writers spent stalled by L0 or flush backlog.",
-        )) {
-            c.inc_by(s.stall_micros as f64 / 1e6);
-            out.extend(c.collect());
-        }
-        for (name, help, v) in [
-            (
-                "mlstack_storage_write_amplification",
-                "(flush + compaction bytes written) / user bytes.",
-                s.write_amplification(),
-            ),
-            (
-                "mlstack_storage_memtable_bytes",
-                "Bytes in the memtable and immutable memtables.",
-                s.memtable_bytes as f64,
-            ),
-            (
-                "mlstack_storage_block_cache_bytes",
-                "Bytes held by the block cache.",
-                s.block_cache_bytes as f64,
-            ),
-        ] {
-            if let Ok(g) = Gauge::with_opts(opts(name, help)) {
-                g.set(v);
-                out.extend(g.collect());
-            }
-        }
-        if let Ok(g) = GaugeVec::new(
-            opts("mlstack_storage_level_bytes", "Bytes of tables per level."),
-            &["level"],
-        ) {
-            for (i, l) in s.levels.iter().enumerate() {
-                g.with_label_values(&[&i.to_string()]).set(l.bytes as f64);
-            }
-            out.extend(g.collect());
-        }
-        out
+        build(&self.label, &db.stats())
+            .iter()
+            .flat_map(|c| c.collect())
+            .collect()
     }
 }

@@ -157,19 +157,19 @@ pub fn read_wal(path: &Path) -> Result<WalContents> {
     let zero_from = |p: usize| data[p..].chunks(4096).all(|c| c == &ZEROS[..c.len()]);
     while pos < data.len() {
         // The valid prefix ends here; classify what follows.
-        let stop = |records: Vec<(u64, Vec<u8>)>, pos: usize| WalContents {
-            records,
-            valid_len: pos as u64,
-            torn_bytes: if zero_from(pos) {
-                0
+        let stop = |records: Vec<(u64, Vec<u8>)>, pos: usize| {
+            // One scan of the tail decides which of the two it is.
+            let (torn_bytes, preallocated_bytes) = if zero_from(pos) {
+                (0, (data.len() - pos) as u64)
             } else {
-                (data.len() - pos) as u64
-            },
-            preallocated_bytes: if zero_from(pos) {
-                (data.len() - pos) as u64
-            } else {
-                0
-            },
+                ((data.len() - pos) as u64, 0)
+            };
+            WalContents {
+                records,
+                valid_len: pos as u64,
+                torn_bytes,
+                preallocated_bytes,
+            }
         };
         if data.len() - pos < HEADER_LEN {
             return Ok(stop(records, pos));
