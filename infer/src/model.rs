@@ -494,7 +494,14 @@ impl Model {
         let mut tensors: std::collections::HashMap<String, (Vec<usize>, Vec<f32>)> =
             std::collections::HashMap::new();
         for path in &files {
-            let bytes = read(path.clone())?;
+            let io = |source| ModelError::Io {
+                path: path.clone(),
+                source,
+            };
+            let file = std::fs::File::open(path).map_err(io)?;
+            // SAFETY: read-only private mapping of a checkpoint nobody writes
+            // while it loads; the bytes are converted and the map dropped.
+            let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
             let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
                 ModelError::Safetensors {
                     path: path.clone(),
@@ -641,6 +648,123 @@ impl Model {
             norm: self.norm.clone(),
             output: self.output.as_ref().map(f),
         }
+    }
+
+    /// Writes the model as a Hugging Face Llama checkpoint (`config.json` and
+    /// one F32 `model.safetensors`) with the Q/K rows in Hugging Face's order:
+    /// the inverse of llama.cpp's conversion permutation when this model came
+    /// from GGUF. (How GGUF weights reach the trainer, and how the tests check
+    /// the safetensors path against the GGUF one.)
+    pub fn save_safetensors(&self, dir: &Path) -> Result<(), ModelError> {
+        let c = &self.config;
+        let io = |path: PathBuf| move |source| ModelError::Io { path, source };
+        std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
+        let dense = |m: &Matrix| {
+            let mut v = vec![0f32; m.rows * m.cols];
+            quant::dequantize(m.ty, m.bytes(), &mut v).expect("sizes checked at load");
+            v
+        };
+        // GGUF row 2j + a of a head is Hugging Face row a·(head_dim/2) + j.
+        let unpermute = |m: &Matrix, n_heads: usize| {
+            let v = dense(m);
+            if c.rope_layout == RopeLayout::HalfSplit {
+                return v;
+            }
+            let (hd, cols) = (c.head_dim, m.cols);
+            let mut out = vec![0f32; v.len()];
+            for h in 0..n_heads {
+                for j in 0..hd / 2 {
+                    for a in 0..2 {
+                        let src = (h * hd + 2 * j + a) * cols;
+                        let dst = (h * hd + a * hd / 2 + j) * cols;
+                        out[dst..dst + cols].copy_from_slice(&v[src..src + cols]);
+                    }
+                }
+            }
+            out
+        };
+        let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let mut add = |name: &str, m: &Matrix, v: Vec<f32>| {
+                tensors.push((format!("{p}.{name}.weight"), vec![m.rows, m.cols], v));
+            };
+            add("self_attn.q_proj", &l.wq, unpermute(&l.wq, c.n_heads));
+            add("self_attn.k_proj", &l.wk, unpermute(&l.wk, c.n_kv_heads));
+            add("self_attn.v_proj", &l.wv, dense(&l.wv));
+            add("self_attn.o_proj", &l.wo, dense(&l.wo));
+            add("mlp.gate_proj", &l.w_gate, dense(&l.w_gate));
+            add("mlp.up_proj", &l.w_up, dense(&l.w_up));
+            add("mlp.down_proj", &l.w_down, dense(&l.w_down));
+            tensors.push((
+                format!("{p}.input_layernorm.weight"),
+                vec![c.d_model],
+                l.attn_norm.clone(),
+            ));
+            tensors.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                vec![c.d_model],
+                l.ffn_norm.clone(),
+            ));
+        }
+        tensors.push((
+            "model.embed_tokens.weight".into(),
+            vec![c.vocab_size, c.d_model],
+            dense(&self.embed),
+        ));
+        tensors.push((
+            "model.norm.weight".into(),
+            vec![c.d_model],
+            self.norm.clone(),
+        ));
+        if let Some(o) = &self.output {
+            tensors.push((
+                "lm_head.weight".into(),
+                vec![c.vocab_size, c.d_model],
+                dense(o),
+            ));
+        }
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+            .into_iter()
+            .map(|(n, shape, v)| (n, shape, v.iter().flat_map(|f| f.to_le_bytes()).collect()))
+            .collect();
+        let views = bytes
+            .iter()
+            .map(|(n, shape, b)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                    .map(|v| (n.clone(), v))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ModelError::Safetensors {
+                path: dir.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        let path = dir.join("model.safetensors");
+        safetensors::tensor::serialize_to_file(views, None, &path).map_err(|e| {
+            ModelError::Safetensors {
+                path: path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let config = serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": c.d_model,
+            "intermediate_size": c.d_ff,
+            "num_attention_heads": c.n_heads,
+            "num_key_value_heads": c.n_kv_heads,
+            "num_hidden_layers": c.n_layers,
+            "head_dim": c.head_dim,
+            "vocab_size": c.vocab_size,
+            "rope_theta": c.rope_base,
+            "rms_norm_eps": c.rms_eps,
+            "max_position_embeddings": c.context_length,
+            "tie_word_embeddings": self.output.is_none(),
+            "torch_dtype": "float32",
+        });
+        let cfg_path = dir.join("config.json");
+        std::fs::write(&cfg_path, serde_json::to_vec_pretty(&config).expect("json"))
+            .map_err(io(cfg_path.clone()))
     }
 
     /// Bytes of weights one decode step reads (every matrix once, the output

@@ -1,0 +1,196 @@
+//! `mlstack infer ...` as a user runs it, on the real SmolLM2 model: greedy
+//! generation (plain and chat) streams the same text llama.cpp produced,
+//! seeded sampling is reproducible, bad input fails with a clear message, and
+//! the benchmark writes its JSON rows.
+
+use std::process::Command;
+
+use tests::mlstack_bin;
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(mlstack_bin())
+        .args(["--log-format", "json"])
+        .args(args)
+        .env_remove("MLSTACK_MODEL")
+        .output()
+        .expect("running mlstack");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn generate_streams_llama_cpps_greedy_text_and_reports_speed() {
+    // llama.cpp's greedy continuation (infer/tests/data/llamacpp_golden.json).
+    let (ok, out, err) = run(&[
+        "infer",
+        "generate",
+        "--prompt",
+        "The capital of France is",
+        "--max-tokens",
+        "12",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out, " Paris.\n\nThe United States has a population of approximately\n",
+        "stdout: {out:?}"
+    );
+    assert!(
+        err.contains("5 prompt tokens") && err.contains("decode") && err.contains("tokens/s"),
+        "{err}"
+    );
+
+    let (ok, out, err) = run(&[
+        "infer",
+        "generate",
+        "--chat",
+        "--prompt",
+        "Write a haiku about the ocean.",
+        "--max-tokens",
+        "64",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("In the depths of the ocean, a silent beauty,\n"),
+        "{out:?}"
+    );
+    // The model ends its turn with <|im_end|> (EOS) before 64 tokens.
+    assert!(err.contains("finish: Stop"), "{err}");
+    assert!(!out.contains("<|im_end|>"), "{out:?}");
+
+    // A stop string ends generation and is not printed.
+    let (ok, out, err) = run(&[
+        "infer",
+        "generate",
+        "--prompt",
+        "The capital of France is",
+        "--max-tokens",
+        "30",
+        "--stop",
+        "United",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out, " Paris.\n\nThe \n", "{out:?}");
+    assert!(err.contains("finish: Stop"), "{err}");
+}
+
+#[test]
+fn seeded_sampling_is_reproducible_and_seeds_differ() {
+    let sample = |seed: &str| {
+        let (ok, out, err) = run(&[
+            "infer",
+            "generate",
+            "--prompt",
+            "Once upon a time",
+            "--max-tokens",
+            "24",
+            "--temperature",
+            "1.0",
+            "--top-k",
+            "0",
+            "--top-p",
+            "1.0",
+            "--min-p",
+            "0",
+            "--seed",
+            seed,
+        ]);
+        assert!(ok, "{err}");
+        out
+    };
+    let (a, b, c) = (sample("1"), sample("1"), sample("2"));
+    assert_eq!(a, b, "the same seed must give the same text");
+    assert_ne!(a, c, "different seeds gave identical 24-token samples");
+}
+
+#[test]
+fn bad_input_fails_with_a_clear_message() {
+    let (ok, _, err) = run(&[
+        "infer",
+        "generate",
+        "--model",
+        "/nonexistent.gguf",
+        "--prompt",
+        "x",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("/nonexistent.gguf"), "{err}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bogus = dir.path().join("bogus.gguf");
+    std::fs::write(&bogus, b"GGUF\x03\0\0\0truncated").expect("write");
+    let (ok, _, err) = run(&[
+        "infer",
+        "generate",
+        "--model",
+        bogus.to_str().expect("utf8"),
+        "--prompt",
+        "x",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("truncated"), "{err}");
+    let (ok, _, err) = run(&["infer", "generate", "--prompt", "x", "--temperature=-1"]);
+    assert!(!ok);
+    assert!(err.contains("temperature"), "{err}");
+    let (ok, _, err) = run(&["infer", "generate", "--prompt", "", "--max-tokens", "4"]);
+    assert!(!ok);
+    assert!(err.contains("empty prompt"), "{err}");
+    let (ok, _, err) = run(&[
+        "infer",
+        "generate",
+        "--prompt",
+        "x",
+        "--max-tokens",
+        "100000",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("8192"), "{err}");
+}
+
+#[test]
+fn bench_engine_writes_every_row() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_path = dir.path().join("engine.json");
+    let (ok, out, err) = run(&[
+        "infer",
+        "bench-engine",
+        "--systems",
+        "mlstack",
+        "--repeats",
+        "1",
+        "--decode-tokens",
+        "4",
+        "--out",
+        out_path.to_str().expect("utf8"),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("decode floor"), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out_path).expect("json written")).expect("json");
+    for w in [
+        "prefill_128",
+        "prefill_1024",
+        "decode_ctx128",
+        "decode_ctx1024",
+    ] {
+        let row = v["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .find(|r| r["system"] == "mlstack" && r["workload"] == w)
+            .unwrap_or_else(|| panic!("no row for {w}"));
+        assert!(
+            row["tokens_per_sec"].as_f64().expect("number") > 0.0,
+            "{row}"
+        );
+        assert!(row["peak_rss_mb"].as_f64().expect("number") > 50.0, "{row}");
+    }
+    assert!(v["memory_bandwidth_gb_per_sec"].as_f64().expect("bw") > 0.1);
+    // 210 Q4_1 matrices + the Q8_0 head + norms: about 96.6 MB per token.
+    let bytes = v["weight_bytes_per_token"].as_u64().expect("bytes");
+    assert!((90_000_000..100_000_000).contains(&bytes), "{bytes}");
+    let (ok, _, err) = run(&["infer", "bench-engine", "--systems", "vllm"]);
+    assert!(!ok);
+    assert!(err.contains("vllm"), "{err}");
+}
