@@ -1,17 +1,24 @@
-//! # infer: an LLM inference engine and server
+//! # infer: an LLM inference engine (and, next, its server)
 //!
-//! Loads GGUF and safetensors Llama models, runs the forward pass on the
-//! `kernels` crate, and (later) serves many requests at once with a paged KV
-//! cache (the vLLM paper) and iteration-level continuous batching (the Orca
-//! paper), over gRPC and an OpenAI-compatible HTTP API.
-//!
-//! Status: the GGUF v3 reader exists (the first part of issue #6); the
-//! tokenizer, the forward pass, sampling and the CLI are not built yet, and
-//! serving is issue #7.
+//! Loads GGUF and safetensors Llama models, tokenizes with the model's own
+//! vocabulary, runs the forward pass on the `kernels` crate, samples and
+//! streams text; it matches llama.cpp's greedy tokens on SmolLM2 except at
+//! near-ties (see `README.md`). Background: the Llama paper (Touvron et al.,
+//! 2023) for the architecture, llama.cpp for the GGUF format and quantized
+//! arithmetic; serving many requests at once with a paged KV cache (the vLLM
+//! paper) and iteration-level batching (the Orca paper) is issue #7.
 //!
 //! # Layout
 //! - [`gguf`]: the GGUF v3 container: header, typed metadata, tensor infos,
 //!   alignment, memory-mapped tensor data, dequantization to f32.
+//! - [`tokenizer`]: byte-level BPE from GGUF metadata (or `tokenizer.json`),
+//!   special tokens, chat templates, streaming decode.
+//! - [`model`]: configuration, weights, the forward pass (batched prefill and
+//!   decode), the f16 KV cache, safetensors import/export.
+//! - [`sampling`]: greedy, temperature, top-k, top-p, min-p, repetition
+//!   penalty, seeded.
+//! - [`generate`]: one sequence's prefill + decode loop with stop conditions.
+//! - [`bench`]: `mlstack infer bench-engine`, against llama.cpp.
 
 pub mod bench;
 pub mod generate;
