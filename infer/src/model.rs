@@ -346,6 +346,8 @@ impl KvCache {
 /// Which positions' logits a forward pass returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
+    /// None (a prefill chunk that does not end the prompt).
+    None,
     /// Only the last token's (generation).
     Last,
     /// Every token's, (n, vocab) (tests and scoring).
@@ -798,33 +800,70 @@ impl Model {
         cache: &mut KvCache,
         which: Logits,
     ) -> Result<Vec<f32>, ModelError> {
-        let c = &self.config;
-        let n = tokens.len();
-        if n == 0 {
+        if tokens.is_empty() {
             return Err(ModelError::Empty);
         }
-        if cache.len + n > cache.max_tokens {
+        if cache.len + tokens.len() > cache.max_tokens {
             return Err(ModelError::ContextFull {
                 len: cache.len,
-                n,
+                n: tokens.len(),
                 max: cache.max_tokens,
             });
         }
-        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-            return Err(ModelError::TokenOutOfRange {
-                id,
-                vocab: c.vocab_size,
-            });
+        let input = SeqInput {
+            tokens,
+            start: cache.len,
+            table: &[],
+            logits: which,
+        };
+        let mut out = self.forward_batch(&[input], cache)?;
+        cache.len += tokens.len();
+        Ok(out.pop().expect("one sequence in, one out"))
+    }
+
+    /// One forward pass over several sequences at once: every sequence's new
+    /// tokens go through the matrix products together (n_total rows), which
+    /// is what makes batched decode cheaper per token than one at a time;
+    /// attention stays per sequence, reading its own keys through `cache`.
+    /// Returns each sequence's logits as its `logits` asks (empty for
+    /// [`Logits::None`]).
+    ///
+    /// A sequence's result does not depend on what else is in the batch: each
+    /// token row goes through the same kernels with the same arithmetic.
+    pub fn forward_batch<C: KvStore + Sync + ?Sized>(
+        &self,
+        seqs: &[SeqInput<'_>],
+        cache: &mut C,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let c = &self.config;
+        if seqs.is_empty() || seqs.iter().any(|s| s.tokens.is_empty()) {
+            return Err(ModelError::Empty);
         }
-        assert_eq!(cache.kv_dim, c.kv_dim(), "cache built for another model");
+        for s in seqs {
+            if let Some(&id) = s.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+                return Err(ModelError::TokenOutOfRange {
+                    id,
+                    vocab: c.vocab_size,
+                });
+            }
+        }
+        assert_eq!(cache.kv_dim(), c.kv_dim(), "cache built for another model");
         let (d, qd, kvd, hd) = (c.d_model, c.q_dim(), c.kv_dim(), c.head_dim);
-        let start = cache.len;
+        // (sequence, position) of every token row of the batch.
+        let rows: Vec<(usize, usize)> = seqs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| (0..s.tokens.len()).map(move |t| (i, s.start + t)))
+            .collect();
+        let n = rows.len();
 
         // x: (n, d_model)
         let mut x = vec![0f32; n * d];
-        for (t, &tok) in tokens.iter().enumerate() {
-            self.embed
-                .row_into(tok as usize, &mut x[t * d..(t + 1) * d]);
+        for (row, &tok) in x
+            .chunks_exact_mut(d)
+            .zip(seqs.iter().flat_map(|s| s.tokens))
+        {
+            self.embed.row_into(tok as usize, row);
         }
         let mut h = vec![0f32; n * d]; // normed input of each block
         let mut q = vec![0f32; n * qd];
@@ -851,8 +890,7 @@ impl Model {
                     &acts,
                 );
             }
-            for t in 0..n {
-                let pos = start + t;
+            for (t, &(si, pos)) in rows.iter().enumerate() {
                 vec::rope(
                     &mut q[t * qd..(t + 1) * qd],
                     hd,
@@ -867,11 +905,15 @@ impl Model {
                     c.rope_base,
                     c.rope_layout,
                 );
-                let row = cache.row(li, pos);
-                to_f16(&k[t * kvd..(t + 1) * kvd], &mut cache.k[row..row + kvd]);
-                to_f16(&v[t * kvd..(t + 1) * kvd], &mut cache.v[row..row + kvd]);
+                cache.write(
+                    seqs[si].table,
+                    li,
+                    pos,
+                    &k[t * kvd..(t + 1) * kvd],
+                    &v[t * kvd..(t + 1) * kvd],
+                );
             }
-            self.attention(li, cache, start, &q, &mut att);
+            self.attention(li, &*cache, seqs, &rows, &q, &mut att);
             {
                 let acts = Activations::new(&att, n, quantized, &mut q8);
                 matmul::matmul(&mut [(l.wo.weights(), &mut proj[..])], &acts);
@@ -890,26 +932,35 @@ impl Model {
                     &acts,
                 );
             }
-            // silu(gate) ⊙ up, in place into gate
-            for (g, u) in gate.chunks_exact_mut(c.d_ff).zip(up.chunks_exact(c.d_ff)) {
-                let g_in = g.to_vec();
-                vec::silu_mul(&g_in, u, g);
+            // silu(gate) ⊙ up, into up (the kernel reads both, writes a third)
+            for (g, u) in gate.chunks_exact(c.d_ff).zip(up.chunks_exact_mut(c.d_ff)) {
+                let u_in = u.to_vec();
+                vec::silu_mul(g, &u_in, u);
             }
             {
-                let acts = Activations::new(&gate, n, quantized, &mut q8);
+                let acts = Activations::new(&up, n, quantized, &mut q8);
                 matmul::matmul(&mut [(l.w_down.weights(), &mut proj[..])], &acts);
             }
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
         }
-        cache.len = start + n;
 
-        // --- output head ---
-        let rows: Vec<usize> = match which {
-            Logits::Last => vec![n - 1],
-            Logits::All => (0..n).collect(),
-        };
-        let mut last = vec![0f32; rows.len() * d];
-        for (i, &t) in rows.iter().enumerate() {
+        // --- output head, for the rows that want logits ---
+        let mut want: Vec<usize> = Vec::new(); // row indices
+        let mut first_row = 0;
+        for s in seqs {
+            match s.logits {
+                Logits::None => {}
+                Logits::Last => want.push(first_row + s.tokens.len() - 1),
+                Logits::All => want.extend(first_row..first_row + s.tokens.len()),
+            }
+            first_row += s.tokens.len();
+        }
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); seqs.len()];
+        if want.is_empty() {
+            return Ok(out);
+        }
+        let mut last = vec![0f32; want.len() * d];
+        for (i, &t) in want.iter().enumerate() {
             vec::rms_norm(
                 &x[t * d..(t + 1) * d],
                 &self.norm,
@@ -918,47 +969,138 @@ impl Model {
             );
         }
         let head = self.output.as_ref().unwrap_or(&self.embed);
-        let mut logits = vec![0f32; rows.len() * c.vocab_size];
-        let acts = Activations::new(&last, rows.len(), head.ty != GgmlType::F32, &mut q8);
+        let mut logits = vec![0f32; want.len() * c.vocab_size];
+        let acts = Activations::new(&last, want.len(), head.ty != GgmlType::F32, &mut q8);
         matmul::matmul(&mut [(head.weights(), &mut logits[..])], &acts);
-        Ok(logits)
+        // Hand each sequence its rows, in order.
+        let mut rows_of = logits.chunks_exact(c.vocab_size);
+        for (s, o) in seqs.iter().zip(out.iter_mut()) {
+            let k = match s.logits {
+                Logits::None => 0,
+                Logits::Last => 1,
+                Logits::All => s.tokens.len(),
+            };
+            for _ in 0..k {
+                o.extend_from_slice(rows_of.next().expect("one row per wanted token"));
+            }
+        }
+        Ok(out)
     }
 
-    /// Causal GQA attention for the new tokens (positions start..start+n)
-    /// against the cache, one rayon task per (token, head).
+    /// Causal GQA attention for every token row of the batch against its
+    /// sequence's keys (positions 0..=pos), one rayon task per (token, head).
     ///
     /// Rounding follows llama.cpp's CPU path so greedy outputs agree: the query
     /// is rounded to f16 before q·k (ggml converts it to the cache's type), and
     /// the softmax weights to f16 before the weighted sum of values.
     ///
     /// q, att: (n, n_heads · head_dim)
-    fn attention(&self, layer: usize, cache: &KvCache, start: usize, q: &[f32], att: &mut [f32]) {
+    fn attention<C: KvStore + Sync + ?Sized>(
+        &self,
+        layer: usize,
+        cache: &C,
+        seqs: &[SeqInput<'_>],
+        rows: &[(usize, usize)],
+        q: &[f32],
+        att: &mut [f32],
+    ) {
         let c = &self.config;
         let hd = c.head_dim;
         let group = c.n_heads / c.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
+        let kv_dim = cache.kv_dim();
         att.par_chunks_mut(hd).enumerate().for_each(|(i, out)| {
             let (t, head) = (i / c.n_heads, i % c.n_heads);
+            let (si, pos) = rows[t];
             let kvh = head / group;
             let mut qh = [0f32; 256];
             let qh = &mut qh[..hd];
             for (a, &b) in qh.iter_mut().zip(&q[i * hd..(i + 1) * hd]) {
                 *a = f16::from_f32(b).to_f32();
             }
-            let n_keys = start + t + 1; // causal: up to and including itself
-            let base = cache.row(layer, 0) + kvh * hd;
-            let kv_dim = cache.kv_dim;
+            let n_keys = pos + 1; // causal: up to and including itself
+            let table = seqs[si].table;
             SCORES.with_borrow_mut(|scores| {
                 scores.resize(n_keys, 0.0);
-                attention::scores(qh, &cache.k[base..], kv_dim, scale, scores);
+                let mut done = 0;
+                cache.segments(table, layer, n_keys, &mut |k, _, n| {
+                    attention::scores(
+                        qh,
+                        &k[kvh * hd..],
+                        kv_dim,
+                        scale,
+                        &mut scores[done..done + n],
+                    );
+                    done += n;
+                });
                 vec::softmax(scores);
                 for w in scores.iter_mut() {
                     *w = f16::from_f32(*w).to_f32();
                 }
                 out.iter_mut().for_each(|o| *o = 0.0);
-                attention::weighted_sum(scores, &cache.v[base..], kv_dim, out);
+                let mut done = 0;
+                cache.segments(table, layer, n_keys, &mut |_, v, n| {
+                    attention::weighted_sum(&scores[done..done + n], &v[kvh * hd..], kv_dim, out);
+                    done += n;
+                });
             });
         });
+    }
+}
+
+/// One sequence's part of a batched forward pass.
+#[derive(Clone, Copy, Debug)]
+pub struct SeqInput<'a> {
+    /// New tokens (a prefill chunk, or one decode token).
+    pub tokens: &'a [u32],
+    /// Position of `tokens[0]`; keys 0..start are already in the cache.
+    pub start: usize,
+    /// The sequence's block table (paged caches; empty for [`KvCache`]).
+    pub table: &'a [u32],
+    pub logits: Logits,
+}
+
+/// Where a forward pass keeps keys and values: the contiguous per-sequence
+/// [`KvCache`] or the paged block pool ([`crate::paged::PagedKvCache`]).
+pub trait KvStore {
+    /// Stores the key and value of the token at `pos` for `layer`.
+    ///
+    /// k, v: (n_kv_heads · head_dim,)
+    fn write(&mut self, table: &[u32], layer: usize, pos: usize, k: &[f32], v: &[f32]);
+
+    /// Calls `f(k_rows, v_rows, n)` for consecutive runs of positions covering
+    /// 0..n_keys in order; rows are `kv_dim()` apart.
+    fn segments(
+        &self,
+        table: &[u32],
+        layer: usize,
+        n_keys: usize,
+        f: &mut dyn FnMut(&[f16], &[f16], usize),
+    );
+
+    fn kv_dim(&self) -> usize;
+}
+
+impl KvStore for KvCache {
+    fn write(&mut self, _table: &[u32], layer: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let row = self.row(layer, pos);
+        to_f16(k, &mut self.k[row..row + self.kv_dim]);
+        to_f16(v, &mut self.v[row..row + self.kv_dim]);
+    }
+
+    fn segments(
+        &self,
+        _table: &[u32],
+        layer: usize,
+        n_keys: usize,
+        f: &mut dyn FnMut(&[f16], &[f16], usize),
+    ) {
+        let (a, b) = (self.row(layer, 0), self.row(layer, n_keys));
+        f(&self.k[a..b], &self.v[a..b], n_keys);
+    }
+
+    fn kv_dim(&self) -> usize {
+        self.kv_dim
     }
 }
 
