@@ -54,6 +54,63 @@ pub enum InferCommand {
     /// Benchmark prefill and decode against llama.cpp (llama-cpp-python, same
     /// GGUF, same threads); prints a table and writes JSON.
     BenchEngine(InferBenchArgs),
+    /// Serve the model: gRPC `mlstack.infer.v1.Inference` (health, reflection)
+    /// and OpenAI-compatible HTTP, with a paged KV cache and continuous
+    /// batching; /metrics on a third port. Runs until SIGINT/SIGTERM.
+    Serve(InferServeArgs),
+    /// Stream a generation from a running server over gRPC.
+    Client(InferClientArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct InferServeArgs {
+    #[command(flatten)]
+    pub model: InferModelArgs,
+    /// gRPC listen address.
+    #[arg(long, env = "MLSTACK_GRPC", default_value = "127.0.0.1:7070")]
+    pub grpc: SocketAddr,
+    /// OpenAI-compatible HTTP listen address.
+    #[arg(long, env = "MLSTACK_HTTP", default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+    /// /metrics, /healthz, /readyz listen address.
+    #[arg(long, env = "MLSTACK_METRICS_LISTEN", default_value = "127.0.0.1:9170")]
+    pub metrics_listen: SocketAddr,
+    /// KV cache budget in bytes (the block pool is what fits).
+    #[arg(long, env = "MLSTACK_KV_CACHE_BYTES", default_value_t = 256 << 20)]
+    pub kv_cache_bytes: usize,
+    /// Tokens per KV block.
+    #[arg(long, env = "MLSTACK_KV_BLOCK_TOKENS", default_value_t = 16)]
+    pub kv_block_tokens: usize,
+    /// Tokens through the model per step (decodes + prefill chunks).
+    #[arg(long, env = "MLSTACK_MAX_BATCHED_TOKENS", default_value_t = 512)]
+    pub max_batched_tokens: usize,
+    /// Sequences running at once.
+    #[arg(long, env = "MLSTACK_MAX_RUNNING_SEQS", default_value_t = 64)]
+    pub max_running_seqs: usize,
+    /// Requests allowed to wait; more get RESOURCE_EXHAUSTED / HTTP 429.
+    #[arg(long, env = "MLSTACK_MAX_WAITING", default_value_t = 256)]
+    pub max_waiting: usize,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct InferClientArgs {
+    /// The server's gRPC address.
+    #[arg(long, env = "MLSTACK_ENDPOINT", default_value = "127.0.0.1:7070")]
+    pub endpoint: String,
+    /// The prompt (with --chat: the user message).
+    #[arg(long, env = "MLSTACK_PROMPT")]
+    pub prompt: String,
+    #[arg(long, env = "MLSTACK_CHAT")]
+    pub chat: bool,
+    #[arg(long, env = "MLSTACK_MAX_TOKENS", default_value_t = 128)]
+    pub max_tokens: u32,
+    #[arg(long, env = "MLSTACK_TEMPERATURE", default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, env = "MLSTACK_SEED")]
+    pub seed: Option<u64>,
+    /// Deadline in seconds (sent as grpc-timeout).
+    #[arg(long, env = "MLSTACK_TIMEOUT", default_value_t = 120.0)]
+    pub timeout: f64,
 }
 
 #[derive(Clone, Debug, Args)]

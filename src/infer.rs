@@ -29,6 +29,9 @@ pub fn load(args: &InferModelArgs) -> Result<Engine, Error> {
 pub fn run(cmd: &InferCommand) -> Result<(), Error> {
     match cmd {
         InferCommand::Generate(a) => generate(a),
+        InferCommand::Serve(_) | InferCommand::Client(_) => {
+            unreachable!("async commands run through serve() and client()")
+        }
         InferCommand::BenchEngine(a) => {
             let engine = load(&a.model)?;
             let report = ::infer::bench::run(
@@ -114,5 +117,120 @@ fn generate(a: &InferGenerateArgs) -> Result<(), Error> {
         out.finish,
         rayon::current_num_threads()
     );
+    Ok(())
+}
+
+/// `mlstack infer serve`: engine thread + gRPC + HTTP + metrics until a signal.
+pub async fn serve(args: &crate::cli::InferServeArgs) -> Result<(), Error> {
+    let model = args.model.clone();
+    let engine = tokio::task::spawn_blocking(move || load(&model))
+        .await
+        .map_err(|e| Error::Infer(format!("loading task failed: {e}")))??;
+    let model_name = ::infer::locate_model(args.model.model.as_deref())
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "model".into());
+    let metrics = ::infer::serve::ServeMetrics::new(observe::registry())
+        .map_err(|e| Error::Infer(format!("registering metrics: {e}")))?;
+    let (handle, engine_thread) = ::infer::serve::start(
+        std::sync::Arc::new(engine),
+        ::infer::serve::ServeConfig {
+            kv_cache_bytes: args.kv_cache_bytes,
+            block_tokens: args.kv_block_tokens.max(1),
+            max_batched_tokens: args.max_batched_tokens.max(1),
+            max_running_seqs: args.max_running_seqs.max(1),
+            max_waiting: args.max_waiting,
+        },
+        metrics,
+    );
+    let readiness = observe::Readiness::new();
+    let metrics_server = observe::MetricsServer::start(
+        args.metrics_listen,
+        observe::registry().clone(),
+        readiness.clone(),
+    )
+    .await?;
+    let servers = ::infer::server::start(handle.clone(), model_name, args.grpc, args.http)
+        .await
+        .map_err(|e| Error::Infer(e.to_string()))?;
+    readiness.set_ready(true);
+    // One machine-readable line so scripts and tests learn the bound ports.
+    println!(
+        "{}",
+        serde_json::json!({
+            "grpc": servers.grpc_addr.to_string(),
+            "http": servers.http_addr.to_string(),
+            "metrics": metrics_server.local_addr().to_string(),
+            "kv_blocks": handle.stats().blocks_total,
+            "kv_capacity_tokens": handle.capacity_tokens(),
+        })
+    );
+    observe::shutdown_signal().await;
+    readiness.set_ready(false);
+    tracing::info!("shutting down: draining the servers");
+    servers.stop().await;
+    handle.shutdown();
+    let _ = tokio::task::spawn_blocking(move || engine_thread.join()).await;
+    metrics_server.stop().await;
+    Ok(())
+}
+
+/// `mlstack infer client`: one streamed generation over gRPC.
+pub async fn client(args: &crate::cli::InferClientArgs) -> Result<(), Error> {
+    use proto::infer::v1 as pb;
+    let channel = proto::server::channel(&args.endpoint)?;
+    let mut client = pb::inference_client::InferenceClient::with_interceptor(
+        channel,
+        observe::grpc::InjectContext,
+    );
+    let input = if args.chat {
+        pb::generate_request::Input::Chat(pb::ChatList {
+            messages: vec![pb::ChatMessage {
+                role: "user".into(),
+                content: args.prompt.clone(),
+            }],
+        })
+    } else {
+        pb::generate_request::Input::Prompt(args.prompt.clone())
+    };
+    let mut req = tonic::Request::new(pb::GenerateRequest {
+        input: Some(input),
+        max_tokens: args.max_tokens,
+        sampling: Some(pb::SamplingParams {
+            temperature: args.temperature,
+            seed: args.seed,
+            ..Default::default()
+        }),
+        stop: vec![],
+        priority: 0,
+    });
+    req.set_timeout(std::time::Duration::from_secs_f64(args.timeout));
+    let mut stream = client
+        .generate(req)
+        .await
+        .map_err(|s| Error::rpc("Inference.Generate", &args.endpoint, s))?
+        .into_inner();
+    let mut stdout = std::io::stdout().lock();
+    while let Some(msg) = stream
+        .message()
+        .await
+        .map_err(|s| Error::rpc("Inference.Generate", &args.endpoint, s))?
+    {
+        let _ = stdout.write_all(msg.text_delta.as_bytes());
+        let _ = stdout.flush();
+        if let Some(u) = msg.usage {
+            let _ = writeln!(stdout);
+            eprintln!(
+                "[{} prompt tokens, {} generated | queue {:.1} ms, first token {:.1} ms, total {:.1} ms | finish: {:?}]",
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.queue_ms,
+                u.time_to_first_token_ms,
+                u.total_ms,
+                pb::FinishReason::try_from(msg.finish_reason)
+                    .unwrap_or(pb::FinishReason::Unspecified)
+            );
+        }
+    }
     Ok(())
 }

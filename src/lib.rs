@@ -110,6 +110,18 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             telemetry.shutdown().await?;
             result
         }
+        Command::Infer(cli::InferCommand::Serve(args)) => {
+            let telemetry = init_observe(&cli, "infer")?;
+            let result = infer::serve(args).await;
+            telemetry.shutdown().await?;
+            result
+        }
+        Command::Infer(cli::InferCommand::Client(args)) => {
+            let telemetry = init_observe(&cli, "infer-client")?;
+            let result = infer::client(args).await;
+            telemetry.shutdown().await?;
+            result
+        }
         Command::Infer(cmd) => {
             let telemetry = init_observe(&cli, "infer")?;
             // CPU-bound: off the async runtime's workers.

@@ -103,14 +103,22 @@ impl Output {
 
 /// Holds back text that might be the start of a stop string, so a stop string
 /// is never streamed and then retracted.
-struct StopFilter {
+#[derive(Debug)]
+pub(crate) struct StopFilter {
     stops: Vec<String>,
     pending: String,
 }
 
 impl StopFilter {
+    pub(crate) fn new(stops: Vec<String>) -> StopFilter {
+        StopFilter {
+            stops,
+            pending: String::new(),
+        }
+    }
+
     /// Adds text; returns (text safe to emit, whether a stop string was hit).
-    fn push(&mut self, text: &str) -> (String, bool) {
+    pub(crate) fn push(&mut self, text: &str) -> (String, bool) {
         self.pending.push_str(text);
         if let Some(at) = self
             .stops
@@ -140,7 +148,7 @@ impl StopFilter {
         (out, false)
     }
 
-    fn flush(&mut self) -> String {
+    pub(crate) fn flush(&mut self) -> String {
         std::mem::take(&mut self.pending)
     }
 }

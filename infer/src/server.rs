@@ -1,0 +1,639 @@
+//! The edges: `mlstack.infer.v1.Inference` over gRPC (tonic, with health and
+//! reflection) and an OpenAI-compatible HTTP API (axum: `/v1/completions`,
+//! `/v1/chat/completions`, `/v1/models`, with SSE streaming). Both turn
+//! requests into [`GenRequest`]s for the [`ServingHandle`] and map its
+//! errors to status codes: invalid input → INVALID_ARGUMENT / 400, a full
+//! waiting queue → RESOURCE_EXHAUSTED / 429.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
+use proto::infer::v1 as pb;
+use tokio_util::sync::CancellationToken;
+
+use crate::sampling::SamplingParams;
+use crate::serve::{Event, Finish, GenRequest, ServingHandle, SubmitError, Usage};
+use crate::tokenizer::ChatMessage;
+
+/// Errors starting the servers.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("binding {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Proto(#[from] proto::Error),
+}
+
+/// Sampling settings from a request, with mlstack's defaults for the unset
+/// ones (greedy unless a temperature is given).
+fn sampling(
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<u32>,
+    min_p: Option<f32>,
+    rep: Option<f32>,
+    seed: Option<u64>,
+) -> SamplingParams {
+    let d = SamplingParams::default();
+    SamplingParams {
+        temperature: temperature.unwrap_or(d.temperature),
+        top_p: top_p.unwrap_or(d.top_p),
+        top_k: top_k.map_or(d.top_k, |k| k as usize),
+        min_p: min_p.unwrap_or(d.min_p),
+        repetition_penalty: rep.unwrap_or(d.repetition_penalty),
+        seed: seed.unwrap_or(d.seed),
+        ..d
+    }
+}
+
+/// Tokenizes plain text (special tokens as text) or a chat (template rendered,
+/// its markers parsed as special tokens).
+fn prompt_ids(
+    h: &ServingHandle,
+    prompt: Option<&str>,
+    chat: Option<&[ChatMessage]>,
+) -> Result<Vec<u32>, SubmitError> {
+    let tok = &h.engine.tokenizer;
+    let ids = match (prompt, chat) {
+        (_, Some(messages)) => {
+            if messages.is_empty() {
+                return Err(SubmitError::Invalid("messages must not be empty".into()));
+            }
+            let text = tok
+                .apply_chat_template(messages, true)
+                .map_err(|e| SubmitError::Invalid(e.to_string()))?;
+            tok.encode(&text, true)
+        }
+        (Some(p), None) => tok.encode(p, false),
+        (None, None) => {
+            return Err(SubmitError::Invalid(
+                "a prompt or chat messages are required".into(),
+            ));
+        }
+    };
+    ids.map_err(|e| SubmitError::Invalid(e.to_string()))
+}
+
+fn status(e: SubmitError) -> tonic::Status {
+    match e {
+        SubmitError::QueueFull { .. } => tonic::Status::resource_exhausted(e.to_string()),
+        SubmitError::Invalid(m) => tonic::Status::invalid_argument(m),
+        SubmitError::Stopped => tonic::Status::unavailable(e.to_string()),
+    }
+}
+
+fn pb_usage(u: &Usage) -> pb::Usage {
+    pb::Usage {
+        prompt_tokens: u.prompt_tokens as u32,
+        completion_tokens: u.completion_tokens as u32,
+        queue_ms: u.queue_ms,
+        time_to_first_token_ms: u.ttft_ms,
+        total_ms: u.total_ms,
+    }
+}
+
+/// The gRPC service.
+#[derive(Clone, Debug)]
+pub struct InferenceService {
+    handle: ServingHandle,
+    model_name: String,
+}
+
+/// The `grpc-timeout` header as a duration (gRPC's wire format: digits and a
+/// unit H, M, S, m, u, n).
+fn grpc_timeout(meta: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let v = meta.get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+type GenStream = Pin<Box<dyn Stream<Item = Result<pb::GenerateResponse, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::inference_server::Inference for InferenceService {
+    type GenerateStream = GenStream;
+
+    async fn generate(
+        &self,
+        request: tonic::Request<pb::GenerateRequest>,
+    ) -> Result<tonic::Response<GenStream>, tonic::Status> {
+        let deadline = grpc_timeout(request.metadata()).map(|d| tokio::time::Instant::now() + d);
+        let r = request.into_inner();
+        let span = tracing::info_span!(
+            "infer.request",
+            gen_ai.system = "mlstack",
+            gen_ai.operation.name = if matches!(r.input, Some(pb::generate_request::Input::Chat(_))) { "chat" } else { "text_completion" },
+            gen_ai.request.model = %self.model_name,
+            gen_ai.request.max_tokens = r.max_tokens,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            gen_ai.response.finish_reasons = tracing::field::Empty,
+        );
+        let s = r.sampling.unwrap_or_default();
+        let opt = |v: f32| (v != 0.0).then_some(v);
+        let params = sampling(
+            Some(s.temperature),
+            opt(s.top_p),
+            (s.top_k != 0).then_some(s.top_k),
+            opt(s.min_p),
+            opt(s.repetition_penalty),
+            s.seed,
+        );
+        let prompt = match &r.input {
+            Some(pb::generate_request::Input::Prompt(p)) => prompt_ids(&self.handle, Some(p), None),
+            Some(pb::generate_request::Input::Chat(c)) => {
+                let msgs: Vec<ChatMessage> = c
+                    .messages
+                    .iter()
+                    .map(|m| ChatMessage {
+                        role: m.role.clone(),
+                        content: m.content.clone(),
+                    })
+                    .collect();
+                prompt_ids(&self.handle, None, Some(&msgs))
+            }
+            None => Err(SubmitError::Invalid(
+                "a prompt or chat messages are required".into(),
+            )),
+        }
+        .map_err(status)?;
+        let req = GenRequest {
+            prompt,
+            max_tokens: if r.max_tokens == 0 {
+                256
+            } else {
+                r.max_tokens as usize
+            },
+            sampling: params,
+            stop: r.stop,
+            priority: r.priority,
+            ignore_eos: false,
+        };
+        let (_, rx) = span.in_scope(|| self.handle.submit(req)).map_err(status)?;
+        let events = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+        let stream = events.map(|e| match e {
+            Event::Token { id, text } => Ok(pb::GenerateResponse {
+                text_delta: text,
+                token_ids: vec![id],
+                ..Default::default()
+            }),
+            Event::Finished {
+                reason,
+                text,
+                usage,
+            } => Ok(pb::GenerateResponse {
+                text_delta: text,
+                token_ids: vec![],
+                finish_reason: match reason {
+                    Finish::Stop => pb::FinishReason::Stop,
+                    Finish::Length => pb::FinishReason::Length,
+                    Finish::Cancelled => pb::FinishReason::Cancelled,
+                } as i32,
+                usage: Some(pb_usage(&usage)),
+            }),
+            Event::Failed(m) => Err(tonic::Status::internal(m)),
+        });
+        // Deadline: end the stream with DEADLINE_EXCEEDED; dropping the event
+        // receiver cancels the sequence in the engine within one step.
+        let stream: GenStream = match deadline {
+            Some(at) => Box::pin(async_stream_with_deadline(stream, at)),
+            None => Box::pin(stream),
+        };
+        Ok(tonic::Response::new(stream))
+    }
+
+    async fn tokenize(
+        &self,
+        request: tonic::Request<pb::TokenizeRequest>,
+    ) -> Result<tonic::Response<pb::TokenizeResponse>, tonic::Status> {
+        let r = request.into_inner();
+        let ids = self
+            .handle
+            .engine
+            .tokenizer
+            .encode(&r.text, r.add_special_tokens)
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        Ok(tonic::Response::new(pb::TokenizeResponse {
+            token_ids: ids,
+        }))
+    }
+
+    async fn model_info(
+        &self,
+        _request: tonic::Request<pb::ModelInfoRequest>,
+    ) -> Result<tonic::Response<pb::ModelInfoResponse>, tonic::Status> {
+        let c = &self.handle.engine.model.config;
+        let cfg = &self.handle.config;
+        Ok(tonic::Response::new(pb::ModelInfoResponse {
+            name: self.model_name.clone(),
+            architecture: "llama".into(),
+            context_length: c.context_length as u32,
+            vocab_size: c.vocab_size as u32,
+            n_layers: c.n_layers as u32,
+            n_heads: c.n_heads as u32,
+            n_kv_heads: c.n_kv_heads as u32,
+            hidden_size: c.d_model as u32,
+            quantization: format!("{:?}", self.handle.engine.model.weight_type()),
+            kv_cache_bytes: (self.handle.stats().blocks_total
+                * crate::paged::PagedKvCache::block_bytes(c, cfg.block_tokens))
+                as u64,
+            kv_block_size_tokens: cfg.block_tokens as u32,
+        }))
+    }
+}
+
+/// Yields `stream`'s items until `at`, then one DEADLINE_EXCEEDED.
+fn async_stream_with_deadline(
+    stream: impl Stream<Item = Result<pb::GenerateResponse, tonic::Status>> + Send + 'static,
+    at: tokio::time::Instant,
+) -> impl Stream<Item = Result<pb::GenerateResponse, tonic::Status>> + Send {
+    let sleep = Box::pin(tokio::time::sleep_until(at));
+    futures::stream::unfold(
+        (Box::pin(stream), sleep, false),
+        |(mut s, mut sleep, done)| async move {
+            if done {
+                return None;
+            }
+            tokio::select! {
+                item = s.next() => item.map(|i| (i, (s, sleep, false))),
+                () = &mut sleep => Some((
+                    Err(tonic::Status::deadline_exceeded("the request's deadline passed during generation")),
+                    (s, sleep, true),
+                )),
+            }
+        },
+    )
+}
+
+// ---------------------------------------------------------------- HTTP --
+
+#[derive(Debug, serde::Deserialize)]
+struct CompletionBody {
+    prompt: Option<serde_json::Value>,
+    messages: Option<Vec<ChatMessage>>,
+    max_tokens: Option<usize>,
+    #[serde(default)]
+    max_completion_tokens: Option<usize>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<u32>,
+    min_p: Option<f32>,
+    repetition_penalty: Option<f32>,
+    seed: Option<u64>,
+    stop: Option<serde_json::Value>,
+    #[serde(default)]
+    stream: bool,
+    n: Option<u32>,
+}
+
+/// OpenAI's error shape.
+fn http_error(code: StatusCode, kind: &str, message: String) -> Response {
+    (
+        code,
+        Json(serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": null}})),
+    )
+        .into_response()
+}
+
+fn submit_error(e: SubmitError) -> Response {
+    match e {
+        SubmitError::QueueFull { .. } => http_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            e.to_string(),
+        ),
+        SubmitError::Invalid(m) => http_error(StatusCode::BAD_REQUEST, "invalid_request_error", m),
+        SubmitError::Stopped => http_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            e.to_string(),
+        ),
+    }
+}
+
+#[derive(Clone, Debug)]
+struct HttpState {
+    handle: ServingHandle,
+    model_name: String,
+}
+
+fn finish_str(f: Finish) -> &'static str {
+    match f {
+        Finish::Stop => "stop",
+        Finish::Length => "length",
+        Finish::Cancelled => "cancelled",
+    }
+}
+
+async fn completions(
+    state: State<HttpState>,
+    body: Result<Json<CompletionBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    handle_completion(state, body, false).await
+}
+
+async fn chat_completions(
+    state: State<HttpState>,
+    body: Result<Json<CompletionBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    handle_completion(state, body, true).await
+}
+
+async fn handle_completion(
+    State(st): State<HttpState>,
+    body: Result<Json<CompletionBody>, axum::extract::rejection::JsonRejection>,
+    chat: bool,
+) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return http_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                format!("malformed request body: {e}"),
+            );
+        }
+    };
+    if b.n.is_some_and(|n| n != 1) {
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "only n=1 is supported".into(),
+        );
+    }
+    let prompt = if chat {
+        match &b.messages {
+            Some(m) => prompt_ids(&st.handle, None, Some(m)),
+            None => Err(SubmitError::Invalid("'messages' is required".into())),
+        }
+    } else {
+        match &b.prompt {
+            Some(serde_json::Value::String(p)) => prompt_ids(&st.handle, Some(p), None),
+            Some(serde_json::Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+                prompt_ids(&st.handle, a[0].as_str(), None)
+            }
+            _ => Err(SubmitError::Invalid(
+                "'prompt' must be a string (one prompt per request)".into(),
+            )),
+        }
+    };
+    let prompt = match prompt {
+        Ok(p) => p,
+        Err(e) => return submit_error(e),
+    };
+    let stop = match &b.stop {
+        None | Some(serde_json::Value::Null) => vec![],
+        Some(serde_json::Value::String(s)) => vec![s.clone()],
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        Some(_) => {
+            return http_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "'stop' must be a string or a list of strings".into(),
+            );
+        }
+    };
+    let req = GenRequest {
+        prompt,
+        max_tokens: b.max_completion_tokens.or(b.max_tokens).unwrap_or(256),
+        // OpenAI's default temperature is 1.0.
+        sampling: sampling(
+            Some(b.temperature.unwrap_or(1.0)),
+            b.top_p.or(Some(1.0)),
+            b.top_k.or(Some(0)),
+            b.min_p.or(Some(0.0)),
+            b.repetition_penalty,
+            b.seed,
+        ),
+        stop,
+        priority: 0,
+        ignore_eos: false,
+    };
+    let span = tracing::info_span!(
+        "infer.request",
+        gen_ai.system = "mlstack",
+        gen_ai.operation.name = if chat { "chat" } else { "text_completion" },
+        gen_ai.request.model = %st.model_name,
+        gen_ai.request.max_tokens = req.max_tokens,
+        gen_ai.request.temperature = req.sampling.temperature,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        gen_ai.response.finish_reasons = tracing::field::Empty,
+    );
+    let (id, mut rx) = match span.in_scope(|| st.handle.submit(req)) {
+        Ok(x) => x,
+        Err(e) => return submit_error(e),
+    };
+    let rid = format!("{}-{id}", if chat { "chatcmpl" } else { "cmpl" });
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let object = if chat {
+        "chat.completion"
+    } else {
+        "text_completion"
+    };
+    let model = st.model_name.clone();
+    let usage_json = |u: &Usage| {
+        serde_json::json!({"prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens, "total_tokens": u.prompt_tokens + u.completion_tokens})
+    };
+    if !b.stream {
+        let mut text = String::new();
+        while let Some(e) = rx.recv().await {
+            match e {
+                Event::Token { text: t, .. } => text.push_str(&t),
+                Event::Finished {
+                    reason,
+                    text: t,
+                    usage,
+                } => {
+                    text.push_str(&t);
+                    let choice = if chat {
+                        serde_json::json!({"index": 0, "message": {"role": "assistant", "content": text},
+                                           "finish_reason": finish_str(reason)})
+                    } else {
+                        serde_json::json!({"index": 0, "text": text, "finish_reason": finish_str(reason),
+                                           "logprobs": null})
+                    };
+                    return Json(
+                        serde_json::json!({"id": rid, "object": object, "created": created,
+                        "model": model, "choices": [choice], "usage": usage_json(&usage)}),
+                    )
+                    .into_response();
+                }
+                Event::Failed(m) => {
+                    return http_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", m);
+                }
+            }
+        }
+        return http_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "the engine dropped the request".into(),
+        );
+    }
+    // SSE: one chunk per token, a final chunk with finish_reason, then [DONE].
+    let chunk_object = if chat {
+        "chat.completion.chunk"
+    } else {
+        "text_completion"
+    };
+    let events = async_stream_sse(rx, move |e| {
+        let delta = |t: &str, finish: Option<&str>| {
+            let choice = if chat {
+                serde_json::json!({"index": 0, "delta": {"content": t}, "finish_reason": finish})
+            } else {
+                serde_json::json!({"index": 0, "text": t, "finish_reason": finish, "logprobs": null})
+            };
+            serde_json::json!({"id": rid, "object": chunk_object, "created": created, "model": model,
+                               "choices": [choice]})
+        };
+        match e {
+            Event::Token { text, .. } => Some(delta(&text, None)),
+            Event::Finished {
+                reason,
+                text,
+                usage,
+            } => {
+                let mut v = delta(&text, Some(finish_str(reason)));
+                v["usage"] = usage_json(&usage);
+                Some(v)
+            }
+            Event::Failed(m) => {
+                Some(serde_json::json!({"error": {"message": m, "type": "server_error"}}))
+            }
+        }
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// Maps engine events to SSE data lines and ends with `data: [DONE]`.
+fn async_stream_sse(
+    rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    f: impl Fn(Event) -> Option<serde_json::Value> + Send + 'static,
+) -> impl Stream<Item = Result<SseEvent, std::convert::Infallible>> + Send {
+    tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+        .filter_map(move |e| {
+            let v = f(e);
+            async move { v.map(|v| Ok(SseEvent::default().data(v.to_string()))) }
+        })
+        .chain(futures::stream::once(async {
+            Ok(SseEvent::default().data("[DONE]"))
+        }))
+}
+
+async fn models(State(st): State<HttpState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({"object": "list", "data": [
+        {"id": st.model_name, "object": "model", "created": 0, "owned_by": "mlstack"}]}))
+}
+
+/// The running servers.
+#[derive(Debug)]
+pub struct Servers {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Servers {
+    /// Stops accepting, lets in-flight responses finish, and waits.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Binds and starts the gRPC and HTTP servers on `handle`.
+pub async fn start(
+    handle: ServingHandle,
+    model_name: String,
+    grpc: SocketAddr,
+    http: SocketAddr,
+) -> Result<Servers, ServerError> {
+    let bind = |what, addr| move |source| ServerError::Bind { what, addr, source };
+    let grpc_listener = tokio::net::TcpListener::bind(grpc)
+        .await
+        .map_err(bind("gRPC", grpc))?;
+    let grpc_addr = grpc_listener.local_addr().map_err(bind("gRPC", grpc))?;
+    let http_listener = tokio::net::TcpListener::bind(http)
+        .await
+        .map_err(bind("HTTP", http))?;
+    let http_addr = http_listener.local_addr().map_err(bind("HTTP", http))?;
+    let stop = CancellationToken::new();
+
+    let (mut routes, health) = proto::server::standard_routes()?;
+    let svc = pb::inference_server::InferenceServer::new(InferenceService {
+        handle: handle.clone(),
+        model_name: model_name.clone(),
+    });
+    routes.add_service(svc);
+    health
+        .set_serving::<pb::inference_server::InferenceServer<InferenceService>>()
+        .await;
+    let incoming =
+        tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let grpc_stop = stop.clone();
+    let grpc_task = tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .trace_fn(observe::grpc::server_span)
+            .add_routes(routes.routes())
+            .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled_owned())
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    });
+
+    let app = axum::Router::new()
+        .route("/v1/completions", axum::routing::post(completions))
+        .route(
+            "/v1/chat/completions",
+            axum::routing::post(chat_completions),
+        )
+        .route("/v1/models", axum::routing::get(models))
+        .with_state(HttpState { handle, model_name });
+    let http_stop = stop.clone();
+    let http_task = tokio::spawn(async move {
+        let r = axum::serve(http_listener, app)
+            .with_graceful_shutdown(http_stop.cancelled_owned())
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    tracing::info!(%grpc_addr, %http_addr, "inference server listening");
+    Ok(Servers {
+        grpc_addr,
+        http_addr,
+        stop,
+        tasks: vec![grpc_task, http_task],
+    })
+}
