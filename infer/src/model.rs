@@ -1073,13 +1073,7 @@ pub trait KvStore {
 
     /// Calls `f(k_rows, v_rows, n)` for consecutive runs of positions covering
     /// 0..n_keys in order; rows are `kv_dim()` apart.
-    fn segments(
-        &self,
-        table: &[u32],
-        layer: usize,
-        n_keys: usize,
-        f: &mut SegmentFn<'_>,
-    );
+    fn segments(&self, table: &[u32], layer: usize, n_keys: usize, f: &mut SegmentFn<'_>);
 
     fn kv_dim(&self) -> usize;
 }
@@ -1091,13 +1085,7 @@ impl KvStore for KvCache {
         to_f16(v, &mut self.v[row..row + self.kv_dim]);
     }
 
-    fn segments(
-        &self,
-        _table: &[u32],
-        layer: usize,
-        n_keys: usize,
-        f: &mut SegmentFn<'_>,
-    ) {
+    fn segments(&self, _table: &[u32], layer: usize, n_keys: usize, f: &mut SegmentFn<'_>) {
         let (a, b) = (self.row(layer, 0), self.row(layer, n_keys));
         f(&self.k[a..b], &self.v[a..b], n_keys);
     }

@@ -252,13 +252,7 @@ impl KvStore for PagedKvCache {
         }
     }
 
-    fn segments(
-        &self,
-        table: &[u32],
-        layer: usize,
-        n_keys: usize,
-        f: &mut SegmentFn<'_>,
-    ) {
+    fn segments(&self, table: &[u32], layer: usize, n_keys: usize, f: &mut SegmentFn<'_>) {
         let mut done = 0;
         for &block in table {
             if done >= n_keys {

@@ -233,7 +233,8 @@ impl Scheduler {
     ///    budget, `max_running_seqs` and free blocks allow. On first admission
     ///    the prompt's full blocks are looked up in the prefix cache; hits are
     ///    shared, not recomputed. Admission stops at the first sequence that
-    ///    does not fit (no overtaking: FCFS stays fair).
+    ///    does not fit (no overtaking: FCFS stays fair), and is skipped in a
+    ///    step that preempted (no thrash).
     pub fn schedule(&mut self) -> StepReport {
         let mut report = StepReport::default();
         let mut budget = self.config.max_batched_tokens;
@@ -281,7 +282,13 @@ impl Scheduler {
             }
         }
 
-        while budget > 0 && self.running.len() < self.config.max_running_seqs {
+        // A step that had to preempt admits nobody: memory is short, and a
+        // sequence admitted now would be the next victim (preempt → re-admit →
+        // preempt thrash, as vLLM also avoids).
+        while report.preempted.is_empty()
+            && budget > 0
+            && self.running.len() < self.config.max_running_seqs
+        {
             let Some((&key, &id)) = self.waiting.iter().next() else {
                 break;
             };
