@@ -60,6 +60,41 @@ pub enum InferCommand {
     Serve(InferServeArgs),
     /// Stream a generation from a running server over gRPC.
     Client(InferClientArgs),
+    /// Load-test the server's HTTP API at fixed concurrency levels, and
+    /// llama.cpp's server (python -m llama_cpp.server) side by side.
+    BenchServe(InferBenchServeArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct InferBenchServeArgs {
+    #[command(flatten)]
+    pub model: InferModelArgs,
+    /// Concurrency levels.
+    #[arg(
+        long,
+        env = "MLSTACK_CONCURRENCY",
+        value_delimiter = ',',
+        default_value = "1,4,16,64"
+    )]
+    pub concurrency: Vec<usize>,
+    /// Systems: mlstack, llama.cpp-server.
+    #[arg(
+        long,
+        env = "MLSTACK_SYSTEMS",
+        value_delimiter = ',',
+        default_value = "mlstack,llama.cpp-server"
+    )]
+    pub systems: Vec<String>,
+    #[arg(long, env = "MLSTACK_SEED", default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, env = "MLSTACK_KV_CACHE_BYTES", default_value_t = 256 << 20)]
+    pub kv_cache_bytes: usize,
+    #[arg(
+        long,
+        env = "MLSTACK_OUT",
+        default_value = "bench/results/infer-serve.json"
+    )]
+    pub out: std::path::PathBuf,
 }
 
 #[derive(Clone, Debug, Args)]

@@ -22,10 +22,6 @@ use crate::cli::DemoArgs;
 const NOT_YET_BUILT: &[(&str, &str)] = &[
     ("consensus (Raft KV cluster)", "issue #4"),
     ("stream (Kafka -> Parquet ingest)", "issue #5"),
-    (
-        "infer serving (paged KV cache, batching, gRPC/HTTP)",
-        "issue #7",
-    ),
     ("train (Llama trainer)", "not filed yet"),
 ];
 
@@ -161,20 +157,23 @@ fn storage_step() -> Result<
 enum InferReport {
     Ran {
         model: String,
+        endpoint: String,
         question: String,
         answer: String,
         prompt_tokens: usize,
         generated: usize,
-        prefill_tps: f64,
-        decode_tps: f64,
+        chunks: usize,
+        ttft_ms: f64,
+        total_ms: f64,
     },
     Skipped(String),
 }
 
-/// Loads the default model (when installed) and answers a chat question
-/// greedily, streaming nothing: the report prints the answer and the speeds.
-fn infer_step() -> Result<InferReport, Error> {
-    use ::infer::generate::{Engine, Request};
+/// Starts the inference server in-process (engine thread, gRPC, HTTP) on
+/// ephemeral ports when the default model is installed, and streams a chat
+/// answer through a real gRPC client.
+async fn infer_step() -> Result<InferReport, Error> {
+    use proto::infer::v1 as pb;
     let path = match ::infer::locate_model(None) {
         Ok(p) if p.exists() => p,
         Ok(p) => {
@@ -185,45 +184,82 @@ fn infer_step() -> Result<InferReport, Error> {
         }
         Err(e) => return Ok(InferReport::Skipped(e)),
     };
-    let engine = Engine::load(&path)?;
-    let question = "In one sentence, what does a key-value store do?".to_string();
-    let text = engine
-        .tokenizer
-        .apply_chat_template(
-            &[::infer::tokenizer::ChatMessage {
-                role: "user".into(),
-                content: question.clone(),
-            }],
-            true,
-        )
-        .map_err(::infer::generate::GenerateError::from)?;
-    let prompt = engine
-        .tokenizer
-        .encode(&text, true)
-        .map_err(::infer::generate::GenerateError::from)?;
-    let out = engine.generate(
-        &Request {
-            prompt,
-            max_tokens: 48,
-            sampling: ::infer::sampling::SamplingParams::default(),
-            stop: vec![],
-            ignore_eos: false,
+    let load_path = path.clone();
+    let engine = tokio::task::spawn_blocking(move || ::infer::generate::Engine::load(&load_path))
+        .await
+        .map_err(|e| Error::DemoCheck(format!("loading the model: {e}")))??;
+    // The process registry, so /metrics shows mlstack_infer_*; a second demo
+    // in one process (tests) gets a private one.
+    let metrics = ::infer::serve::ServeMetrics::new(observe::registry())
+        .or_else(|_| ::infer::serve::ServeMetrics::new(&prometheus::Registry::new()))
+        .map_err(|e| Error::DemoCheck(format!("infer metrics: {e}")))?;
+    let (handle, _engine_thread) = ::infer::serve::start(
+        std::sync::Arc::new(engine),
+        ::infer::serve::ServeConfig {
+            kv_cache_bytes: 64 << 20,
+            ..Default::default()
         },
-        |_| {},
-    )?;
-    if out.text.trim().is_empty() {
-        return Err(Error::DemoCheck("the model generated no text".into()));
+        metrics,
+    );
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let model = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let servers = ::infer::server::start(handle.clone(), model.clone(), any, any)
+        .await
+        .map_err(|e| Error::Infer(e.to_string()))?;
+    let endpoint = servers.grpc_addr.to_string();
+    let question = "In one sentence, what does a key-value store do?".to_string();
+    let mut client = pb::inference_client::InferenceClient::with_interceptor(
+        proto::server::channel(&endpoint)?,
+        observe::grpc::InjectContext,
+    );
+    let mut stream = client
+        .generate(pb::GenerateRequest {
+            input: Some(pb::generate_request::Input::Chat(pb::ChatList {
+                messages: vec![pb::ChatMessage {
+                    role: "user".into(),
+                    content: question.clone(),
+                }],
+            })),
+            max_tokens: 48,
+            sampling: Some(pb::SamplingParams::default()),
+            stop: vec![],
+            priority: 0,
+        })
+        .await
+        .map_err(|s| Error::rpc("Inference.Generate", &endpoint, s))?
+        .into_inner();
+    let (mut answer, mut usage, mut chunks) = (String::new(), None, 0);
+    while let Some(m) = stream
+        .message()
+        .await
+        .map_err(|s| Error::rpc("Inference.Generate", &endpoint, s))?
+    {
+        answer.push_str(&m.text_delta);
+        chunks += 1;
+        if m.usage.is_some() {
+            usage = m.usage;
+        }
+    }
+    servers.stop().await;
+    handle.shutdown();
+    let usage = usage.ok_or_else(|| Error::DemoCheck("the stream ended without usage".into()))?;
+    if answer.trim().is_empty() || chunks < 2 {
+        return Err(Error::DemoCheck(format!(
+            "the server streamed {chunks} messages and no text"
+        )));
     }
     Ok(InferReport::Ran {
-        model: path
-            .file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        model,
+        endpoint,
         question,
-        answer: out.text.trim().to_string(),
-        prompt_tokens: out.prompt_tokens,
-        generated: out.tokens.len(),
-        prefill_tps: out.prefill_tokens_per_sec(),
-        decode_tps: out.decode_tokens_per_sec(),
+        answer: answer.trim().to_string(),
+        prompt_tokens: usage.prompt_tokens as usize,
+        generated: usage.completion_tokens as usize,
+        chunks,
+        ttft_ms: usage.time_to_first_token_ms,
+        total_ms: usage.total_ms,
     })
 }
 
@@ -291,9 +327,7 @@ pub async fn run(args: &DemoArgs, telemetry: &observe::Telemetry) -> Result<(), 
     }
 
     // 5. The inference engine answers a chat question (CPU-bound: blocking thread).
-    let infer = tokio::task::spawn_blocking(infer_step)
-        .await
-        .map_err(|e| Error::DemoCheck(format!("infer step: {e}")))??;
+    let infer = infer_step().await?;
 
     // 6. What the metrics endpoint now says about the pings and the engine.
     let (_, exposition) = http_get(&format!("{metrics_base}/metrics")).await?;
@@ -329,10 +363,10 @@ pub async fn run(args: &DemoArgs, telemetry: &observe::Telemetry) -> Result<(), 
                     "files_per_level": storage.stats.levels.iter().map(|l| l.files).collect::<Vec<_>>(),
                 },
                 "infer": match &infer {
-                    InferReport::Ran { model, question, answer, prompt_tokens, generated, prefill_tps, decode_tps } =>
-                        serde_json::json!({"model": model, "question": question, "answer": answer,
-                            "prompt_tokens": prompt_tokens, "generated_tokens": generated,
-                            "prefill_tokens_per_sec": prefill_tps, "decode_tokens_per_sec": decode_tps}),
+                    InferReport::Ran { model, endpoint, question, answer, prompt_tokens, generated, chunks, ttft_ms, total_ms } =>
+                        serde_json::json!({"model": model, "grpc": endpoint, "question": question, "answer": answer,
+                            "prompt_tokens": prompt_tokens, "generated_tokens": generated, "stream_messages": chunks,
+                            "time_to_first_token_ms": ttft_ms, "total_ms": total_ms}),
                     InferReport::Skipped(why) => serde_json::json!({"skipped": why}),
                 },
                 "metrics": ping_lines,
@@ -379,18 +413,22 @@ pub async fn run(args: &DemoArgs, telemetry: &observe::Telemetry) -> Result<(), 
     match &infer {
         InferReport::Ran {
             model,
+            endpoint,
             question,
             answer,
             prompt_tokens,
             generated,
-            prefill_tps,
-            decode_tps,
+            chunks,
+            ttft_ms,
+            total_ms,
         } => {
-            println!("[infer]   {model}, chat template, greedy:");
+            println!(
+                "[infer]   server {endpoint} ({model}, paged KV cache): a chat answer streamed over gRPC:"
+            );
             println!("          Q: {question}");
             println!("          A: {}", answer.replace('\n', "\n             "));
             println!(
-                "          {prompt_tokens} prompt tokens at {prefill_tps:.0} tokens/s, {generated} generated at {decode_tps:.0} tokens/s"
+                "          {prompt_tokens} prompt tokens, {generated} generated in {chunks} stream messages; first token {ttft_ms:.0} ms, total {total_ms:.0} ms"
             );
         }
         InferReport::Skipped(why) => println!(

@@ -29,7 +29,7 @@ pub fn load(args: &InferModelArgs) -> Result<Engine, Error> {
 pub fn run(cmd: &InferCommand) -> Result<(), Error> {
     match cmd {
         InferCommand::Generate(a) => generate(a),
-        InferCommand::Serve(_) | InferCommand::Client(_) => {
+        InferCommand::Serve(_) | InferCommand::Client(_) | InferCommand::BenchServe(_) => {
             unreachable!("async commands run through serve() and client()")
         }
         InferCommand::BenchEngine(a) => {
@@ -232,5 +232,43 @@ pub async fn client(args: &crate::cli::InferClientArgs) -> Result<(), Error> {
             );
         }
     }
+    Ok(())
+}
+
+/// `mlstack infer bench-serve`: the load generator against both servers.
+pub async fn bench_serve(args: &crate::cli::InferBenchServeArgs) -> Result<(), Error> {
+    for s in &args.systems {
+        if s != "mlstack" && s != "llama.cpp-server" {
+            return Err(Error::Bench(format!(
+                "unknown system {s:?} (mlstack, llama.cpp-server)"
+            )));
+        }
+    }
+    let model = args.model.clone();
+    let engine = tokio::task::spawn_blocking(move || load(&model))
+        .await
+        .map_err(|e| Error::Infer(format!("loading task failed: {e}")))??;
+    let cfg = ::infer::bench_serve::ServeBenchConfig {
+        concurrency: args.concurrency.clone(),
+        systems: args.systems.clone(),
+        seed: args.seed,
+        threads: rayon::current_num_threads(),
+        model_path: ::infer::locate_model(args.model.model.as_deref()).map_err(Error::Infer)?,
+        serve: ::infer::serve::ServeConfig {
+            kv_cache_bytes: args.kv_cache_bytes,
+            ..Default::default()
+        },
+    };
+    let report = ::infer::bench_serve::run(std::sync::Arc::new(engine), &cfg)
+        .await
+        .map_err(Error::Bench)?;
+    print!("{}", report.table());
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Bench(format!("{}: {e}", dir.display())))?;
+    }
+    std::fs::write(&args.out, report.json())
+        .map_err(|e| Error::Bench(format!("{}: {e}", args.out.display())))?;
+    println!("wrote {}", args.out.display());
     Ok(())
 }

@@ -116,6 +116,12 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             telemetry.shutdown().await?;
             result
         }
+        Command::Infer(cli::InferCommand::BenchServe(args)) => {
+            let telemetry = init_observe(&cli, "infer-bench")?;
+            let result = infer::bench_serve(args).await;
+            telemetry.shutdown().await?;
+            result
+        }
         Command::Infer(cli::InferCommand::Client(args)) => {
             let telemetry = init_observe(&cli, "infer-client")?;
             let result = infer::client(args).await;

@@ -21,6 +21,7 @@
 //! - [`bench`]: `mlstack infer bench-engine`, against llama.cpp.
 
 pub mod bench;
+pub mod bench_serve;
 pub mod generate;
 pub mod gguf;
 pub mod model;

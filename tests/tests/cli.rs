@@ -95,6 +95,18 @@ fn demo_drives_the_stack_and_reports_one_trace() {
         st["write_amplification"].as_f64().expect("wa") > 0.0,
         "{st}"
     );
+    // The inference server answered a chat question over gRPC (the test
+    // command installs the model, so this step must have run).
+    let inf = &report["infer"];
+    assert!(
+        inf["answer"].as_str().is_some_and(|a| !a.is_empty()),
+        "{inf}"
+    );
+    assert!(
+        inf["stream_messages"].as_u64().expect("messages") > 2,
+        "{inf}"
+    );
+    assert!(inf["prompt_tokens"].as_u64().expect("tokens") > 10, "{inf}");
     let metrics = report["metrics"].to_string();
     assert!(
         metrics.contains(r#"mlstack_diag_pings_total{outcome=\"ok\",service=\"demo\"} 2"#),

@@ -1,0 +1,400 @@
+//! `mlstack infer bench-serve`: a load generator against the OpenAI-style
+//! HTTP API of mlstack's server and of llama.cpp's server
+//! (`python3 -m llama_cpp.server`, same GGUF, same threads), side by side.
+//!
+//! At each fixed concurrency c, c workers send streaming `/v1/completions`
+//! requests back to back (2·c requests, at least 8) drawn from one seeded
+//! synthetic distribution (prompts of 16–64 words, about 25–100 tokens;
+//! 32–128 output tokens; greedy). Per request: time to first token (first streamed text), the gaps
+//! between streamed tokens, tokens out. Per level: output tokens/s, requests/s,
+//! TTFT and inter-token latency p50/p99, and for mlstack the KV utilization.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::generate::Engine;
+use crate::serve::{ServeConfig, ServeMetrics};
+
+const WORDS: &[&str] = &[
+    "storage",
+    "engine",
+    "writes",
+    "sorted",
+    "runs",
+    "to",
+    "disk",
+    "and",
+    "merges",
+    "them",
+    "in",
+    "the",
+    "background",
+    "while",
+    "readers",
+    "see",
+    "a",
+    "consistent",
+    "snapshot",
+    "of",
+    "every",
+    "key",
+    "consensus",
+    "replicates",
+    "log",
+    "entries",
+    "across",
+    "machines",
+    "so",
+    "that",
+    "one",
+    "failure",
+    "loses",
+    "nothing",
+    "inference",
+    "servers",
+    "batch",
+    "requests",
+    "together",
+];
+
+#[derive(Clone, Debug)]
+pub struct ServeBenchConfig {
+    pub concurrency: Vec<usize>,
+    pub systems: Vec<String>,
+    pub seed: u64,
+    pub threads: usize,
+    pub model_path: std::path::PathBuf,
+    pub serve: ServeConfig,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct LevelRow {
+    pub system: String,
+    pub workload: String,
+    pub requests: usize,
+    /// Requests that failed (HTTP error or a broken stream); not in the figures.
+    pub errors: usize,
+    pub output_tokens_per_sec: f64,
+    pub requests_per_sec: f64,
+    pub ttft_p50_ms: f64,
+    pub ttft_p99_ms: f64,
+    pub itl_p50_ms: f64,
+    pub itl_p99_ms: f64,
+    /// Mean over the level of token slots used / slots allocated (mlstack).
+    pub kv_utilization: Option<f64>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ServeReport {
+    pub model: String,
+    pub threads: usize,
+    pub seed: u64,
+    pub rows: Vec<LevelRow>,
+    pub notes: Vec<String>,
+}
+
+/// The seeded request mix: (prompt text, max_tokens).
+pub fn workload(seed: u64, n: usize) -> Vec<(String, usize)> {
+    let mut s = seed | 1;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    (0..n)
+        .map(|_| {
+            let words = 16 + (next() % 49) as usize;
+            let text: Vec<&str> = (0..words)
+                .map(|_| WORDS[(next() % WORDS.len() as u64) as usize])
+                .collect();
+            (text.join(" "), 32 + (next() % 97) as usize)
+        })
+        .collect()
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// One streamed request: (ttft, inter-token gaps, output tokens).
+async fn one(
+    client: &reqwest::Client,
+    base: &str,
+    prompt: &str,
+    max_tokens: usize,
+) -> Result<(f64, Vec<f64>, usize), String> {
+    let t0 = Instant::now();
+    let mut resp = client
+        .post(format!("{base}/v1/completions"))
+        .json(
+            &serde_json::json!({"model": "m", "prompt": prompt, "max_tokens": max_tokens,
+                                  "temperature": 0, "stream": true}),
+        )
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!(
+            "HTTP {}: {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        ));
+    }
+    let (mut buf, mut ttft, mut last, mut gaps, mut tokens) =
+        (String::new(), None, t0, Vec::new(), 0usize);
+    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                continue;
+            };
+            if data.trim() == "[DONE]" {
+                continue;
+            }
+            let v: serde_json::Value =
+                serde_json::from_str(data).map_err(|e| format!("{e}: {data}"))?;
+            let has_text = v["choices"][0]["text"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty());
+            if v["choices"][0]["finish_reason"].is_null() || has_text {
+                tokens += 1;
+                let now = Instant::now();
+                match ttft {
+                    None => ttft = Some((now - t0).as_secs_f64() * 1e3),
+                    Some(_) => gaps.push((now - last).as_secs_f64() * 1e3),
+                }
+                last = now;
+            }
+        }
+    }
+    Ok((ttft.unwrap_or(f64::NAN), gaps, tokens))
+}
+
+async fn level(
+    system: &str,
+    base: &str,
+    c: usize,
+    reqs: &[(String, usize)],
+    util: Option<&crate::serve::ServingHandle>,
+) -> Result<LevelRow, String> {
+    let client = reqwest::Client::new();
+    let queue = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(
+        reqs.to_vec(),
+    )));
+    let t0 = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..c {
+        let (client, base, queue) = (client.clone(), base.to_string(), queue.clone());
+        workers.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let next = queue.lock().expect("queue").pop_front();
+                let Some((p, m)) = next else { break };
+                out.push(one(&client, &base, &p, m).await);
+            }
+            Ok::<_, String>(out)
+        }));
+    }
+    // Sample KV utilization while the level runs.
+    let mut samples = Vec::new();
+    while !workers.iter().all(|w| w.is_finished()) {
+        if let Some(h) = util {
+            let s = h.stats();
+            if s.running > 0 {
+                samples.push(s.kv_utilization);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut results = Vec::new();
+    let mut errors = 0;
+    for w in workers {
+        for r in w.await.map_err(|e| e.to_string())?? {
+            match r {
+                Ok(r) => results.push(r),
+                Err(e) => {
+                    errors += 1;
+                    tracing::warn!(system, error = %e, "request failed");
+                }
+            }
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let mut ttft: Vec<f64> = results.iter().map(|r| r.0).collect();
+    let mut itl: Vec<f64> = results.iter().flat_map(|r| r.1.iter().copied()).collect();
+    let tokens: usize = results.iter().map(|r| r.2).sum();
+    Ok(LevelRow {
+        system: system.into(),
+        workload: format!("concurrency_{c}"),
+        requests: results.len(),
+        errors,
+        output_tokens_per_sec: tokens as f64 / secs,
+        requests_per_sec: results.len() as f64 / secs,
+        ttft_p50_ms: pct(&mut ttft, 0.5),
+        ttft_p99_ms: pct(&mut ttft, 0.99),
+        itl_p50_ms: pct(&mut itl, 0.5),
+        itl_p99_ms: pct(&mut itl, 0.99),
+        kv_utilization: util.map(|_| samples.iter().sum::<f64>() / samples.len().max(1) as f64),
+    })
+}
+
+/// Runs the benchmark.
+pub async fn run(engine: Arc<Engine>, cfg: &ServeBenchConfig) -> Result<ServeReport, String> {
+    let mut rows = Vec::new();
+    let mut notes = vec![
+        "llama-cpp-python's server (0.3.x) has no parallel-slots option: it serves one request at a time; \
+         with concurrent streams most of its requests end in a broken stream (counted as errors, left \
+         out of its figures). Its concurrency_1 row is its best throughput."
+            .to_string(),
+    ];
+    let n_for = |c: usize| (2 * c).max(8);
+    if cfg.systems.iter().any(|s| s == "mlstack") {
+        let registry = prometheus::Registry::new();
+        let metrics = ServeMetrics::new(&registry).map_err(|e| e.to_string())?;
+        let (handle, _thread) = crate::serve::start(engine.clone(), cfg.serve.clone(), metrics);
+        let any = "127.0.0.1:0".parse().expect("addr");
+        let servers = crate::server::start(handle.clone(), "bench".into(), any, any)
+            .await
+            .map_err(|e| e.to_string())?;
+        let base = format!("http://{}", servers.http_addr);
+        // Warm-up: one request (page in, thread pool up).
+        one(&reqwest::Client::new(), &base, "warm up", 4).await?;
+        for &c in &cfg.concurrency {
+            let reqs = workload(cfg.seed ^ c as u64, n_for(c));
+            rows.push(level("mlstack", &base, c, &reqs, Some(&handle)).await?);
+            eprintln!(
+                "mlstack concurrency {c}: {:.1} tokens/s",
+                rows.last().map_or(0.0, |r| r.output_tokens_per_sec)
+            );
+        }
+        servers.stop().await;
+        handle.shutdown();
+    }
+    if cfg.systems.iter().any(|s| s == "llama.cpp-server") {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+            l.local_addr().map_err(|e| e.to_string())?.port()
+        };
+        let mut child = tokio::process::Command::new("python3")
+            .args([
+                "-m",
+                "llama_cpp.server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+            ])
+            .arg("--model")
+            .arg(&cfg.model_path)
+            .args([
+                "--n_threads",
+                &cfg.threads.to_string(),
+                "--n_threads_batch",
+                &cfg.threads.to_string(),
+            ])
+            .args(["--n_ctx", "4096"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("starting llama_cpp.server: {e}"))?;
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let mut up = false;
+        for _ in 0..120 {
+            if client
+                .get(format!("{base}/v1/models"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                up = true;
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "llama_cpp.server exited ({status}); install it with pip install llama-cpp-python fastapi uvicorn sse-starlette starlette-context pydantic-settings"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if !up {
+            return Err("llama_cpp.server did not answer within 60 s".into());
+        }
+        one(&client, &base, "warm up", 4).await?;
+        for &c in &cfg.concurrency {
+            let reqs = workload(cfg.seed ^ c as u64, n_for(c));
+            rows.push(level("llama.cpp-server", &base, c, &reqs, None).await?);
+            eprintln!(
+                "llama.cpp-server concurrency {c}: {:.1} tokens/s",
+                rows.last().map_or(0.0, |r| r.output_tokens_per_sec)
+            );
+        }
+        let _ = child.kill().await;
+    }
+    notes.push(format!(
+        "{} threads; requests per level = max(2 x concurrency, 8)",
+        cfg.threads
+    ));
+    Ok(ServeReport {
+        model: cfg
+            .model_path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        threads: cfg.threads,
+        seed: cfg.seed,
+        rows,
+        notes,
+    })
+}
+
+impl ServeReport {
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "model {} | {} threads | seed {}\n\n{:<18} {:<16} {:>6} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9} {:>8}\n",
+            self.model,
+            self.threads,
+            self.seed,
+            "system",
+            "workload",
+            "errors",
+            "out t/s",
+            "req/s",
+            "ttft p50",
+            "ttft p99",
+            "itl p50",
+            "itl p99",
+            "kv util"
+        );
+        for r in &self.rows {
+            s += &format!(
+                "{:<18} {:<16} {:>6} {:>9.1} {:>9.2} {:>8.0}ms {:>8.0}ms {:>7.1}ms {:>7.1}ms {:>8}\n",
+                r.system,
+                r.workload,
+                r.errors,
+                r.output_tokens_per_sec,
+                r.requests_per_sec,
+                r.ttft_p50_ms,
+                r.ttft_p99_ms,
+                r.itl_p50_ms,
+                r.itl_p99_ms,
+                r.kv_utilization
+                    .map_or("-".into(), |u| format!("{:.1}%", u * 100.0))
+            );
+        }
+        for n in &self.notes {
+            s += &format!("note: {n}\n");
+        }
+        s
+    }
+
+    pub fn json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("report serializes")
+    }
+}
