@@ -10,6 +10,11 @@
 //! once per call ([`Activations::new`]), as llama.cpp does; f32 weights meet
 //! the f32 activations directly.
 //!
+//! Tokens go 4 at a time through [`qdot::dot_tokens4`] (each weight block
+//! unpacked once for 4 tokens), the rest one at a time through
+//! [`qdot::dot_rows`] (4 rows share an activation load); both give the same
+//! bits per (row, token), so results do not depend on the batch.
+//!
 //! Threading: rayon splits the output rows into chunks of [`ROW_CHUNK`] (all
 //! matrices of one call together, so Q, K and V, or gate and up, share one
 //! parallel region and one join). Within a chunk the loop runs token by token
@@ -171,12 +176,48 @@ pub fn matmul(jobs: &mut [(Weights<'_>, &mut [f32])], x: &Activations<'_>) {
     }
     let jobs = &*jobs;
     let ptrs = &ptrs;
+    // Groups of 4 tokens share each unpacked weight block (prefill, batched
+    // decode); their activation scales are laid out side by side once here.
+    let blocks = x.cols / QK;
+    let groups: Vec<qdot::Scales4> = if x.q8.is_empty() {
+        Vec::new()
+    } else {
+        (0..x.n_tokens / 4)
+            .map(|g| {
+                let t = |k: usize| &x.q8[(4 * g + k) * blocks..(4 * g + k + 1) * blocks];
+                qdot::Scales4::new([t(0), t(1), t(2), t(3)])
+            })
+            .collect()
+    };
+    let groups = &groups;
     let run = |&(j, r0): &(usize, usize)| {
         let w = &jobs[j].0;
         let out = ptrs[j];
         let r1 = (r0 + ROW_CHUNK).min(w.rows);
-        let blocks = x.cols / QK;
-        for t in 0..x.n_tokens {
+        let tiled = if w.ty == GgmlType::F32 {
+            0
+        } else {
+            groups.len()
+        };
+        for (g, scales) in groups.iter().enumerate().take(tiled) {
+            let t0 = 4 * g;
+            let xt = |k: usize| &x.q8[(t0 + k) * blocks..(t0 + k + 1) * blocks];
+            let ahead = if g == 0 {
+                PREFETCH_ROWS * w.row_bytes()
+            } else {
+                0
+            };
+            for r in r0..r1 {
+                let v =
+                    qdot::dot_tokens4(w.ty, w.row(r), [xt(0), xt(1), xt(2), xt(3)], scales, ahead);
+                for (k, v) in v.into_iter().enumerate() {
+                    // SAFETY: (t0 + k, r) lies in out_j and only this task
+                    // writes rows r0..r1 of it.
+                    unsafe { *out.0.add((t0 + k) * w.rows + r) = v };
+                }
+            }
+        }
+        for t in 4 * tiled..x.n_tokens {
             // SAFETY (writes): (t, r) lies in out_j (n_tokens x rows, checked
             // above) and only this task writes rows r0..r1 of out_j.
             let put = |r: usize, v: f32| unsafe { *out.0.add(t * w.rows + r) = v };

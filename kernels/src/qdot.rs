@@ -188,6 +188,63 @@ pub fn dot_rows_prefetch<const R: usize>(
     rows.map(|row| dot_scalar(ty, row, x))
 }
 
+/// The per-block activation scales of 4 tokens side by side, built once per
+/// matmul call for [`dot_tokens4`]: `d[i]` = the 4 tokens' `d` of block i.
+#[derive(Clone, Debug, Default)]
+pub struct Scales4 {
+    pub d: Vec<[f32; 4]>,
+    pub s: Vec<[f32; 4]>,
+}
+
+impl Scales4 {
+    pub fn new(x: [&[BlockQ8]; 4]) -> Scales4 {
+        let n = x[0].len();
+        Scales4 {
+            d: (0..n)
+                .map(|i| [x[0][i].d, x[1][i].d, x[2][i].d, x[3][i].d])
+                .collect(),
+            s: (0..n)
+                .map(|i| [x[0][i].s, x[1][i].s, x[2][i].s, x[3][i].s])
+                .collect(),
+        }
+    }
+}
+
+/// One row · 4 tokens' activations at once: each weight block is unpacked
+/// once for the 4 tokens (prefill and batched decode). Per token the
+/// arithmetic and its order are exactly [`dot`]'s, so
+/// `dot_tokens4(row, x)[t] == dot(row, x[t])` bit for bit (tested): a
+/// sequence's result does not depend on what it is batched with.
+pub fn dot_tokens4(
+    ty: GgmlType,
+    row: &[u8],
+    x: [&[BlockQ8]; 4],
+    scales: &Scales4,
+    prefetch_ahead: usize,
+) -> [f32; 4] {
+    for xt in &x {
+        assert_eq!(
+            row.len(),
+            xt.len() * ty.block_bytes(),
+            "dot_tokens4: row of {} bytes for {} blocks of {ty:?}",
+            row.len(),
+            xt.len()
+        );
+    }
+    assert_eq!(
+        scales.d.len(),
+        x[0].len(),
+        "dot_tokens4: scales for another row length"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: features detected; sizes checked above.
+        return unsafe { avx2::dot_tokens4(ty, row, x, scales, prefetch_ahead) };
+    }
+    let _ = prefetch_ahead;
+    x.map(|xt| dot_scalar(ty, row, xt))
+}
+
 /// Matrix-vector product: `out[r] = dot(row r, x)`.
 ///
 /// w: (rows, x.len() * 32) in `ty`; out: (rows,)
@@ -337,6 +394,103 @@ pub(crate) mod avx2 {
         out
     }
 
+    /// # Safety
+    /// Requires AVX2, FMA and F16C; sizes as checked by the safe wrapper.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_tokens4(
+        ty: GgmlType,
+        row: &[u8],
+        x: [&[BlockQ8]; 4],
+        scales: &super::Scales4,
+        prefetch_ahead: usize,
+    ) -> [f32; 4] {
+        unsafe {
+            match ty {
+                GgmlType::Q8_0 => dot_tokens4_ty::<Q8_0>(row, x, scales, prefetch_ahead),
+                GgmlType::Q4_0 => dot_tokens4_ty::<Q4_0>(row, x, scales, prefetch_ahead),
+                GgmlType::Q4_1 => dot_tokens4_ty::<Q4_1>(row, x, scales, prefetch_ahead),
+                other => panic!("dot: {other:?} is not a block-quantized type"),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn dot_tokens4_ty<const TY: u8>(
+        row: &[u8],
+        x: [&[BlockQ8]; 4],
+        scales: &super::Scales4,
+        prefetch_ahead: usize,
+    ) -> [f32; 4] {
+        let bb = match TY {
+            Q8_0 => 34,
+            Q4_0 => 18,
+            _ => 20,
+        };
+        let mut acc = [_mm256_setzero_ps(); 4];
+        // Lane t: token t's sequential Σ m_w·s_x (Q4_1), as dot_rows' lane 1.
+        let mut acc_m = _mm_setzero_ps();
+        let low_mask = _mm256_set1_epi8(0x0f);
+        let eight = _mm256_set1_epi8(8);
+        let p = row.as_ptr();
+        for i in 0..scales.d.len() {
+            // SAFETY (loads): block i lies inside the row; scales hold one
+            // entry per block; activation blocks are 32 bytes.
+            let b = unsafe { p.add(i * bb) };
+            if prefetch_ahead > 0 {
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(prefetch_ahead).cast());
+            }
+            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(unsafe {
+                b.cast::<i32>().read_unaligned()
+            }));
+            let dw = _mm_shuffle_ps(dm, dm, 0x00);
+            // [d_w·d_x,t]: the same f32 products dot_rows forms one at a time.
+            let d4 = _mm_mul_ps(dw, unsafe { _mm_loadu_ps(scales.d[i].as_ptr()) });
+            let mut d4a = [0f32; 4];
+            unsafe { _mm_storeu_ps(d4a.as_mut_ptr(), d4) };
+            // The weights, unpacked once for the 4 tokens.
+            let (w_abs, w_sign) = match TY {
+                Q8_0 => {
+                    let w = unsafe { _mm256_loadu_si256(b.add(2).cast()) };
+                    (_mm256_sign_epi8(w, w), w)
+                }
+                Q4_0 => {
+                    let packed = unsafe { _mm_loadu_si128(b.add(2).cast()) };
+                    let both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
+                    let ws = _mm256_sub_epi8(_mm256_and_si256(both, low_mask), eight);
+                    (_mm256_sign_epi8(ws, ws), ws)
+                }
+                _ => {
+                    let packed = unsafe { _mm_loadu_si128(b.add(4).cast()) };
+                    let both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
+                    let mw = _mm_shuffle_ps(dm, dm, 0x55);
+                    let m4 = _mm_mul_ps(mw, unsafe { _mm_loadu_ps(scales.s[i].as_ptr()) });
+                    acc_m = _mm_add_ps(acc_m, m4);
+                    (_mm256_and_si256(both, low_mask), _mm256_setzero_si256())
+                }
+            };
+            for t in 0..4 {
+                let q = unsafe { _mm256_loadu_si256(x[t].get_unchecked(i).q.as_ptr().cast()) };
+                let sums = if TY == Q4_1 {
+                    dot_u8_i8(w_abs, q)
+                } else {
+                    dot_u8_i8(w_abs, _mm256_sign_epi8(q, w_sign))
+                };
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d4a[t]), sums, acc[t]);
+            }
+        }
+        let mut m = [0f32; 4];
+        unsafe { _mm_storeu_ps(m.as_mut_ptr(), acc_m) };
+        let mut out = [0f32; 4];
+        for t in 0..4 {
+            out[t] = hsum(acc[t]);
+            if TY == Q4_1 {
+                out[t] += m[t];
+            }
+        }
+        out
+    }
+
     /// One block of [`super::quantize_q8_into`], as ggml's AVX2
     /// `quantize_row_q8_1` computes it (127/amax, round to nearest even).
     ///
@@ -437,6 +591,24 @@ mod tests {
                 let got = dot_rows(ty, [&rows[0][..], &rows[1][..], &rows[2][..]], &fast);
                 for r in 0..3 {
                     prop_assert_eq!(got[r].to_bits(), dot(ty, &rows[r], &fast).to_bits());
+                }
+            }
+        }
+
+        /// Four tokens at once equal one token at a time, bit for bit.
+        #[test]
+        fn dot_tokens4_equals_dot_per_token(
+            x in prop::collection::vec(-20f32..20.0, 32 * 5 * 4),
+            seed in prop::collection::vec(any::<u8>(), 1..64),
+        ) {
+            let q: Vec<Vec<BlockQ8>> = x.chunks(32 * 5).map(quantize_q8).collect();
+            let xs = [&q[0][..], &q[1][..], &q[2][..], &q[3][..]];
+            let scales = Scales4::new(xs);
+            for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
+                let row = random_row(ty, 5, &seed);
+                let got = dot_tokens4(ty, &row, xs, &scales, 0);
+                for t in 0..4 {
+                    prop_assert_eq!(got[t].to_bits(), dot(ty, &row, xs[t]).to_bits(), "{:?} token {}", ty, t);
                 }
             }
         }
