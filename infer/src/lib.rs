@@ -1,12 +1,13 @@
-//! # infer: an LLM inference engine (and, next, its server)
+//! # infer: an LLM inference engine and server
 //!
 //! Loads GGUF and safetensors Llama models, tokenizes with the model's own
 //! vocabulary, runs the forward pass on the `kernels` crate, samples and
 //! streams text; it matches llama.cpp's greedy tokens on SmolLM2 except at
 //! near-ties (see `README.md`). Background: the Llama paper (Touvron et al.,
 //! 2023) for the architecture, llama.cpp for the GGUF format and quantized
-//! arithmetic; serving many requests at once with a paged KV cache (the vLLM
-//! paper) and iteration-level batching (the Orca paper) is issue #7.
+//! arithmetic; serving many requests at once follows the vLLM paper (Kwon et
+//! al., SOSP '23: the paged KV cache) and the Orca paper (Yu et al., OSDI '22:
+//! iteration-level scheduling).
 //!
 //! # Layout
 //! - [`gguf`]: the GGUF v3 container: header, typed metadata, tensor infos,
@@ -18,7 +19,14 @@
 //! - [`sampling`]: greedy, temperature, top-k, top-p, min-p, repetition
 //!   penalty, seeded.
 //! - [`generate`]: one sequence's prefill + decode loop with stop conditions.
+//! - [`paged`]: the paged KV cache: block pool, ref-counted allocator, prefix
+//!   caching with LRU eviction.
+//! - [`scheduler`]: continuous batching: chunked prefill, admission,
+//!   preemption.
+//! - [`serve`]: the engine thread, request channels, metrics.
+//! - [`server`]: gRPC `mlstack.infer.v1.Inference` and OpenAI-compatible HTTP.
 //! - [`bench`]: `mlstack infer bench-engine`, against llama.cpp.
+//! - [`bench_serve`]: `mlstack infer bench-serve`, against llama.cpp's server.
 
 pub mod bench;
 pub mod bench_serve;

@@ -63,7 +63,7 @@ pub struct GenRequest {
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
     pub priority: i32,
-    /// Stream token by token (false: the handler only needs the end).
+    /// Keep generating past EOS (benchmarks, tests).
     pub ignore_eos: bool,
 }
 
