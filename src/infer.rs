@@ -9,8 +9,9 @@ use ::infer::tokenizer::ChatMessage;
 use crate::Error;
 use crate::cli::{InferCommand, InferGenerateArgs, InferModelArgs};
 
-/// Loads the engine the flags name and sizes the kernel thread pool.
-pub fn load(args: &InferModelArgs) -> Result<Engine, Error> {
+/// Loads the engine the flags name and sizes the kernel thread pool; returns
+/// the model's path too (locating it may run python3, so once per command).
+pub fn load(args: &InferModelArgs) -> Result<(Engine, std::path::PathBuf), Error> {
     if let Some(n) = args.threads {
         // The global pool can be sized once per process; a second call (tests
         // running several commands in one process) keeps the first size.
@@ -23,7 +24,15 @@ pub fn load(args: &InferModelArgs) -> Result<Engine, Error> {
     }
     let path = ::infer::locate_model(args.model.as_deref()).map_err(Error::Infer)?;
     tracing::info!(model = %path.display(), threads = rayon::current_num_threads(), "loading model");
-    Ok(Engine::load(&path)?)
+    Ok((Engine::load(&path)?, path))
+}
+
+/// [`load`] on a blocking thread, for the async commands.
+async fn load_blocking(args: &InferModelArgs) -> Result<(Engine, std::path::PathBuf), Error> {
+    let args = args.clone();
+    tokio::task::spawn_blocking(move || load(&args))
+        .await
+        .map_err(|e| Error::Infer(format!("loading task failed: {e}")))?
 }
 
 pub fn run(cmd: &InferCommand) -> Result<(), Error> {
@@ -33,7 +42,7 @@ pub fn run(cmd: &InferCommand) -> Result<(), Error> {
             unreachable!("async commands run through serve() and client()")
         }
         InferCommand::BenchEngine(a) => {
-            let engine = load(&a.model)?;
+            let (engine, model_path) = load(&a.model)?;
             let report = ::infer::bench::run(
                 &engine,
                 &::infer::bench::BenchConfig {
@@ -41,18 +50,12 @@ pub fn run(cmd: &InferCommand) -> Result<(), Error> {
                     decode_tokens: a.decode_tokens,
                     repeats: a.repeats.max(1),
                     threads: rayon::current_num_threads(),
-                    model_path: ::infer::locate_model(a.model.model.as_deref())
-                        .map_err(Error::Infer)?,
+                    model_path,
                 },
             )
             .map_err(|e| Error::Bench(e.to_string()))?;
             print!("{}", report.table());
-            if let Some(dir) = a.out.parent() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| Error::Bench(format!("{}: {e}", dir.display())))?;
-            }
-            std::fs::write(&a.out, report.json())
-                .map_err(|e| Error::Bench(format!("{}: {e}", a.out.display())))?;
+            crate::write_bench_json(&a.out, &report.json())?;
             println!("wrote {}", a.out.display());
             Ok(())
         }
@@ -60,7 +63,7 @@ pub fn run(cmd: &InferCommand) -> Result<(), Error> {
 }
 
 fn generate(a: &InferGenerateArgs) -> Result<(), Error> {
-    let engine = load(&a.model)?;
+    let (engine, _) = load(&a.model)?;
     let tok = &engine.tokenizer;
     let prompt = if a.chat {
         let mut messages = Vec::new();
@@ -122,14 +125,10 @@ fn generate(a: &InferGenerateArgs) -> Result<(), Error> {
 
 /// `mlstack infer serve`: engine thread + gRPC + HTTP + metrics until a signal.
 pub async fn serve(args: &crate::cli::InferServeArgs) -> Result<(), Error> {
-    let model = args.model.clone();
-    let engine = tokio::task::spawn_blocking(move || load(&model))
-        .await
-        .map_err(|e| Error::Infer(format!("loading task failed: {e}")))??;
-    let model_name = ::infer::locate_model(args.model.model.as_deref())
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "model".into());
+    let (engine, path) = load_blocking(&args.model).await?;
+    let model_name = path
+        .file_name()
+        .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
     let metrics = ::infer::serve::ServeMetrics::new(observe::registry())
         .map_err(|e| Error::Infer(format!("registering metrics: {e}")))?;
     let (handle, engine_thread) = ::infer::serve::start(
@@ -244,16 +243,13 @@ pub async fn bench_serve(args: &crate::cli::InferBenchServeArgs) -> Result<(), E
             )));
         }
     }
-    let model = args.model.clone();
-    let engine = tokio::task::spawn_blocking(move || load(&model))
-        .await
-        .map_err(|e| Error::Infer(format!("loading task failed: {e}")))??;
+    let (engine, model_path) = load_blocking(&args.model).await?;
     let cfg = ::infer::bench_serve::ServeBenchConfig {
         concurrency: args.concurrency.clone(),
         systems: args.systems.clone(),
         seed: args.seed,
         threads: rayon::current_num_threads(),
-        model_path: ::infer::locate_model(args.model.model.as_deref()).map_err(Error::Infer)?,
+        model_path,
         serve: ::infer::serve::ServeConfig {
             kv_cache_bytes: args.kv_cache_bytes,
             ..Default::default()
@@ -263,12 +259,7 @@ pub async fn bench_serve(args: &crate::cli::InferBenchServeArgs) -> Result<(), E
         .await
         .map_err(Error::Bench)?;
     print!("{}", report.table());
-    if let Some(dir) = args.out.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::Bench(format!("{}: {e}", dir.display())))?;
-    }
-    std::fs::write(&args.out, report.json())
-        .map_err(|e| Error::Bench(format!("{}: {e}", args.out.display())))?;
+    crate::write_bench_json(&args.out, &report.json())?;
     println!("wrote {}", args.out.display());
     Ok(())
 }

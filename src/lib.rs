@@ -76,6 +76,15 @@ impl Error {
     }
 }
 
+/// Writes a benchmark's JSON report, creating its directory.
+pub(crate) fn write_bench_json(out: &std::path::Path, json: &str) -> Result<(), Error> {
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Bench(format!("{}: {e}", dir.display())))?;
+    }
+    std::fs::write(out, json).map_err(|e| Error::Bench(format!("{}: {e}", out.display())))
+}
+
 /// Sets up observability for `service` the way the command line asked.
 pub fn init_observe(cli: &Cli, service: &str) -> Result<observe::Telemetry, Error> {
     let mut config = observe::Config::from_env(service);

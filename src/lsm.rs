@@ -159,12 +159,8 @@ fn bench(a: &LsmBenchArgs) -> Result<(), Error> {
     let rows = storage::bench::run(&cfg, |p| eprintln!("lsm bench: {p}")).map_err(Error::Bench)?;
     print!("{}", storage::bench::table(&rows));
     let json = storage::bench::to_json(&cfg, &rows);
-    if let Some(parent) = a.out.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| Error::Bench(format!("{}: {e}", parent.display())))?;
-    }
     let text = serde_json::to_string_pretty(&json).map_err(|e| Error::Bench(e.to_string()))?;
-    std::fs::write(&a.out, text).map_err(|e| Error::Bench(format!("{}: {e}", a.out.display())))?;
+    crate::write_bench_json(&a.out, &text)?;
     eprintln!("lsm bench: wrote {}", a.out.display());
     Ok(())
 }

@@ -873,6 +873,7 @@ impl Model {
         let mut proj = vec![0f32; n * d];
         let mut gate = vec![0f32; n * c.d_ff];
         let mut up = vec![0f32; n * c.d_ff];
+        let mut swiglu = vec![0f32; n * c.d_ff];
         let mut q8: Vec<BlockQ8> = Vec::new();
         let quantized = self.weight_type() != GgmlType::F32;
 
@@ -932,13 +933,10 @@ impl Model {
                     &acts,
                 );
             }
-            // silu(gate) ⊙ up, into up (the kernel reads both, writes a third)
-            for (g, u) in gate.chunks_exact(c.d_ff).zip(up.chunks_exact_mut(c.d_ff)) {
-                let u_in = u.to_vec();
-                vec::silu_mul(g, &u_in, u);
-            }
+            // silu(gate) ⊙ up: elementwise, so one call over all rows
+            vec::silu_mul(&gate, &up, &mut swiglu);
             {
-                let acts = Activations::new(&up, n, quantized, &mut q8);
+                let acts = Activations::new(&swiglu, n, quantized, &mut q8);
                 matmul::matmul(&mut [(l.w_down.weights(), &mut proj[..])], &acts);
             }
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);

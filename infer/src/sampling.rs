@@ -92,30 +92,38 @@ impl Sampler {
     /// The next token given `logits` (vocab,) and the tokens so far.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let p = &self.params;
+        // The penalty needs a modified copy; without it the logits are used
+        // as they are (greedy decoding allocates nothing here).
+        let penalized;
+        let logits = if p.repetition_penalty != 1.0 {
+            let mut l = logits.to_vec();
+            let recent = &history[history.len().saturating_sub(p.repeat_last_n)..];
+            let mut seen = std::collections::HashSet::new();
+            for &t in recent {
+                if seen.insert(t)
+                    && let Some(v) = l.get_mut(t as usize)
+                {
+                    // CTRL's penalty (Keskar et al., 2019), as llama.cpp applies it.
+                    *v = if *v > 0.0 {
+                        *v / p.repetition_penalty
+                    } else {
+                        *v * p.repetition_penalty
+                    };
+                }
+            }
+            penalized = l;
+            &penalized[..]
+        } else {
+            logits
+        };
+        if p.temperature == 0.0 {
+            return argmax(logits);
+        }
         let mut cand: Vec<(u32, f32)> = logits
             .iter()
             .enumerate()
             .map(|(i, &l)| (i as u32, l))
             .collect();
-        if p.repetition_penalty != 1.0 {
-            let recent = &history[history.len().saturating_sub(p.repeat_last_n)..];
-            let mut seen = std::collections::HashSet::new();
-            for &t in recent {
-                if seen.insert(t)
-                    && let Some(c) = cand.get_mut(t as usize)
-                {
-                    // CTRL's penalty (Keskar et al., 2019), as llama.cpp applies it.
-                    c.1 = if c.1 > 0.0 {
-                        c.1 / p.repetition_penalty
-                    } else {
-                        c.1 * p.repetition_penalty
-                    };
-                }
-            }
-        }
-        if p.temperature == 0.0 {
-            return cand[argmax(&cand.iter().map(|c| c.1).collect::<Vec<_>>()) as usize].0;
-        }
         // Sort once by logit, descending (ties by id, so results are stable).
         cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if p.top_k > 0 {

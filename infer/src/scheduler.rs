@@ -243,10 +243,10 @@ impl Scheduler {
             if budget == 0 {
                 break;
             }
-            if !self.running.values().any(|&r| r == id) {
+            let s = &self.seqs[&id];
+            if !self.running.contains_key(&s.order()) {
                 continue; // preempted earlier in this loop
             }
-            let s = &self.seqs[&id];
             let remaining = s.tokens.len() - s.computed;
             if remaining == 0 {
                 continue;

@@ -587,11 +587,11 @@ fn run(
             if !b.sample {
                 continue;
             }
-            let history = sched.get(b.id).expect("sequence").tokens.clone();
             let Some(l) = live.get_mut(&b.id) else {
                 continue;
             };
-            let next = l.sampler.sample(&logits, &history);
+            let history = &sched.get(b.id).expect("sequence").tokens;
+            let next = l.sampler.sample(&logits, history);
             let now = Instant::now();
             if l.first_token.is_none() {
                 l.first_token = Some(now);

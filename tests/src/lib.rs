@@ -55,6 +55,22 @@ pub fn mlstack_bin() -> PathBuf {
     .clone()
 }
 
+/// Runs `mlstack ARGS` to completion with `unset` removed from its
+/// environment; returns (success, stdout, stderr).
+pub fn run_mlstack(args: &[&str], unset: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(mlstack_bin());
+    cmd.args(args);
+    for k in unset {
+        cmd.env_remove(k);
+    }
+    let out = cmd.output().expect("running mlstack");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A child process that is SIGKILLed on drop unless it already exited.
 #[derive(Debug)]
 pub struct Proc {

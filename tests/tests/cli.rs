@@ -1,20 +1,10 @@
 //! The `mlstack` binary as a user runs it: `--version`, `--help`, bad flags, and
 //! the README's main job, `mlstack demo`.
 
-use std::process::Command;
-
-use tests::mlstack_bin;
+use tests::run_mlstack;
 
 fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(mlstack_bin())
-        .args(args)
-        .output()
-        .expect("running mlstack");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_mlstack(args, &[])
 }
 
 #[test]

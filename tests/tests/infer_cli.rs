@@ -3,22 +3,17 @@
 //! seeded sampling is reproducible, bad input fails with a clear message, and
 //! the benchmark writes its JSON rows.
 
-use std::process::Command;
+use tests::run_mlstack;
 
-use tests::mlstack_bin;
-
+/// JSON logs (so stderr has only the CLI's own report as text) and the
+/// default model (the golden text is SmolLM2's).
 fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(mlstack_bin())
-        .args(["--log-format", "json"])
-        .args(args)
-        .env_remove("MLSTACK_MODEL")
-        .output()
-        .expect("running mlstack");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let args: Vec<&str> = ["--log-format", "json"]
+        .iter()
+        .chain(args)
+        .copied()
+        .collect();
+    run_mlstack(&args, &["MLSTACK_MODEL"])
 }
 
 #[test]
