@@ -9,6 +9,7 @@ use std::path::PathBuf;
 const PROTOS: &[&str] = &[
     "proto/mlstack/diag/v1/diag.proto",
     "proto/mlstack/kv/v1/kv.proto",
+    "proto/mlstack/raft/v1/raft.proto",
     "proto/mlstack/infer/v1/infer.proto",
 ];
 

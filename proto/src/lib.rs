@@ -17,6 +17,7 @@
 //! - [`diag::v1`]: `Diag.Ping`, a relayable ping every server mounts (liveness and
 //!   trace-propagation checks).
 //! - [`kv::v1`]: the Raft KV client API (`consensus`).
+//! - [`raft::v1`]: the Raft peer transport between KV nodes (`consensus`).
 //! - [`infer::v1`]: the inference API (`infer`).
 //! - [`server`]: health + reflection wiring shared by every server.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors of all the above.
@@ -34,6 +35,14 @@ pub mod kv {
     pub mod v1 {
         #![allow(missing_docs, clippy::all, missing_debug_implementations)]
         tonic::include_proto!("mlstack.kv.v1");
+    }
+}
+
+pub mod raft {
+    /// `mlstack.raft.v1`
+    pub mod v1 {
+        #![allow(missing_docs, clippy::all, missing_debug_implementations)]
+        tonic::include_proto!("mlstack.raft.v1");
     }
 }
 

@@ -1,0 +1,441 @@
+//! The Rust client: follows leader hints, retries, and tags writes with request
+//! ids so a retry never applies twice.
+//!
+//! # Retry rules
+//! - `UNAVAILABLE` with a leader hint: go to the leader (by id when the client
+//!   knows which endpoint is which node, else by address) and retry at once.
+//! - `UNAVAILABLE` without a hint, or a transport failure: try the next
+//!   endpoint after a short backoff (an election is usually in progress).
+//! - `DEADLINE_EXCEEDED` and other "don't know" answers: the write may have
+//!   been proposed. Retry with the *same* request id; the state machine answers
+//!   a duplicate with the first application's response.
+//! - Input errors (`INVALID_ARGUMENT`, `FAILED_PRECONDITION`, ...) return at once.
+//!
+//! When the overall deadline passes the error says whether any attempt may have
+//! applied ([`ClientError::outcome_unknown`]); the chaos drills record those
+//! operations as *unknown* in the history.
+
+use crate::error::ClientError;
+use crate::service::{LEADER_ADDR_HEADER, LEADER_ID_HEADER};
+use crate::types::NodeId;
+use proto::kv::v1 as pb;
+use proto::kv::v1::kv_client::KvClient;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+/// Per-attempt and overall time limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub attempt: Duration,
+    pub overall: Duration,
+    pub backoff: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            attempt: Duration::from_secs(2),
+            overall: Duration::from_secs(10),
+            backoff: Duration::from_millis(25),
+        }
+    }
+}
+
+/// A KV cluster client. Cheap to share (`Arc`) between tasks: requests
+/// multiplex over one HTTP/2 connection per endpoint.
+#[derive(Debug)]
+pub struct Client {
+    endpoints: RwLock<Vec<(String, KvClient<Channel>)>>,
+    /// Endpoint index of node id, when known (chaos drills go through proxies,
+    /// so the leader's advertised address is not an endpoint).
+    ids: RwLock<HashMap<NodeId, usize>>,
+    preferred: AtomicUsize,
+    client_id: u64,
+    seq: AtomicU64,
+    pub timeouts: Timeouts,
+}
+
+fn channel(endpoint: &str) -> Result<KvClient<Channel>, ClientError> {
+    let ch = proto::server::channel(endpoint).map_err(|e| ClientError::Endpoint {
+        endpoint: endpoint.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(KvClient::new(ch).max_decoding_message_size(64 << 20))
+}
+
+enum Attempt<T> {
+    Done(T),
+    Fatal(ClientError),
+    Retry { hint: bool, maybe_applied: bool, last: String },
+}
+
+impl Client {
+    /// A client over `endpoints` (`host:port`), any of the cluster's nodes.
+    pub fn new<S: AsRef<str>>(endpoints: &[S]) -> Result<Self, ClientError> {
+        if endpoints.is_empty() {
+            return Err(ClientError::NoEndpoints);
+        }
+        let eps = endpoints
+            .iter()
+            .map(|e| Ok((e.as_ref().to_string(), channel(e.as_ref())?)))
+            .collect::<Result<Vec<_>, ClientError>>()?;
+        Ok(Self {
+            endpoints: RwLock::new(eps),
+            ids: RwLock::new(HashMap::new()),
+            preferred: AtomicUsize::new(0),
+            client_id: rand::random::<u64>() | 1,
+            seq: AtomicU64::new(1),
+            timeouts: Timeouts::default(),
+        })
+    }
+
+    /// Says which node each endpoint reaches (same order as `endpoints`).
+    pub fn with_node_ids(self, ids: &[NodeId]) -> Self {
+        *self.ids.write().unwrap_or_else(|p| p.into_inner()) =
+            ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        self
+    }
+
+    pub fn with_timeouts(mut self, t: Timeouts) -> Self {
+        self.timeouts = t;
+        self
+    }
+
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    /// A fresh request id for a write.
+    pub fn next_request_id(&self) -> pb::RequestId {
+        pb::RequestId {
+            client_id: self.client_id,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    fn endpoint(&self, idx: usize) -> (usize, String, KvClient<Channel>) {
+        let eps = self.endpoints.read().unwrap_or_else(|p| p.into_inner());
+        let i = idx % eps.len();
+        (i, eps[i].0.clone(), eps[i].1.clone())
+    }
+
+    /// Points the client at the leader named in `status`'s metadata.
+    fn follow_hint(&self, status: &tonic::Status) -> bool {
+        let md = status.metadata();
+        if let Some(id) = md
+            .get(LEADER_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<NodeId>().ok())
+            && let Some(&i) = self.ids.read().unwrap_or_else(|p| p.into_inner()).get(&id)
+        {
+            self.preferred.store(i, Ordering::Relaxed);
+            return true;
+        }
+        let Some(addr) = md.get(LEADER_ADDR_HEADER).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        if !self.ids.read().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            // Endpoints are mapped by id and the id was unknown: don't dial the
+            // raw address (it bypasses the drill's proxies).
+            return false;
+        }
+        let mut eps = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = eps.iter().position(|(e, _)| e == addr) {
+            self.preferred.store(i, Ordering::Relaxed);
+            return true;
+        }
+        match channel(addr) {
+            Ok(c) => {
+                eps.push((addr.to_string(), c));
+                self.preferred.store(eps.len() - 1, Ordering::Relaxed);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Runs `call` against the preferred endpoint until it succeeds, fails
+    /// definitely, or the overall deadline passes.
+    async fn retry<T, F, Fut>(&self, op: &'static str, write: bool, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(KvClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let start = Instant::now();
+        let mut attempts = 0u32;
+        let mut maybe_applied = false;
+        loop {
+            attempts += 1;
+            let (idx, endpoint, client) = self.endpoint(self.preferred.load(Ordering::Relaxed));
+            let outcome = match tokio::time::timeout(self.timeouts.attempt, call(client)).await {
+                Ok(Ok(r)) => Attempt::Done(r.into_inner()),
+                Err(_) => Attempt::Retry {
+                    hint: false,
+                    maybe_applied: write,
+                    last: format!("{endpoint}: no answer within {:?}", self.timeouts.attempt),
+                },
+                Ok(Err(s)) => {
+                    let last = format!("{endpoint}: {:?}: {}", s.code(), s.message());
+                    match s.code() {
+                        tonic::Code::Unavailable => {
+                            let is_not_leader = s.message().contains("is not the leader");
+                            Attempt::Retry {
+                                hint: self.follow_hint(&s),
+                                // "not the leader" is answered before proposing;
+                                // a broken connection may have carried the write.
+                                maybe_applied: write && !is_not_leader,
+                                last,
+                            }
+                        }
+                        tonic::Code::DeadlineExceeded
+                        | tonic::Code::Cancelled
+                        | tonic::Code::Unknown
+                        | tonic::Code::Internal
+                        | tonic::Code::Aborted => Attempt::Retry {
+                            hint: false,
+                            maybe_applied: write,
+                            last,
+                        },
+                        code => Attempt::Fatal(ClientError::Status {
+                            op,
+                            code,
+                            message: s.message().to_string(),
+                        }),
+                    }
+                }
+            };
+            match outcome {
+                Attempt::Done(t) => return Ok(t),
+                Attempt::Fatal(e) => {
+                    // A definite answer after an attempt that may have applied
+                    // (e.g. an expired request id) is still "unknown".
+                    if maybe_applied {
+                        return Err(ClientError::Unavailable {
+                            op,
+                            attempts,
+                            elapsed_ms: start.elapsed().as_millis() as u64,
+                            last: e.to_string(),
+                            maybe_applied,
+                        });
+                    }
+                    return Err(e);
+                }
+                Attempt::Retry {
+                    hint,
+                    maybe_applied: m,
+                    last,
+                } => {
+                    maybe_applied |= m;
+                    if start.elapsed() >= self.timeouts.overall {
+                        return Err(ClientError::Unavailable {
+                            op,
+                            attempts,
+                            elapsed_ms: start.elapsed().as_millis() as u64,
+                            last,
+                            maybe_applied,
+                        });
+                    }
+                    if !hint {
+                        self.preferred.store(idx + 1, Ordering::Relaxed);
+                        tokio::time::sleep(self.timeouts.backoff).await;
+                    }
+                }
+            }
+        }
+    }
+
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<pb::PutResponse, ClientError> {
+        let req = pb::PutRequest {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            request_id: Some(self.next_request_id()),
+            prev_kv: false,
+        };
+        self.retry("put", true, |mut c| {
+            let req = req.clone();
+            async move { c.put(req).await }
+        })
+        .await
+    }
+
+    pub async fn get(
+        &self,
+        key: &[u8],
+        consistency: pb::ReadConsistency,
+    ) -> Result<pb::GetResponse, ClientError> {
+        let req = pb::GetRequest {
+            key: key.to_vec(),
+            consistency: consistency as i32,
+        };
+        self.retry("get", false, |mut c| {
+            let req = req.clone();
+            async move { c.get(req).await }
+        })
+        .await
+    }
+
+    pub async fn delete(&self, key: &[u8]) -> Result<pb::DeleteResponse, ClientError> {
+        let req = pb::DeleteRequest {
+            key: key.to_vec(),
+            request_id: Some(self.next_request_id()),
+        };
+        self.retry("delete", true, |mut c| {
+            let req = req.clone();
+            async move { c.delete(req).await }
+        })
+        .await
+    }
+
+    pub async fn scan(&self, req: pb::ScanRequest) -> Result<pb::ScanResponse, ClientError> {
+        self.retry("scan", false, |mut c| {
+            let req = req.clone();
+            async move { c.scan(req).await }
+        })
+        .await
+    }
+
+    /// A transaction; a request id is filled in when absent.
+    pub async fn txn(&self, mut req: pb::TxnRequest) -> Result<pb::TxnResponse, ClientError> {
+        if req.request_id.is_none() {
+            req.request_id = Some(self.next_request_id());
+        }
+        self.retry("txn", true, |mut c| {
+            let req = req.clone();
+            async move { c.txn(req).await }
+        })
+        .await
+    }
+
+    /// Compare-and-set on the value: writes `new` if the key currently holds
+    /// `expected` (`None` = the key must not exist). Returns whether it did.
+    pub async fn cas(&self, key: &[u8], expected: Option<&[u8]>, new: &[u8]) -> Result<bool, ClientError> {
+        let compare = match expected {
+            Some(v) => pb::Compare {
+                key: key.to_vec(),
+                target: pb::compare::Target::Value as i32,
+                op: pb::compare::Op::Equal as i32,
+                number: 0,
+                value: v.to_vec(),
+            },
+            None => pb::Compare {
+                key: key.to_vec(),
+                target: pb::compare::Target::Version as i32,
+                op: pb::compare::Op::Equal as i32,
+                number: 0,
+                value: Vec::new(),
+            },
+        };
+        let r = self
+            .txn(pb::TxnRequest {
+                compare: vec![compare],
+                success: vec![pb::TxnOp {
+                    op: Some(pb::txn_op::Op::Put(pb::PutRequest {
+                        key: key.to_vec(),
+                        value: new.to_vec(),
+                        request_id: None,
+                        prev_kv: false,
+                    })),
+                }],
+                failure: vec![],
+                request_id: None,
+            })
+            .await?;
+        Ok(r.succeeded)
+    }
+
+    /// Status of the node behind endpoint `idx` (no retries, no redirects).
+    pub async fn status_of(&self, idx: usize) -> Result<pb::StatusResponse, ClientError> {
+        let (_, endpoint, mut c) = self.endpoint(idx);
+        match tokio::time::timeout(self.timeouts.attempt, c.status(pb::StatusRequest {})).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(ClientError::Status {
+                op: "status",
+                code: s.code(),
+                message: format!("{endpoint}: {}", s.message()),
+            }),
+            Err(_) => Err(ClientError::Status {
+                op: "status",
+                code: tonic::Code::DeadlineExceeded,
+                message: format!("{endpoint}: no answer within {:?}", self.timeouts.attempt),
+            }),
+        }
+    }
+
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Finds the current leader by asking every endpoint; returns its status.
+    pub async fn leader_status(&self) -> Result<pb::StatusResponse, ClientError> {
+        let start = Instant::now();
+        loop {
+            for i in 0..self.endpoint_count() {
+                if let Ok(s) = self.status_of(i).await
+                    && s.leader_id != 0
+                    && s.leader_id == s.node_id
+                {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(s);
+                }
+            }
+            if start.elapsed() > self.timeouts.overall {
+                return Err(ClientError::Unavailable {
+                    op: "status",
+                    attempts: 1,
+                    elapsed_ms: start.elapsed().as_millis() as u64,
+                    last: "no endpoint reports itself leader".into(),
+                    maybe_applied: false,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Admin: add a learner (via the leader).
+    pub async fn add_learner(&self, id: NodeId, address: &str) -> Result<pb::MembershipResponse, ClientError> {
+        let req = pb::AddLearnerRequest {
+            id,
+            address: address.to_string(),
+        };
+        self.retry("add-learner", false, |mut c| {
+            let req = req.clone();
+            async move { c.add_learner(req).await }
+        })
+        .await
+    }
+
+    /// Admin: set the voters (via the leader).
+    pub async fn change_membership(&self, voters: &[NodeId]) -> Result<pb::MembershipResponse, ClientError> {
+        let req = pb::ChangeMembershipRequest {
+            voters: voters.to_vec(),
+        };
+        self.retry("change-membership", false, |mut c| {
+            let req = req.clone();
+            async move { c.change_membership(req).await }
+        })
+        .await
+    }
+
+    /// Replays a raw put with a given request id (tests of deduplication).
+    pub async fn put_with_id(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        id: pb::RequestId,
+    ) -> Result<pb::PutResponse, ClientError> {
+        let req = pb::PutRequest {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            request_id: Some(id),
+            prev_kv: true,
+        };
+        self.retry("put", true, |mut c| {
+            let req = req.clone();
+            async move { c.put(req).await }
+        })
+        .await
+    }
+}

@@ -1,0 +1,377 @@
+//! The Raft transport: openraft's RPCs over tonic gRPC (`mlstack.raft.v1.Raft`).
+//!
+//! One lazily-connected HTTP/2 channel per peer is shared by every replication
+//! stream to it (connection reuse; tonic reconnects on failure). Each RPC runs
+//! under openraft's time budget (`RPCOption::hard_ttl`). Snapshots go as one
+//! client-streaming call in CRC-checked chunks; the follower installs only a
+//! complete stream (see [`RaftService::install_snapshot`]).
+
+use crate::types::*;
+use openraft::error::{
+    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{OptionalSend, Snapshot, SnapshotMeta, Vote};
+use proto::raft::v1 as pb;
+use proto::raft::v1::raft_client::RaftClient;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// Snapshot chunk size on the wire.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    bincode::serialize(v).unwrap_or_default()
+}
+
+fn io(kind: std::io::ErrorKind, msg: String) -> std::io::Error {
+    std::io::Error::new(kind, msg)
+}
+
+/// Builds one [`Network`] per peer; shares channels between them.
+#[derive(Clone, Debug)]
+pub struct NetworkFactory {
+    cluster: String,
+    /// Dial overrides (`--route`): where *this* node connects to reach a peer,
+    /// instead of the address in the membership. The chaos drills put a
+    /// fault-injecting proxy on every link this way.
+    routes: Arc<BTreeMap<NodeId, String>>,
+    channels: Arc<Mutex<HashMap<(NodeId, String), Channel>>>,
+}
+
+impl NetworkFactory {
+    pub fn new(cluster: String, routes: BTreeMap<NodeId, String>) -> Self {
+        Self {
+            cluster,
+            routes: Arc::new(routes),
+            channels: Default::default(),
+        }
+    }
+
+    fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, std::io::Error> {
+        let addr = self.routes.get(&target).map(String::as_str).unwrap_or(addr);
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get(&(target, addr.to_string())) {
+            return Ok(c.clone());
+        }
+        let uri = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let ch = tonic::transport::Endpoint::from_shared(uri)
+            .map_err(|e| io(std::io::ErrorKind::InvalidInput, format!("peer {target} address {addr:?}: {e}")))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .connect_lazy();
+        map.insert((target, addr.to_string()), ch.clone());
+        Ok(ch)
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = Network;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> Network {
+        Network {
+            target,
+            cluster: self.cluster.clone(),
+            client: self.channel(target, &node.addr).map(RaftClient::new),
+        }
+    }
+}
+
+/// The connection to one peer.
+#[derive(Debug)]
+pub struct Network {
+    target: NodeId,
+    cluster: String,
+    client: Result<RaftClient<Channel>, std::io::Error>,
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, Node, RaftError<NodeId, E>>;
+
+impl Network {
+    fn client(&self) -> Result<RaftClient<Channel>, Unreachable> {
+        match &self.client {
+            Ok(c) => Ok(c.clone()),
+            Err(e) => Err(Unreachable::new(&io(e.kind(), e.to_string()))),
+        }
+    }
+
+    /// One unary call with a deadline; transport failures become
+    /// `Unreachable` (back off) and a missing answer `NetworkError` (retry).
+    async fn unary<Req, Resp, E>(
+        &self,
+        method: &'static str,
+        req: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, RpcErr<E>>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        E: std::error::Error + serde::de::DeserializeOwned,
+    {
+        let mut client = self.client().map_err(RPCError::Unreachable)?;
+        let mut request = tonic::Request::new(pb::RaftMessage {
+            payload: encode(req),
+            cluster: self.cluster.clone(),
+        });
+        request.set_timeout(ttl);
+        let call = async {
+            match method {
+                "append" => client.append_entries(request).await,
+                _ => client.vote(request).await,
+            }
+        };
+        let resp = match tokio::time::timeout(ttl, call).await {
+            Err(_) => {
+                return Err(RPCError::Network(NetworkError::new(&io(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{method} to node {} timed out after {ttl:?}", self.target),
+                ))));
+            }
+            Ok(Err(status)) => return Err(status_to_rpc(self.target, method, status)),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        let decoded: Result<Resp, RaftError<NodeId, E>> = bincode::deserialize(&resp.payload)
+            .map_err(|e| {
+                RPCError::Network(NetworkError::new(&io(
+                    std::io::ErrorKind::InvalidData,
+                    format!("decoding {method} answer from node {}: {e}", self.target),
+                )))
+            })?;
+        decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+fn status_to_rpc<E: std::error::Error>(target: NodeId, method: &str, s: tonic::Status) -> RpcErr<E> {
+    let e = io(
+        std::io::ErrorKind::ConnectionRefused,
+        format!("{method} to node {target}: {} {}", s.code(), s.message()),
+    );
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::FailedPrecondition => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
+        _ => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Network {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        self.unary("append", &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr> {
+        self.unary("vote", &rpc, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        _rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
+        // Never used: `full_snapshot` below streams whole snapshots.
+        Err(RPCError::Network(NetworkError::new(&io(
+            std::io::ErrorKind::Unsupported,
+            "chunk-by-chunk install_snapshot is not used; snapshots stream via full_snapshot".into(),
+        ))))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let mut client = self.client()?;
+        let data = snapshot.snapshot.into_inner();
+        let header = encode(&(vote, snapshot.meta.clone()));
+        let cluster = self.cluster.clone();
+        let mut chunks = Vec::new();
+        let mut first = true;
+        let mut pieces = data.chunks(SNAPSHOT_CHUNK_BYTES).peekable();
+        if pieces.peek().is_none() {
+            chunks.push(pb::SnapshotChunk {
+                header: header.clone(),
+                data: Vec::new(),
+                crc32c: crc32c::crc32c(&[]),
+                done: true,
+                cluster: cluster.clone(),
+            });
+        }
+        while let Some(p) = pieces.next() {
+            chunks.push(pb::SnapshotChunk {
+                header: if first { header.clone() } else { Vec::new() },
+                data: p.to_vec(),
+                crc32c: crc32c::crc32c(p),
+                done: pieces.peek().is_none(),
+                cluster: cluster.clone(),
+            });
+            first = false;
+        }
+        let ttl = option.hard_ttl().max(Duration::from_secs(10));
+        let mut request = tonic::Request::new(tokio_stream::iter(chunks));
+        request.set_timeout(ttl);
+        let target = self.target;
+        let call = client.install_snapshot(request);
+        let resp = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            r = tokio::time::timeout(ttl, call) => r,
+        };
+        let resp = match resp {
+            Err(_) => {
+                return Err(StreamingError::Network(NetworkError::new(&io(
+                    std::io::ErrorKind::TimedOut,
+                    format!("snapshot to node {target} timed out after {ttl:?}"),
+                ))));
+            }
+            Ok(Err(s)) => {
+                return Err(StreamingError::Unreachable(Unreachable::new(&io(
+                    std::io::ErrorKind::ConnectionRefused,
+                    format!("snapshot to node {target}: {} {}", s.code(), s.message()),
+                ))));
+            }
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        let decoded: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> =
+            bincode::deserialize(&resp.payload).map_err(|e| {
+                StreamingError::Network(NetworkError::new(&io(
+                    std::io::ErrorKind::InvalidData,
+                    format!("decoding snapshot answer from node {target}: {e}"),
+                )))
+            })?;
+        decoded.map_err(|e| StreamingError::RemoteError(RemoteError::new(target, e)))
+    }
+
+    fn backoff(&self) -> Backoff {
+        // Short and steady: a healed link is used again within 100 ms.
+        Backoff::new(std::iter::repeat(Duration::from_millis(100)))
+    }
+}
+
+/// The server side of the transport: hands decoded messages to openraft.
+#[derive(Clone)]
+pub struct RaftService {
+    pub raft: Raft,
+    pub cluster: String,
+}
+
+fn check_cluster(ours: &str, theirs: &str) -> Result<(), tonic::Status> {
+    if ours != theirs {
+        return Err(tonic::Status::failed_precondition(format!(
+            "peer belongs to cluster {theirs:?}, this node to {ours:?}"
+        )));
+    }
+    Ok(())
+}
+
+fn bad_payload(what: &str, e: bincode::Error) -> tonic::Status {
+    tonic::Status::invalid_argument(format!("decoding {what}: {e}"))
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for RaftService {
+    async fn append_entries(
+        &self,
+        request: tonic::Request<pb::RaftMessage>,
+    ) -> Result<tonic::Response<pb::RaftMessage>, tonic::Status> {
+        let m = request.into_inner();
+        check_cluster(&self.cluster, &m.cluster)?;
+        let req: AppendEntriesRequest<TypeConfig> =
+            bincode::deserialize(&m.payload).map_err(|e| bad_payload("append-entries", e))?;
+        let r = self.raft.append_entries(req).await;
+        Ok(tonic::Response::new(pb::RaftMessage {
+            payload: encode(&r),
+            cluster: self.cluster.clone(),
+        }))
+    }
+
+    async fn vote(
+        &self,
+        request: tonic::Request<pb::RaftMessage>,
+    ) -> Result<tonic::Response<pb::RaftMessage>, tonic::Status> {
+        let m = request.into_inner();
+        check_cluster(&self.cluster, &m.cluster)?;
+        let req: VoteRequest<NodeId> =
+            bincode::deserialize(&m.payload).map_err(|e| bad_payload("vote", e))?;
+        let r = self.raft.vote(req).await;
+        Ok(tonic::Response::new(pb::RaftMessage {
+            payload: encode(&r),
+            cluster: self.cluster.clone(),
+        }))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: tonic::Request<tonic::Streaming<pb::SnapshotChunk>>,
+    ) -> Result<tonic::Response<pb::RaftMessage>, tonic::Status> {
+        let mut stream = request.into_inner();
+        let mut header: Option<(Vote<NodeId>, SnapshotMeta<NodeId, Node>)> = None;
+        let mut data = Vec::new();
+        let mut done = false;
+        while let Some(chunk) = stream.message().await? {
+            check_cluster(&self.cluster, &chunk.cluster)?;
+            if header.is_none() {
+                header = Some(
+                    bincode::deserialize(&chunk.header)
+                        .map_err(|e| bad_payload("snapshot header", e))?,
+                );
+            }
+            let crc = crc32c::crc32c(&chunk.data);
+            if crc != chunk.crc32c {
+                return Err(tonic::Status::data_loss(format!(
+                    "snapshot chunk at byte {} checksum mismatch: sent {:08x}, received {crc:08x}",
+                    data.len(),
+                    chunk.crc32c
+                )));
+            }
+            data.extend_from_slice(&chunk.data);
+            if chunk.done {
+                done = true;
+                break;
+            }
+        }
+        let Some((vote, meta)) = header.filter(|_| done) else {
+            // A cut-off stream installs nothing: the old state stays.
+            return Err(tonic::Status::aborted(
+                "snapshot stream ended before its last chunk; nothing installed",
+            ));
+        };
+        let snapshot = Snapshot {
+            meta,
+            snapshot: Box::new(std::io::Cursor::new(data)),
+        };
+        let r = self.raft.install_full_snapshot(vote, snapshot).await;
+        Ok(tonic::Response::new(pb::RaftMessage {
+            payload: encode(&r),
+            cluster: self.cluster.clone(),
+        }))
+    }
+}
+
+impl std::fmt::Debug for RaftService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftService").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,381 @@
+//! Three-node clusters in one process: replication, failover, snapshots,
+//! membership changes, read-index after a leader change, deduplication and bad
+//! input. Nodes are real (LSM on disk, gRPC on loopback); only the process
+//! boundary is skipped.
+
+use consensus::{Client, Node, NodeConfig};
+use proto::kv::v1 as pb;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("ephemeral port")
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    peers: BTreeMap<u64, String>,
+    nodes: BTreeMap<u64, Node>,
+    snapshot_every: u64,
+    keep_logs: u64,
+}
+
+impl Cluster {
+    async fn start(n: u64) -> Cluster {
+        Self::start_with(n, 10_000, 1_000).await
+    }
+
+    async fn start_with(n: u64, snapshot_every: u64, keep_logs: u64) -> Cluster {
+        let peers: BTreeMap<u64, String> = (1..=n)
+            .map(|i| (i, format!("127.0.0.1:{}", free_port())))
+            .collect();
+        let mut c = Cluster {
+            dir: tempfile::tempdir().expect("tempdir"),
+            peers,
+            nodes: BTreeMap::new(),
+            snapshot_every,
+            keep_logs,
+        };
+        for i in 1..=n {
+            c.start_node(i, i == 1).await;
+        }
+        c
+    }
+
+    fn config(&self, id: u64, init: bool) -> NodeConfig {
+        let addr = self.peers[&id].parse().expect("addr");
+        let mut cfg = NodeConfig::new(
+            id,
+            addr,
+            self.dir.path().join(format!("n{id}")),
+            self.peers.clone(),
+        );
+        cfg.init = init;
+        cfg.register_metrics = false;
+        cfg.snapshot_every = self.snapshot_every;
+        cfg.keep_logs = self.keep_logs;
+        cfg
+    }
+
+    async fn start_node(&mut self, id: u64, init: bool) {
+        let node = Node::start(self.config(id, init)).await.expect("node starts");
+        self.nodes.insert(id, node);
+    }
+
+    async fn stop_node(&mut self, id: u64) {
+        if let Some(n) = self.nodes.remove(&id) {
+            n.shutdown().await;
+        }
+    }
+
+    fn client(&self) -> Client {
+        let eps: Vec<&String> = self.peers.values().collect();
+        Client::new(&eps).expect("client")
+    }
+
+    async fn leader(&self) -> u64 {
+        let t0 = Instant::now();
+        loop {
+            for n in self.nodes.values() {
+                let m = n.raft.metrics().borrow().clone();
+                if m.current_leader == Some(n.id) && self.nodes.contains_key(&n.id) {
+                    return n.id;
+                }
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "no leader within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn wait_applied(&self, id: u64, index: u64) {
+        let t0 = Instant::now();
+        while self.nodes[&id].shared.applied_index() < index {
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "node {id} applied {} < {index} after 15 s",
+                self.nodes[&id].shared.applied_index()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn get(c: &Client, key: &str) -> Option<String> {
+    c.get(key.as_bytes(), pb::ReadConsistency::Linearizable)
+        .await
+        .expect("get")
+        .kv
+        .map(|kv| String::from_utf8(kv.value).expect("utf8"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicates_to_every_node_and_serves_reads() {
+    let c = Cluster::start(3).await;
+    let client = c.client();
+    let mut last = 0;
+    for i in 0..50 {
+        let r = client
+            .put(format!("k{i}").as_bytes(), format!("v{i}").as_bytes())
+            .await
+            .expect("put");
+        last = r.header.expect("header").revision;
+    }
+    assert_eq!(get(&client, "k7").await.as_deref(), Some("v7"));
+    for id in 1..=3 {
+        c.wait_applied(id, last).await;
+        let kv = c.nodes[&id].shared.get(b"k49").expect("read");
+        assert_eq!(kv.map(|k| k.value), Some(b"v49".to_vec()), "node {id}");
+    }
+    let hashes: Vec<String> = c
+        .nodes
+        .values()
+        .map(|n| n.shared.state_hash().expect("hash").1)
+        .collect();
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "hashes differ: {hashes:?}");
+    // Versions and revisions like etcd's.
+    client.put(b"k1", b"again").await.expect("put");
+    let kv = client
+        .get(b"k1", pb::ReadConsistency::Linearizable)
+        .await
+        .expect("get")
+        .kv
+        .expect("present");
+    assert_eq!(kv.version, 2);
+    assert!(kv.mod_revision > kv.create_revision);
+    // Serializable reads say so.
+    let r = client
+        .get(b"k1", pb::ReadConsistency::Serializable)
+        .await
+        .expect("get");
+    assert!(r.serializable);
+    // Delete, scan with paging.
+    assert!(client.delete(b"k0").await.expect("delete").deleted);
+    assert!(!client.delete(b"k0").await.expect("delete").deleted);
+    let mut seen = Vec::new();
+    let mut start = b"k".to_vec();
+    loop {
+        let r = client
+            .scan(pb::ScanRequest {
+                prefix: b"k".to_vec(),
+                start: start.clone(),
+                limit: 7,
+                ..Default::default()
+            })
+            .await
+            .expect("scan");
+        seen.extend(r.kvs.iter().map(|kv| kv.key.clone()));
+        if !r.more {
+            break;
+        }
+        start = r.next_key;
+    }
+    assert_eq!(seen.len(), 49, "every key but the deleted one, once");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_failover_keeps_acknowledged_writes_and_reads_are_linearizable() {
+    let mut c = Cluster::start(3).await;
+    let client = c.client();
+    client.put(b"before", b"1").await.expect("put");
+    let old = c.leader().await;
+    c.stop_node(old).await;
+    let t0 = Instant::now();
+    // The first write after the kill lands on the new leader.
+    client.put(b"after", b"2").await.expect("put after failover");
+    let failover = t0.elapsed();
+    let new = c.leader().await;
+    assert_ne!(new, old);
+    assert!(failover < Duration::from_secs(5), "failover took {failover:?}");
+    // A linearizable read right after the change sees both writes.
+    assert_eq!(get(&client, "before").await.as_deref(), Some("1"));
+    assert_eq!(get(&client, "after").await.as_deref(), Some("2"));
+    // The old leader comes back as a follower and catches up.
+    c.start_node(old, false).await;
+    let r = client.put(b"third", b"3").await.expect("put");
+    c.wait_applied(old, r.header.expect("header").revision).await;
+    assert_eq!(
+        c.nodes[&old].shared.get(b"after").expect("read").map(|k| k.value),
+        Some(b"2".to_vec())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarted_follower_catches_up_through_install_snapshot() {
+    // Snapshot every 50 entries and keep no log behind it, so a follower that
+    // missed more than that can only catch up from a snapshot.
+    let mut c = Cluster::start_with(3, 50, 0).await;
+    let client = c.client();
+    client.put(b"warm", b"up").await.expect("put");
+    let leader = c.leader().await;
+    let follower = (1..=3).find(|i| *i != leader).expect("a follower");
+    c.stop_node(follower).await;
+    let mut last = 0;
+    for i in 0..300 {
+        last = client
+            .put(format!("s{i:03}").as_bytes(), b"x")
+            .await
+            .expect("put")
+            .header
+            .expect("header")
+            .revision;
+    }
+    // The leader purged the entries the follower lacks.
+    let purged = c.nodes[&leader].raft.metrics().borrow().purged;
+    assert!(
+        purged.is_some_and(|p| p.index > 2),
+        "leader should have purged its log, purged = {purged:?}"
+    );
+    c.start_node(follower, false).await;
+    c.wait_applied(follower, last).await;
+    let n = &c.nodes[&follower];
+    assert!(n.metrics.snapshots_installed.get() >= 1, "no snapshot was installed");
+    assert_eq!(
+        n.shared.get(b"s299").expect("read").map(|k| k.value),
+        Some(b"x".to_vec())
+    );
+    let (_, h_f) = n.shared.state_hash().expect("hash");
+    c.wait_applied(leader, last).await;
+    let (_, h_l) = c.nodes[&leader].shared.state_hash().expect("hash");
+    assert_eq!(h_f, h_l);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn membership_grows_to_five_and_shrinks_back_to_three() {
+    let mut c = Cluster::start(3).await;
+    for id in [4u64, 5] {
+        c.peers.insert(id, format!("127.0.0.1:{}", free_port()));
+    }
+    for id in [4u64, 5] {
+        c.start_node(id, false).await;
+    }
+    let client = c.client();
+    client.put(b"m", b"1").await.expect("put");
+    for id in [4u64, 5] {
+        client
+            .add_learner(id, &c.peers[&id])
+            .await
+            .expect("add learner");
+    }
+    let r = client.change_membership(&[1, 2, 3, 4, 5]).await.expect("grow");
+    assert_eq!(r.members.iter().filter(|m| m.voter).count(), 5);
+    let w = client.put(b"m", b"2").await.expect("put");
+    c.wait_applied(5, w.header.expect("header").revision).await;
+    // Unknown ids are refused with a clear error.
+    let e = client.change_membership(&[1, 2, 9]).await.expect_err("unknown id");
+    assert_eq!(e.code(), Some(tonic::Code::InvalidArgument), "{e}");
+    let r = client.change_membership(&[1, 2, 3]).await.expect("shrink");
+    assert_eq!(r.members.len(), 3, "{:?}", r.members);
+    c.stop_node(4).await;
+    c.stop_node(5).await;
+    client.put(b"m", b"3").await.expect("put with three voters");
+    assert_eq!(get(&client, "m").await.as_deref(), Some("3"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retried_request_ids_apply_once() {
+    let c = Cluster::start(3).await;
+    let client = c.client();
+    let id = client.next_request_id();
+    let first = client.put_with_id(b"d", b"one", id).await.expect("put");
+    // A retry of the same request (as after a timeout) with a different body
+    // must not apply: the first application's answer comes back.
+    let again = client.put_with_id(b"d", b"two", id).await.expect("retry");
+    assert_eq!(first.header.as_ref().map(|h| h.revision), again.header.as_ref().map(|h| h.revision));
+    let kv = client
+        .get(b"d", pb::ReadConsistency::Linearizable)
+        .await
+        .expect("get")
+        .kv
+        .expect("present");
+    assert_eq!(kv.value, b"one");
+    assert_eq!(kv.version, 1, "applied once");
+    let leader = c.leader().await;
+    assert_eq!(c.nodes[&leader].metrics.dedup_hits.get(), 1);
+    // Compare-and-set on the value.
+    assert!(client.cas(b"lock", None, b"a").await.expect("cas"));
+    assert!(!client.cas(b"lock", None, b"b").await.expect("cas"));
+    assert!(client.cas(b"lock", Some(b"a"), b"c").await.expect("cas"));
+    assert_eq!(get(&client, "lock").await.as_deref(), Some("c"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_is_invalid_argument_and_changes_nothing() {
+    let c = Cluster::start(3).await;
+    let client = c.client();
+    let e = client.put(b"", b"v").await.expect_err("empty key");
+    assert_eq!(e.code(), Some(tonic::Code::InvalidArgument), "{e}");
+    let big = vec![7u8; consensus::types::limits::MAX_VALUE_BYTES + 1];
+    let e = client.put(b"k", &big).await.expect_err("oversized value");
+    assert_eq!(e.code(), Some(tonic::Code::InvalidArgument), "{e}");
+    assert!(e.to_string().contains("limit"), "{e}");
+    let long = vec![b'k'; consensus::types::limits::MAX_KEY_BYTES + 1];
+    let e = client.put(&long, b"v").await.expect_err("oversized key");
+    assert_eq!(e.code(), Some(tonic::Code::InvalidArgument), "{e}");
+    assert_eq!(get(&client, "k").await, None);
+    let e = client
+        .scan(pb::ScanRequest {
+            limit: 1_000_000,
+            ..Default::default()
+        })
+        .await
+        .expect_err("limit");
+    assert_eq!(e.code(), Some(tonic::Code::InvalidArgument), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_changes_on_a_prefix() {
+    let c = Cluster::start(3).await;
+    let client = c.client();
+    client.put(b"warm", b"up").await.expect("put");
+    let leader = c.leader().await;
+    let mut kv = proto::kv::v1::kv_client::KvClient::new(
+        proto::server::channel(&c.peers[&leader]).expect("channel"),
+    );
+    let mut stream = kv
+        .watch(pb::WatchRequest {
+            prefix: b"w/".to_vec(),
+            start_revision: 0,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    client.put(b"other", b"x").await.expect("put");
+    client.put(b"w/a", b"1").await.expect("put");
+    client.delete(b"w/a").await.expect("delete");
+    let ev = stream.message().await.expect("event").expect("some");
+    assert_eq!(ev.r#type, pb::watch_event::Type::Put as i32);
+    assert_eq!(ev.kv.as_ref().map(|k| k.key.as_slice()), Some(&b"w/a"[..]));
+    let ev = stream.message().await.expect("event").expect("some");
+    assert_eq!(ev.r#type, pb::watch_event::Type::Delete as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_another_clusters_data_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let peers: BTreeMap<u64, String> = [(1, addr.clone())].into();
+    let mut cfg = NodeConfig::new(1, addr.parse().expect("addr"), dir.path().to_path_buf(), peers.clone());
+    cfg.register_metrics = false;
+    cfg.init = true;
+    Node::start(cfg.clone()).await.expect("first start").shutdown().await;
+    let mut other = cfg.clone();
+    other.cluster = "someone-else".into();
+    let e = Node::start(other).await.expect_err("wrong cluster");
+    assert!(e.to_string().contains("refusing to start"), "{e}");
+    let mut wrong_id = cfg.clone();
+    wrong_id.id = 2;
+    wrong_id.init = false;
+    let e = Node::start(wrong_id).await.expect_err("wrong node id");
+    assert!(e.to_string().contains("node 1"), "{e}");
+    // Malformed peer lists are startup errors that say what is wrong.
+    for bad in ["1=localhost", "x=127.0.0.1:1", "1=a:1,1=b:2", "0=a:1", "1:127.0.0.1:1"] {
+        let e = consensus::parse_peers(bad).expect_err(bad);
+        assert!(e.to_string().starts_with("configuration"), "{bad}: {e}");
+    }
+}
