@@ -44,6 +44,204 @@ pub enum Command {
     /// or benchmark it against llama.cpp.
     #[command(subcommand)]
     Infer(InferCommand),
+    /// The Raft-replicated KV cluster: serve a node, talk to a cluster,
+    /// benchmark a local one.
+    #[command(subcommand)]
+    Kv(KvCommand),
+    /// Chaos drills against a local KV cluster: faults on real processes and
+    /// links, a recorded history, a linearizability verdict. Exit status 1 on
+    /// any violation.
+    Chaos(ChaosArgs),
+}
+
+#[derive(Clone, Debug, Subcommand)]
+pub enum KvCommand {
+    /// Run one node: client API and Raft transport on --listen, /metrics on
+    /// --metrics-listen. Runs until SIGINT/SIGTERM.
+    Serve(KvServeArgs),
+    /// Write a key.
+    Put(KvPutArgs),
+    /// Read a key (linearizable unless --serializable).
+    Get(KvGetArgs),
+    /// Delete a key.
+    Delete(KvKeyArgs),
+    /// List keys by prefix or range.
+    Scan(KvScanArgs),
+    /// Every node's view: id, leader, term, commit and applied index, state hash.
+    Status(KvEndpointsArgs),
+    /// The membership, or change it: --add-learner ID=ADDR, --voters 1,2,3.
+    Members(KvMembersArgs),
+    /// Benchmark a local cluster: puts/s and gets/s at several client counts,
+    /// p50/p99/p999 latency, and leader-failover time; table + JSON.
+    Bench(KvBenchArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct KvServeArgs {
+    /// This node's id (a positive integer, unique in the cluster).
+    #[arg(long, env = "MLSTACK_ID")]
+    pub id: u64,
+    /// Address for the client API and the Raft transport (default 127.0.0.1:7000+id).
+    #[arg(long, env = "MLSTACK_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// The node's data directory (LSM under kv/, snapshots under snapshot/).
+    #[arg(long, env = "MLSTACK_DATA_DIR")]
+    pub data_dir: std::path::PathBuf,
+    /// Initial members as ID=HOST:PORT,... (must include this node with --init).
+    #[arg(long, env = "MLSTACK_PEERS", default_value = "")]
+    pub peers: String,
+    /// Initialize a new cluster with --peers as voters (ignored once initialized).
+    #[arg(long, env = "MLSTACK_INIT")]
+    pub init: bool,
+    /// Dial overrides for peer links, ID=HOST:PORT,... (the chaos drills route
+    /// each link through a fault-injecting proxy this way).
+    #[arg(long, env = "MLSTACK_ROUTE", default_value = "")]
+    pub route: String,
+    /// Cluster name, stored in the data directory and checked on every peer message.
+    #[arg(long, env = "MLSTACK_CLUSTER", default_value = "mlstack-kv")]
+    pub cluster: String,
+    /// Prometheus /metrics (default 127.0.0.1:9100+id; port 0 = any).
+    #[arg(long, env = "MLSTACK_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    #[arg(long, env = "MLSTACK_HEARTBEAT_MS", default_value_t = 50)]
+    pub heartbeat_ms: u64,
+    #[arg(long, env = "MLSTACK_ELECTION_MIN_MS", default_value_t = 150)]
+    pub election_min_ms: u64,
+    #[arg(long, env = "MLSTACK_ELECTION_MAX_MS", default_value_t = 300)]
+    pub election_max_ms: u64,
+    /// Build a snapshot after this many applied entries.
+    #[arg(long, env = "MLSTACK_SNAPSHOT_EVERY", default_value_t = 10_000)]
+    pub snapshot_every: u64,
+    /// Log entries kept behind the latest snapshot.
+    #[arg(long, env = "MLSTACK_KEEP_LOGS", default_value_t = 1_000)]
+    pub keep_logs: u64,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct KvEndpointsArgs {
+    /// Cluster nodes, HOST:PORT,... (any of them; the client follows the leader).
+    #[arg(long, env = "MLSTACK_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003")]
+    pub endpoints: Vec<String>,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct KvPutArgs {
+    #[command(flatten)]
+    pub endpoints: KvEndpointsArgs,
+    pub key: String,
+    pub value: String,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct KvKeyArgs {
+    #[command(flatten)]
+    pub endpoints: KvEndpointsArgs,
+    pub key: String,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct KvGetArgs {
+    #[command(flatten)]
+    pub endpoints: KvEndpointsArgs,
+    pub key: String,
+    /// Read the first endpoint's local state without a quorum check (may be stale).
+    #[arg(long, env = "MLSTACK_SERIALIZABLE")]
+    pub serializable: bool,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct KvScanArgs {
+    #[command(flatten)]
+    pub endpoints: KvEndpointsArgs,
+    /// Every key with this prefix (default: all keys).
+    #[arg(long, env = "MLSTACK_PREFIX", default_value = "")]
+    pub prefix: String,
+    /// At most this many keys.
+    #[arg(long, env = "MLSTACK_LIMIT", default_value_t = 100)]
+    pub limit: u32,
+    #[arg(long, env = "MLSTACK_SERIALIZABLE")]
+    pub serializable: bool,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct KvMembersArgs {
+    #[command(flatten)]
+    pub endpoints: KvEndpointsArgs,
+    /// Add a learner, ID=HOST:PORT (it catches up before this returns).
+    #[arg(long, env = "MLSTACK_ADD_LEARNER")]
+    pub add_learner: Option<String>,
+    /// Set the voters (ids must be members or learners already).
+    #[arg(long, env = "MLSTACK_VOTERS", value_delimiter = ',')]
+    pub voters: Vec<u64>,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct KvBenchArgs {
+    #[arg(long, env = "MLSTACK_NODES", default_value_t = 3)]
+    pub nodes: u64,
+    /// Concurrent clients per workload.
+    #[arg(long, env = "MLSTACK_CLIENTS", value_delimiter = ',', default_value = "1,16,64")]
+    pub clients: Vec<usize>,
+    /// Per workload and client count, e.g. 20s, 500ms.
+    #[arg(long, env = "MLSTACK_DURATION", default_value = "20s", value_parser = parse_duration)]
+    pub duration: std::time::Duration,
+    #[arg(long, env = "MLSTACK_VALUE_BYTES", default_value_t = 100)]
+    pub value_bytes: usize,
+    #[arg(long, env = "MLSTACK_KEYS", default_value_t = 10_000)]
+    pub keys: usize,
+    #[arg(long, env = "MLSTACK_FAILOVER_TRIALS", default_value_t = 5)]
+    pub failover_trials: usize,
+    /// JSON report path.
+    #[arg(long, env = "MLSTACK_OUT", default_value = "bench/results/kv-cluster.json")]
+    pub out: std::path::PathBuf,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ChaosArgs {
+    /// kill-leader, partition-leader, partition-random, pause-leader,
+    /// rolling-restart, slow-network, or all (a random sequence from the seed).
+    pub drill: String,
+    #[arg(long, env = "MLSTACK_NODES", default_value_t = 3)]
+    pub nodes: u64,
+    /// How long the workload runs while faults are injected, e.g. 30s.
+    #[arg(long, env = "MLSTACK_DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub duration: std::time::Duration,
+    #[arg(long, env = "MLSTACK_CLIENTS", default_value_t = 8)]
+    pub clients: usize,
+    /// Seeds the fault schedule and the workload (default: from the clock, printed).
+    #[arg(long, env = "MLSTACK_SEED")]
+    pub seed: Option<u64>,
+    /// Keys the register workload spreads over.
+    #[arg(long, env = "MLSTACK_KEYS", default_value_t = 5)]
+    pub keys: usize,
+    /// Where node data and logs go (default: a fresh temporary directory, kept
+    /// when the drill fails).
+    #[arg(long, env = "MLSTACK_DIR")]
+    pub dir: Option<std::path::PathBuf>,
+    /// Also write the JSON report here.
+    #[arg(long, env = "MLSTACK_JSON")]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// `20s`, `500ms`, `2m`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 20s, 500ms or 2m"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} is not a valid duration"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 #[derive(Clone, Debug, Subcommand)]

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod demo;
 pub mod diag;
 pub mod infer;
+pub mod kv;
 pub mod lsm;
 
 use cli::{Cli, Command, DiagCommand};
@@ -57,6 +58,11 @@ pub enum Error {
     /// The inference command could not start (model not found, bad flags).
     #[error("infer: {0}")]
     Infer(String),
+    #[error(transparent)]
+    Kv(#[from] consensus::Error),
+    /// A chaos drill found a violation (the report says which).
+    #[error("chaos drill {drill} failed: {reason}")]
+    ChaosFailed { drill: String, reason: String },
     /// A key was not found (`mlstack lsm get`).
     #[error("key {0:?} not found")]
     KeyNotFound(String),
@@ -145,6 +151,22 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
                 .await
                 .map_err(|e| Error::Infer(format!("infer task failed: {e}")))
                 .and_then(|r| r);
+            telemetry.shutdown().await?;
+            result
+        }
+        Command::Kv(cmd) => {
+            let service = match cmd {
+                cli::KvCommand::Serve(a) => format!("kv-{}", a.id),
+                _ => "kv-client".into(),
+            };
+            let telemetry = init_observe(&cli, &service)?;
+            let result = kv::run(cmd).await;
+            telemetry.shutdown().await?;
+            result
+        }
+        Command::Chaos(args) => {
+            let telemetry = init_observe(&cli, "chaos")?;
+            let result = kv::chaos(args).await;
             telemetry.shutdown().await?;
             result
         }

@@ -1,1 +1,304 @@
-//! TODO
+//! `mlstack kv bench`: throughput and latency of a local cluster on loopback,
+//! and leader-failover time.
+//!
+//! Every workload runs `clients` concurrent tasks for `duration` against a
+//! cluster of `mlstack kv serve` processes (fsync on, as in production):
+//! - `put`: 100-byte values on a 10,000-key space (through the leader);
+//! - `get_linearizable`: read index on the leader, then a local read;
+//! - `get_serializable`: local reads spread over every node;
+//! - `failover`: SIGKILL the leader, time to the first successful write
+//!   (median of `failover_trials`), with 150–300 ms election timeouts.
+
+use crate::client::Timeouts;
+use crate::cluster::{ClusterSpec, LocalCluster};
+use crate::error::Error;
+use crate::Client;
+use proto::kv::v1 as pb;
+use rand::Rng;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub nodes: u64,
+    pub clients: Vec<usize>,
+    pub duration: Duration,
+    pub value_bytes: usize,
+    pub keys: usize,
+    pub failover_trials: usize,
+    pub binary: PathBuf,
+    pub dir: PathBuf,
+}
+
+/// One figure.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Row {
+    pub system: String,
+    pub workload: String,
+    pub clients: usize,
+    pub metric: String,
+    pub value: f64,
+    pub unit: String,
+}
+
+fn pct(sorted_us: &[u32], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted_us.len() as f64 - 1.0) * p).round() as usize;
+    sorted_us[i] as f64 / 1000.0
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Work {
+    Put,
+    GetLinearizable,
+    GetSerializable,
+}
+
+impl Work {
+    fn name(self) -> &'static str {
+        match self {
+            Work::Put => "put",
+            Work::GetLinearizable => "get_linearizable",
+            Work::GetSerializable => "get_serializable",
+        }
+    }
+}
+
+async fn run_workload(
+    cluster: &LocalCluster,
+    work: Work,
+    clients: usize,
+    cfg: &BenchConfig,
+) -> Result<(f64, Vec<u32>, u64), Error> {
+    let endpoints = cluster.client_endpoints();
+    let n = endpoints.len();
+    // One connection per 16 tasks (HTTP/2 multiplexes the rest), rotated so
+    // serializable reads spread over every node.
+    let pools: Vec<Arc<Client>> = (0..clients.div_ceil(16).max(n))
+        .map(|i| {
+            let mut eps = endpoints.clone();
+            eps.rotate_left(i % n);
+            let ids: Vec<u64> = cluster.ids().into_iter().cycle().skip(i % n).take(n).collect();
+            Client::new(&eps).map(|c| Arc::new(c.with_node_ids(&ids)))
+        })
+        .collect::<Result<_, _>>()?;
+    // Writes find the leader once, up front.
+    for p in &pools {
+        if work != Work::GetSerializable {
+            let _ = p.leader_status().await;
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let value = vec![b'v'; cfg.value_bytes];
+    let mut tasks = Vec::new();
+    for t in 0..clients {
+        let client = pools[t % pools.len()].clone();
+        let stop = stop.clone();
+        let value = value.clone();
+        let keys = cfg.keys;
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(1 << 14);
+            let mut errors = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("key{:06}", rand::rng().random_range(0..keys));
+                let t0 = Instant::now();
+                let ok = match work {
+                    Work::Put => client.put(key.as_bytes(), &value).await.is_ok(),
+                    Work::GetLinearizable => client
+                        .get(key.as_bytes(), pb::ReadConsistency::Linearizable)
+                        .await
+                        .is_ok(),
+                    Work::GetSerializable => client
+                        .get(key.as_bytes(), pb::ReadConsistency::Serializable)
+                        .await
+                        .is_ok(),
+                };
+                if ok {
+                    lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                } else {
+                    errors += 1;
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let t0 = Instant::now();
+    tokio::time::sleep(cfg.duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.map_err(|e| Error::Drill {
+            drill: "bench".into(),
+            reason: e.to_string(),
+        })?;
+        all.extend(l);
+        errors += e;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    all.sort_unstable();
+    Ok((all.len() as f64 / secs, all, errors))
+}
+
+/// Runs every workload; `progress` gets a line per step.
+pub async fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Vec<Row>, Error> {
+    let mut cluster = LocalCluster::start(ClusterSpec {
+        nodes: cfg.nodes,
+        binary: cfg.binary.clone(),
+        dir: cfg.dir.clone(),
+        proxies: false,
+        extra_args: vec![],
+    })
+    .await?;
+    let mut rows = Vec::new();
+    let row = |workload: &str, clients: usize, metric: &str, value: f64, unit: &str| Row {
+        system: "mlstack".into(),
+        workload: workload.into(),
+        clients,
+        metric: metric.into(),
+        value,
+        unit: unit.into(),
+    };
+    // Preload the key space so reads find values.
+    {
+        progress(&format!("preloading {} keys", cfg.keys));
+        let c = Arc::new(cluster.client(Timeouts::default())?);
+        let mut tasks = Vec::new();
+        for t in 0..16 {
+            let c = c.clone();
+            let keys = cfg.keys;
+            let value = vec![b'v'; cfg.value_bytes];
+            tasks.push(tokio::spawn(async move {
+                for k in (t..keys).step_by(16) {
+                    c.put(format!("key{k:06}").as_bytes(), &value).await?;
+                }
+                Ok::<(), crate::ClientError>(())
+            }));
+        }
+        for t in tasks {
+            t.await
+                .map_err(|e| Error::Drill {
+                    drill: "bench".into(),
+                    reason: e.to_string(),
+                })??;
+        }
+    }
+    for &clients in &cfg.clients {
+        for work in [Work::Put, Work::GetLinearizable, Work::GetSerializable] {
+            progress(&format!("{} with {clients} clients for {:?}", work.name(), cfg.duration));
+            let (ops, lat, errors) = run_workload(&cluster, work, clients, cfg).await?;
+            let w = work.name();
+            rows.push(row(w, clients, "ops_per_sec", ops, "ops/s"));
+            rows.push(row(w, clients, "latency_p50_ms", pct(&lat, 0.5), "ms"));
+            rows.push(row(w, clients, "latency_p99_ms", pct(&lat, 0.99), "ms"));
+            rows.push(row(w, clients, "latency_p999_ms", pct(&lat, 0.999), "ms"));
+            rows.push(row(w, clients, "errors", errors as f64, "count"));
+        }
+    }
+    // Failover: kill the leader, time the first successful write.
+    let mut times = Vec::new();
+    for trial in 0..cfg.failover_trials {
+        let leader = cluster.wait_leader(Duration::from_secs(10)).await?;
+        let client = cluster.client(Timeouts {
+            attempt: Duration::from_millis(300),
+            overall: Duration::from_secs(30),
+            backoff: Duration::from_millis(5),
+        })?;
+        client.put(b"failover", b"warm").await?;
+        cluster.kill(leader);
+        let t0 = Instant::now();
+        client.put(b"failover", format!("trial{trial}").as_bytes()).await?;
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        progress(&format!("failover trial {trial}: node {leader} killed, first write after {ms:.0} ms"));
+        times.push(ms);
+        cluster.spawn(leader)?;
+        cluster.wait_converged(Duration::from_secs(30)).await?;
+    }
+    if !times.is_empty() {
+        times.sort_by(f64::total_cmp);
+        rows.push(row("failover", 1, "failover_ms", times[times.len() / 2], "ms"));
+        rows.push(row("failover", 1, "failover_max_ms", times[times.len() - 1], "ms"));
+    }
+    cluster.stop();
+    Ok(rows)
+}
+
+/// The human table.
+pub fn table(rows: &[Row]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<18} {:>7} {:>12} {:>9} {:>9} {:>9}",
+        "workload", "clients", "ops/s", "p50 ms", "p99 ms", "p999 ms"
+    );
+    let mut keys: Vec<(String, usize)> = Vec::new();
+    for r in rows {
+        if r.workload != "failover" && !keys.contains(&(r.workload.clone(), r.clients)) {
+            keys.push((r.workload.clone(), r.clients));
+        }
+    }
+    let get = |w: &str, c: usize, m: &str| {
+        rows.iter()
+            .find(|r| r.workload == w && r.clients == c && r.metric == m)
+            .map(|r| r.value)
+            .unwrap_or(0.0)
+    };
+    for (w, c) in keys {
+        let _ = writeln!(
+            s,
+            "{:<18} {:>7} {:>12.0} {:>9.2} {:>9.2} {:>9.2}",
+            w,
+            c,
+            get(&w, c, "ops_per_sec"),
+            get(&w, c, "latency_p50_ms"),
+            get(&w, c, "latency_p99_ms"),
+            get(&w, c, "latency_p999_ms")
+        );
+    }
+    if let Some(r) = rows.iter().find(|r| r.metric == "failover_ms") {
+        let _ = writeln!(
+            s,
+            "failover (kill -9 leader → first successful write): median {:.0} ms, max {:.0} ms",
+            r.value,
+            get("failover", 1, "failover_max_ms")
+        );
+    }
+    s
+}
+
+/// The benchmark JSON (`ARCHITECTURE.md`, "Benchmarks").
+pub fn to_json(cfg: &BenchConfig, rows: &[Row]) -> serde_json::Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        .unwrap_or_default();
+    let mem_kb: u64 = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()))
+        .unwrap_or(0);
+    serde_json::json!({
+        "component": "kv",
+        "bench": "cluster",
+        "machine": {
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "cpu": cpu,
+            "memory_bytes": mem_kb * 1024,
+        },
+        "config": {
+            "nodes": cfg.nodes, "clients": cfg.clients, "duration_s": cfg.duration.as_secs_f64(),
+            "value_bytes": cfg.value_bytes, "keys": cfg.keys, "failover_trials": cfg.failover_trials,
+            "election_timeout_ms": [150, 300], "heartbeat_ms": 50, "fsync": "group commit per append",
+            "transport": "loopback gRPC, nodes and clients on the same machine",
+        },
+        "results": rows.iter().map(|r| serde_json::json!({
+            "system": r.system, "workload": r.workload, "metric": r.metric,
+            "value": r.value, "unit": r.unit, "config": {"clients": r.clients},
+        })).collect::<Vec<_>>(),
+    })
+}

@@ -1,1 +1,365 @@
-//! TODO
+//! A local cluster of `mlstack kv serve` child processes, optionally with a
+//! fault-injecting [`Proxy`] on every link: used by the chaos drills, the
+//! benchmark and the cross-component tests.
+//!
+//! # Wiring with proxies
+//! ```text
+//!   client ──► C(i) ──► node i            one client proxy per node
+//!   node i ──► P(i→j) ──► node j          one proxy per directed peer link
+//! ```
+//! Node *i* is started with `--route j=P(i→j)` for every peer *j*, so its
+//! outgoing Raft traffic to *j* crosses that link's proxy while the membership
+//! keeps the nodes' real addresses. Cutting P(i→j) and P(j→i) partitions the
+//! pair; cutting every link of *i* plus C(i) isolates it.
+
+use crate::error::Error;
+use crate::proxy::Proxy;
+use crate::types::NodeId;
+use crate::{Client, client::Timeouts};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How to start a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    pub nodes: u64,
+    /// The `mlstack` binary (usually `std::env::current_exe()`).
+    pub binary: PathBuf,
+    /// Parent of the nodes' data directories and logs.
+    pub dir: PathBuf,
+    pub proxies: bool,
+    /// Extra `kv serve` flags for every node.
+    pub extra_args: Vec<String>,
+}
+
+/// A running local cluster. Dropping it kills every node.
+#[derive(Debug)]
+pub struct LocalCluster {
+    pub spec: ClusterSpec,
+    pub addrs: BTreeMap<NodeId, SocketAddr>,
+    peer_proxies: BTreeMap<(NodeId, NodeId), Proxy>,
+    client_proxies: BTreeMap<NodeId, Proxy>,
+    children: BTreeMap<NodeId, Child>,
+    paused: BTreeSet<NodeId>,
+}
+
+fn free_addr() -> Result<SocketAddr, std::io::Error> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+fn drill_err(reason: impl Into<String>) -> Error {
+    Error::Drill {
+        drill: "cluster".into(),
+        reason: reason.into(),
+    }
+}
+
+impl LocalCluster {
+    /// Starts every node (node 1 initializes the cluster) and waits for a
+    /// leader.
+    pub async fn start(spec: ClusterSpec) -> Result<LocalCluster, Error> {
+        if spec.nodes == 0 || spec.nodes > 9 {
+            return Err(drill_err(format!("--nodes {} (1..=9 supported)", spec.nodes)));
+        }
+        std::fs::create_dir_all(&spec.dir).map_err(|source| Error::Io {
+            op: "create",
+            path: spec.dir.clone(),
+            source,
+        })?;
+        let io = |source| Error::Io {
+            op: "bind a free port",
+            path: PathBuf::new(),
+            source,
+        };
+        let mut addrs = BTreeMap::new();
+        for id in 1..=spec.nodes {
+            addrs.insert(id, free_addr().map_err(io)?);
+        }
+        let mut peer_proxies = BTreeMap::new();
+        let mut client_proxies = BTreeMap::new();
+        if spec.proxies {
+            let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+            for (&to, addr) in &addrs {
+                client_proxies.insert(to, Proxy::start(any, addr.to_string()).await.map_err(io)?);
+                for &from in addrs.keys().filter(|&&f| f != to) {
+                    peer_proxies.insert((from, to), Proxy::start(any, addr.to_string()).await.map_err(io)?);
+                }
+            }
+        }
+        let mut c = LocalCluster {
+            spec,
+            addrs,
+            peer_proxies,
+            client_proxies,
+            children: BTreeMap::new(),
+            paused: BTreeSet::new(),
+        };
+        for id in 1..=c.spec.nodes {
+            c.spawn(id)?;
+        }
+        c.wait_leader(Duration::from_secs(20)).await?;
+        Ok(c)
+    }
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.addrs.keys().copied().collect()
+    }
+
+    fn log_path(&self, id: NodeId) -> PathBuf {
+        self.spec.dir.join(format!("node-{id}.log"))
+    }
+
+    /// (Re)starts node `id` as a child process.
+    pub fn spawn(&mut self, id: NodeId) -> Result<(), Error> {
+        let peers = self
+            .addrs
+            .iter()
+            .map(|(i, a)| format!("{i}={a}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cmd = Command::new(&self.spec.binary);
+        cmd.args(["kv", "serve", "--id", &id.to_string()])
+            .args(["--listen", &self.addrs[&id].to_string()])
+            .arg("--data-dir")
+            .arg(self.spec.dir.join(format!("node-{id}")))
+            .args(["--peers", &peers])
+            .args(["--metrics-listen", "127.0.0.1:0"]);
+        if id == 1 {
+            cmd.arg("--init");
+        }
+        let routes: Vec<String> = self
+            .peer_proxies
+            .iter()
+            .filter(|((from, _), _)| *from == id)
+            .map(|((_, to), p)| format!("{to}={}", p.listen))
+            .collect();
+        if !routes.is_empty() {
+            cmd.args(["--route", &routes.join(",")]);
+        }
+        cmd.args(&self.spec.extra_args);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .map_err(|source| Error::Io {
+                op: "open node log",
+                path: self.log_path(id),
+                source,
+            })?;
+        let log2 = log.try_clone().map_err(|source| Error::Io {
+            op: "open node log",
+            path: self.log_path(id),
+            source,
+        })?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2));
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "warn,consensus=info");
+        }
+        let child = cmd.spawn().map_err(|source| Error::Io {
+            op: "spawn",
+            path: self.spec.binary.clone(),
+            source,
+        })?;
+        self.children.insert(id, child);
+        Ok(())
+    }
+
+    pub fn is_running(&self, id: NodeId) -> bool {
+        self.children.contains_key(&id)
+    }
+
+    /// SIGKILL: no shutdown path runs, unsynced state is lost.
+    pub fn kill(&mut self, id: NodeId) {
+        if let Some(mut c) = self.children.remove(&id) {
+            if self.paused.remove(&id) {
+                signal(&c, libc::SIGCONT);
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGSTOP: the process freezes with its sockets open (a GC pause, a VM
+    /// stall): peers see silence, not a closed connection.
+    pub fn pause(&mut self, id: NodeId) {
+        if let Some(c) = self.children.get(&id)
+            && self.paused.insert(id)
+        {
+            signal(c, libc::SIGSTOP);
+        }
+    }
+
+    pub fn resume(&mut self, id: NodeId) {
+        if let Some(c) = self.children.get(&id)
+            && self.paused.remove(&id)
+        {
+            signal(c, libc::SIGCONT);
+        }
+    }
+
+    /// Cuts every link between `side` and the other nodes, and the client
+    /// links of `side` when `clients` is set.
+    pub fn partition(&self, side: &[NodeId], clients: bool) {
+        for ((from, to), p) in &self.peer_proxies {
+            if side.contains(from) != side.contains(to) {
+                p.set_cut(true);
+            }
+        }
+        if clients {
+            for id in side {
+                if let Some(p) = self.client_proxies.get(id) {
+                    p.set_cut(true);
+                }
+            }
+        }
+    }
+
+    /// Delay and jitter on every link (peer and client).
+    pub fn set_delay(&self, delay: Duration, jitter: Duration) {
+        for p in self.peer_proxies.values().chain(self.client_proxies.values()) {
+            p.set_delay(delay, jitter);
+        }
+    }
+
+    /// Clears every network fault.
+    pub fn heal_network(&self) {
+        for p in self.peer_proxies.values().chain(self.client_proxies.values()) {
+            p.heal();
+        }
+    }
+
+    /// Heals the network, resumes paused nodes and restarts dead ones.
+    pub fn heal_all(&mut self) -> Result<(), Error> {
+        self.heal_network();
+        for id in self.paused.clone() {
+            self.resume(id);
+        }
+        for id in self.ids() {
+            if !self.is_running(id) {
+                self.spawn(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where clients connect (the client proxies when there are proxies).
+    pub fn client_endpoints(&self) -> Vec<String> {
+        self.addrs
+            .iter()
+            .map(|(id, a)| match self.client_proxies.get(id) {
+                Some(p) => p.listen.to_string(),
+                None => a.to_string(),
+            })
+            .collect()
+    }
+
+    /// A client that knows which endpoint is which node.
+    pub fn client(&self, timeouts: Timeouts) -> Result<Client, Error> {
+        Ok(Client::new(&self.client_endpoints())?
+            .with_node_ids(&self.ids())
+            .with_timeouts(timeouts))
+    }
+
+    /// A client that talks to the nodes directly (bypassing proxies).
+    fn direct_client(&self) -> Result<Client, Error> {
+        let eps: Vec<String> = self.addrs.values().map(|a| a.to_string()).collect();
+        Ok(Client::new(&eps)?.with_node_ids(&self.ids()).with_timeouts(Timeouts {
+            attempt: Duration::from_millis(500),
+            overall: Duration::from_secs(2),
+            backoff: Duration::from_millis(20),
+        }))
+    }
+
+    /// The node that a majority... simply: the node reporting itself leader
+    /// with the highest term, asked directly (not through the proxies).
+    pub async fn leader(&self) -> Option<NodeId> {
+        let c = self.direct_client().ok()?;
+        let mut best: Option<(u64, NodeId)> = None;
+        for (i, id) in self.ids().into_iter().enumerate() {
+            if !self.is_running(id) || self.paused.contains(&id) {
+                continue;
+            }
+            if let Ok(s) = c.status_of(i).await
+                && s.leader_id == s.node_id
+                && best.is_none_or(|(t, _)| s.term > t)
+            {
+                best = Some((s.term, id));
+            }
+        }
+        best.map(|(_, id)| id)
+    }
+
+    pub async fn wait_leader(&self, timeout: Duration) -> Result<NodeId, Error> {
+        let t0 = Instant::now();
+        loop {
+            if let Some(l) = self.leader().await {
+                return Ok(l);
+            }
+            if t0.elapsed() > timeout {
+                return Err(drill_err(format!(
+                    "no leader within {timeout:?}; node logs are in {}",
+                    self.spec.dir.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every node reports the same applied index and state hash.
+    pub async fn wait_converged(&self, timeout: Duration) -> Result<(u64, String), Error> {
+        let c = self.direct_client()?;
+        let t0 = Instant::now();
+        let mut last = String::new();
+        loop {
+            let mut seen = BTreeMap::new();
+            for (i, id) in self.ids().into_iter().enumerate() {
+                match c.status_of(i).await {
+                    Ok(s) => {
+                        seen.insert(id, (s.applied_index, s.state_hash));
+                    }
+                    Err(e) => {
+                        last = format!("node {id}: {e}");
+                    }
+                }
+            }
+            if seen.len() == self.addrs.len() {
+                let first = seen.values().next().cloned().unwrap_or_default();
+                if seen.values().all(|v| *v == first) {
+                    return Ok(first);
+                }
+                last = format!("{seen:?}");
+            }
+            if t0.elapsed() > timeout {
+                return Err(drill_err(format!(
+                    "nodes did not converge within {timeout:?}: {last}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Kills every node.
+    pub fn stop(&mut self) {
+        for id in self.ids() {
+            self.kill(id);
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn signal(c: &Child, sig: libc::c_int) {
+    // SAFETY: kill(2) with a pid we spawned and still own (not yet waited).
+    unsafe {
+        libc::kill(c.id() as libc::pid_t, sig);
+    }
+}

@@ -1,0 +1,271 @@
+//! `mlstack kv ...` and `mlstack chaos ...`: thin wiring into `consensus`.
+
+use crate::Error;
+use crate::cli::{ChaosArgs, KvCommand};
+use consensus::{Client, Node, NodeConfig, parse_peers};
+use proto::kv::v1 as pb;
+use std::net::SocketAddr;
+
+fn client(endpoints: &[String]) -> Result<Client, Error> {
+    Ok(Client::new(endpoints).map_err(consensus::Error::from)?)
+}
+
+fn kv_err(e: consensus::ClientError) -> Error {
+    Error::Kv(e.into())
+}
+
+/// Runs one `mlstack kv` subcommand.
+pub async fn run(cmd: &KvCommand) -> Result<(), Error> {
+    match cmd {
+        KvCommand::Serve(a) => serve(a).await,
+        KvCommand::Put(a) => {
+            let c = client(&a.endpoints.endpoints)?;
+            let r = c.put(a.key.as_bytes(), a.value.as_bytes()).await.map_err(kv_err)?;
+            println!("OK revision {}", r.header.map(|h| h.revision).unwrap_or(0));
+            Ok(())
+        }
+        KvCommand::Get(a) => {
+            let c = client(&a.endpoints.endpoints)?;
+            let consistency = if a.serializable {
+                pb::ReadConsistency::Serializable
+            } else {
+                pb::ReadConsistency::Linearizable
+            };
+            let r = c.get(a.key.as_bytes(), consistency).await.map_err(kv_err)?;
+            match r.kv {
+                Some(kv) => {
+                    println!("{}", String::from_utf8_lossy(&kv.value));
+                    eprintln!(
+                        "version {} create_revision {} mod_revision {}{}",
+                        kv.version,
+                        kv.create_revision,
+                        kv.mod_revision,
+                        if r.serializable { " (serializable: may be stale)" } else { "" }
+                    );
+                    Ok(())
+                }
+                None => Err(Error::KeyNotFound(a.key.clone())),
+            }
+        }
+        KvCommand::Delete(a) => {
+            let c = client(&a.endpoints.endpoints)?;
+            let r = c.delete(a.key.as_bytes()).await.map_err(kv_err)?;
+            println!("{}", if r.deleted { "deleted" } else { "not found" });
+            Ok(())
+        }
+        KvCommand::Scan(a) => {
+            let c = client(&a.endpoints.endpoints)?;
+            let r = c
+                .scan(pb::ScanRequest {
+                    prefix: a.prefix.as_bytes().to_vec(),
+                    limit: a.limit,
+                    consistency: if a.serializable {
+                        pb::ReadConsistency::Serializable as i32
+                    } else {
+                        pb::ReadConsistency::Linearizable as i32
+                    },
+                    ..Default::default()
+                })
+                .await
+                .map_err(kv_err)?;
+            for kv in &r.kvs {
+                println!(
+                    "{}\t{}",
+                    String::from_utf8_lossy(&kv.key),
+                    String::from_utf8_lossy(&kv.value)
+                );
+            }
+            if r.more {
+                eprintln!("(more keys after {})", String::from_utf8_lossy(&r.next_key));
+            }
+            Ok(())
+        }
+        KvCommand::Status(a) => {
+            let c = client(&a.endpoints)?;
+            println!(
+                "{:<22} {:>4} {:>7} {:>6} {:>8} {:>8}  state hash",
+                "endpoint", "id", "leader", "term", "commit", "applied"
+            );
+            let mut failed = 0;
+            for (i, ep) in a.endpoints.iter().enumerate() {
+                match c.status_of(i).await {
+                    Ok(s) => println!(
+                        "{ep:<22} {:>4} {:>7} {:>6} {:>8} {:>8}  {}",
+                        s.node_id, s.leader_id, s.term, s.commit_index, s.applied_index, s.state_hash
+                    ),
+                    Err(e) => {
+                        failed += 1;
+                        println!("{ep:<22} unreachable: {e}");
+                    }
+                }
+            }
+            if failed == a.endpoints.len() {
+                return Err(Error::Serve {
+                    what: "kv status",
+                    addr: a.endpoints.join(","),
+                    reason: "no endpoint answered".into(),
+                });
+            }
+            Ok(())
+        }
+        KvCommand::Members(a) => {
+            let c = client(&a.endpoints.endpoints)?;
+            let mut members = None;
+            if let Some(spec) = &a.add_learner {
+                let parsed = parse_peers(spec)?;
+                for (id, addr) in parsed {
+                    members = Some(c.add_learner(id, &addr).await.map_err(kv_err)?.members);
+                }
+            }
+            if !a.voters.is_empty() {
+                members = Some(c.change_membership(&a.voters).await.map_err(kv_err)?.members);
+            }
+            let members = match members {
+                Some(m) => m,
+                None => c.leader_status().await.map_err(kv_err)?.members,
+            };
+            for m in members {
+                println!(
+                    "{:>4} {:<22} {}",
+                    m.id,
+                    m.address,
+                    if m.voter { "voter" } else { "learner" }
+                );
+            }
+            Ok(())
+        }
+        KvCommand::Bench(a) => bench(a).await,
+    }
+}
+
+async fn serve(a: &crate::cli::KvServeArgs) -> Result<(), Error> {
+    let peers = parse_peers(&a.peers)?;
+    let routes = parse_peers(&a.route)?;
+    let default_port = |base: u64| -> Result<SocketAddr, Error> {
+        let port = u16::try_from(base + a.id).map_err(|_| {
+            Error::Kv(consensus::Error::Config {
+                reason: format!("node id {} too large for the default port; pass --listen", a.id),
+            })
+        })?;
+        Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+    };
+    let listen = match a.listen {
+        Some(l) => l,
+        None => default_port(7000)?,
+    };
+    let metrics_listen = match a.metrics_listen {
+        Some(l) => l,
+        None => default_port(9100)?,
+    };
+    let mut cfg = NodeConfig::new(a.id, listen, a.data_dir.clone(), peers);
+    cfg.routes = routes;
+    cfg.init = a.init;
+    cfg.cluster = a.cluster.clone();
+    cfg.heartbeat_ms = a.heartbeat_ms;
+    cfg.election_min_ms = a.election_min_ms;
+    cfg.election_max_ms = a.election_max_ms;
+    cfg.snapshot_every = a.snapshot_every;
+    cfg.keep_logs = a.keep_logs;
+    let readiness = observe::Readiness::new();
+    let metrics = observe::MetricsServer::start(metrics_listen, observe::registry().clone(), readiness.clone()).await?;
+    let node = Node::start(cfg).await?;
+    readiness.set_ready(true);
+    // One machine-readable line so scripts and tests learn the bound ports.
+    println!(
+        "{}",
+        serde_json::json!({
+            "id": a.id,
+            "grpc": node.addr.to_string(),
+            "metrics": metrics.local_addr().to_string(),
+        })
+    );
+    observe::shutdown_signal().await;
+    readiness.set_ready(false);
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    metrics.stop().await;
+    Ok(())
+}
+
+fn exe() -> Result<std::path::PathBuf, Error> {
+    std::env::current_exe().map_err(|e| Error::Bench(format!("locating the mlstack binary: {e}")))
+}
+
+async fn bench(a: &crate::cli::KvBenchArgs) -> Result<(), Error> {
+    let dir = tempfile::tempdir().map_err(|e| Error::Bench(format!("temp dir: {e}")))?;
+    let cfg = consensus::bench::BenchConfig {
+        nodes: a.nodes,
+        clients: a.clients.clone(),
+        duration: a.duration,
+        value_bytes: a.value_bytes,
+        keys: a.keys.max(1),
+        failover_trials: a.failover_trials,
+        binary: exe()?,
+        dir: dir.path().to_path_buf(),
+    };
+    let rows = consensus::bench::run(&cfg, |m| eprintln!("[kv bench] {m}")).await?;
+    print!("{}", consensus::bench::table(&rows));
+    let json = consensus::bench::to_json(&cfg, &rows);
+    crate::write_bench_json(&a.out, &serde_json::to_string_pretty(&json).unwrap_or_default())?;
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}
+
+/// `mlstack chaos <drill>`.
+pub async fn chaos(a: &ChaosArgs) -> Result<(), Error> {
+    let drill: consensus::chaos::Drill = a.drill.parse().map_err(|reason| {
+        Error::Kv(consensus::Error::Config { reason })
+    })?;
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
+    let (dir, keep) = match &a.dir {
+        Some(d) => (d.clone(), true),
+        None => (
+            tempfile::Builder::new()
+                .prefix("mlstack-chaos-")
+                .tempdir()
+                .map_err(|e| Error::Bench(format!("temp dir: {e}")))?
+                .keep(),
+            false,
+        ),
+    };
+    eprintln!("[chaos] {} with seed {seed}; node data and logs in {}", drill.name(), dir.display());
+    let report = consensus::chaos::run(consensus::chaos::ChaosConfig {
+        drill,
+        nodes: a.nodes,
+        duration: a.duration,
+        clients: a.clients.max(1),
+        seed,
+        keys: a.keys,
+        binary: exe()?,
+        dir: dir.clone(),
+    })
+    .await?;
+    print!("{}", report.summary());
+    let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+    println!("{json}");
+    if let Some(p) = &a.json {
+        crate::write_bench_json(p, &json)?;
+    }
+    if report.passed {
+        if !keep {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        Ok(())
+    } else {
+        Err(Error::ChaosFailed {
+            drill: drill.name().into(),
+            reason: format!(
+                "linearizable={} missing_acks={} converged={}; seed {seed}; logs in {}",
+                report.linearizable,
+                report.acked_writes_missing.len(),
+                report.converged,
+                dir.display()
+            ),
+        })
+    }
+}
