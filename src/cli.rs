@@ -120,7 +120,12 @@ pub struct KvServeArgs {
 #[derive(Clone, Debug, Args)]
 pub struct KvEndpointsArgs {
     /// Cluster nodes, HOST:PORT,... (any of them; the client follows the leader).
-    #[arg(long, env = "MLSTACK_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003")]
+    #[arg(
+        long,
+        env = "MLSTACK_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+    )]
     pub endpoints: Vec<String>,
 }
 
@@ -180,7 +185,12 @@ pub struct KvBenchArgs {
     #[arg(long, env = "MLSTACK_NODES", default_value_t = 3)]
     pub nodes: u64,
     /// Concurrent clients per workload.
-    #[arg(long, env = "MLSTACK_CLIENTS", value_delimiter = ',', default_value = "1,16,64")]
+    #[arg(
+        long,
+        env = "MLSTACK_CLIENTS",
+        value_delimiter = ',',
+        default_value = "1,16,64"
+    )]
     pub clients: Vec<usize>,
     /// Per workload and client count, e.g. 20s, 500ms.
     #[arg(long, env = "MLSTACK_DURATION", default_value = "20s", value_parser = parse_duration)]
@@ -192,7 +202,11 @@ pub struct KvBenchArgs {
     #[arg(long, env = "MLSTACK_FAILOVER_TRIALS", default_value_t = 5)]
     pub failover_trials: usize,
     /// JSON report path.
-    #[arg(long, env = "MLSTACK_OUT", default_value = "bench/results/kv-cluster.json")]
+    #[arg(
+        long,
+        env = "MLSTACK_OUT",
+        default_value = "bench/results/kv-cluster.json"
+    )]
     pub out: std::path::PathBuf,
 }
 

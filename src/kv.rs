@@ -20,7 +20,10 @@ pub async fn run(cmd: &KvCommand) -> Result<(), Error> {
         KvCommand::Serve(a) => serve(a).await,
         KvCommand::Put(a) => {
             let c = client(&a.endpoints.endpoints)?;
-            let r = c.put(a.key.as_bytes(), a.value.as_bytes()).await.map_err(kv_err)?;
+            let r = c
+                .put(a.key.as_bytes(), a.value.as_bytes())
+                .await
+                .map_err(kv_err)?;
             println!("OK revision {}", r.header.map(|h| h.revision).unwrap_or(0));
             Ok(())
         }
@@ -40,7 +43,11 @@ pub async fn run(cmd: &KvCommand) -> Result<(), Error> {
                         kv.version,
                         kv.create_revision,
                         kv.mod_revision,
-                        if r.serializable { " (serializable: may be stale)" } else { "" }
+                        if r.serializable {
+                            " (serializable: may be stale)"
+                        } else {
+                            ""
+                        }
                     );
                     Ok(())
                 }
@@ -91,7 +98,12 @@ pub async fn run(cmd: &KvCommand) -> Result<(), Error> {
                 match c.status_of(i).await {
                     Ok(s) => println!(
                         "{ep:<22} {:>4} {:>7} {:>6} {:>8} {:>8}  {}",
-                        s.node_id, s.leader_id, s.term, s.commit_index, s.applied_index, s.state_hash
+                        s.node_id,
+                        s.leader_id,
+                        s.term,
+                        s.commit_index,
+                        s.applied_index,
+                        s.state_hash
                     ),
                     Err(e) => {
                         failed += 1;
@@ -118,7 +130,12 @@ pub async fn run(cmd: &KvCommand) -> Result<(), Error> {
                 }
             }
             if !a.voters.is_empty() {
-                members = Some(c.change_membership(&a.voters).await.map_err(kv_err)?.members);
+                members = Some(
+                    c.change_membership(&a.voters)
+                        .await
+                        .map_err(kv_err)?
+                        .members,
+                );
             }
             let members = match members {
                 Some(m) => m,
@@ -144,7 +161,10 @@ async fn serve(a: &crate::cli::KvServeArgs) -> Result<(), Error> {
     let default_port = |base: u64| -> Result<SocketAddr, Error> {
         let port = u16::try_from(base + a.id).map_err(|_| {
             Error::Kv(consensus::Error::Config {
-                reason: format!("node id {} too large for the default port; pass --listen", a.id),
+                reason: format!(
+                    "node id {} too large for the default port; pass --listen",
+                    a.id
+                ),
             })
         })?;
         Ok(SocketAddr::from(([127, 0, 0, 1], port)))
@@ -167,7 +187,12 @@ async fn serve(a: &crate::cli::KvServeArgs) -> Result<(), Error> {
     cfg.snapshot_every = a.snapshot_every;
     cfg.keep_logs = a.keep_logs;
     let readiness = observe::Readiness::new();
-    let metrics = observe::MetricsServer::start(metrics_listen, observe::registry().clone(), readiness.clone()).await?;
+    let metrics = observe::MetricsServer::start(
+        metrics_listen,
+        observe::registry().clone(),
+        readiness.clone(),
+    )
+    .await?;
     let node = Node::start(cfg).await?;
     readiness.set_ready(true);
     // One machine-readable line so scripts and tests learn the bound ports.
@@ -206,16 +231,20 @@ async fn bench(a: &crate::cli::KvBenchArgs) -> Result<(), Error> {
     let rows = consensus::bench::run(&cfg, |m| eprintln!("[kv bench] {m}")).await?;
     print!("{}", consensus::bench::table(&rows));
     let json = consensus::bench::to_json(&cfg, &rows);
-    crate::write_bench_json(&a.out, &serde_json::to_string_pretty(&json).unwrap_or_default())?;
+    crate::write_bench_json(
+        &a.out,
+        &serde_json::to_string_pretty(&json).unwrap_or_default(),
+    )?;
     eprintln!("wrote {}", a.out.display());
     Ok(())
 }
 
 /// `mlstack chaos <drill>`.
 pub async fn chaos(a: &ChaosArgs) -> Result<(), Error> {
-    let drill: consensus::chaos::Drill = a.drill.parse().map_err(|reason| {
-        Error::Kv(consensus::Error::Config { reason })
-    })?;
+    let drill: consensus::chaos::Drill = a
+        .drill
+        .parse()
+        .map_err(|reason| Error::Kv(consensus::Error::Config { reason }))?;
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -233,7 +262,11 @@ pub async fn chaos(a: &ChaosArgs) -> Result<(), Error> {
             false,
         ),
     };
-    eprintln!("[chaos] {} with seed {seed}; node data and logs in {}", drill.name(), dir.display());
+    eprintln!(
+        "[chaos] {} with seed {seed}; node data and logs in {}",
+        drill.name(),
+        dir.display()
+    );
     let report = consensus::chaos::run(consensus::chaos::ChaosConfig {
         drill,
         nodes: a.nodes,

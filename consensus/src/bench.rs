@@ -9,10 +9,10 @@
 //! - `failover`: SIGKILL the leader, time to the first successful write
 //!   (median of `failover_trials`), with 150–300 ms election timeouts.
 
+use crate::Client;
 use crate::client::Timeouts;
 use crate::cluster::{ClusterSpec, LocalCluster};
 use crate::error::Error;
-use crate::Client;
 use proto::kv::v1 as pb;
 use rand::Rng;
 use std::path::PathBuf;
@@ -82,7 +82,13 @@ async fn run_workload(
         .map(|i| {
             let mut eps = endpoints.clone();
             eps.rotate_left(i % n);
-            let ids: Vec<u64> = cluster.ids().into_iter().cycle().skip(i % n).take(n).collect();
+            let ids: Vec<u64> = cluster
+                .ids()
+                .into_iter()
+                .cycle()
+                .skip(i % n)
+                .take(n)
+                .collect();
             Client::new(&eps).map(|c| Arc::new(c.with_node_ids(&ids)))
         })
         .collect::<Result<_, _>>()?;
@@ -180,16 +186,19 @@ pub async fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Ve
             }));
         }
         for t in tasks {
-            t.await
-                .map_err(|e| Error::Drill {
-                    drill: "bench".into(),
-                    reason: e.to_string(),
-                })??;
+            t.await.map_err(|e| Error::Drill {
+                drill: "bench".into(),
+                reason: e.to_string(),
+            })??;
         }
     }
     for &clients in &cfg.clients {
         for work in [Work::Put, Work::GetLinearizable, Work::GetSerializable] {
-            progress(&format!("{} with {clients} clients for {:?}", work.name(), cfg.duration));
+            progress(&format!(
+                "{} with {clients} clients for {:?}",
+                work.name(),
+                cfg.duration
+            ));
             let (ops, lat, errors) = run_workload(&cluster, work, clients, cfg).await?;
             let w = work.name();
             rows.push(row(w, clients, "ops_per_sec", ops, "ops/s"));
@@ -211,17 +220,33 @@ pub async fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Ve
         client.put(b"failover", b"warm").await?;
         cluster.kill(leader);
         let t0 = Instant::now();
-        client.put(b"failover", format!("trial{trial}").as_bytes()).await?;
+        client
+            .put(b"failover", format!("trial{trial}").as_bytes())
+            .await?;
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
-        progress(&format!("failover trial {trial}: node {leader} killed, first write after {ms:.0} ms"));
+        progress(&format!(
+            "failover trial {trial}: node {leader} killed, first write after {ms:.0} ms"
+        ));
         times.push(ms);
         cluster.spawn(leader)?;
         cluster.wait_converged(Duration::from_secs(30)).await?;
     }
     if !times.is_empty() {
         times.sort_by(f64::total_cmp);
-        rows.push(row("failover", 1, "failover_ms", times[times.len() / 2], "ms"));
-        rows.push(row("failover", 1, "failover_max_ms", times[times.len() - 1], "ms"));
+        rows.push(row(
+            "failover",
+            1,
+            "failover_ms",
+            times[times.len() / 2],
+            "ms",
+        ));
+        rows.push(row(
+            "failover",
+            1,
+            "failover_max_ms",
+            times[times.len() - 1],
+            "ms",
+        ));
     }
     cluster.stop();
     Ok(rows)
@@ -276,11 +301,17 @@ pub fn to_json(cfg: &BenchConfig, rows: &[Row]) -> serde_json::Value {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let cpu = read("/proc/cpuinfo")
         .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_default();
     let mem_kb: u64 = read("/proc/meminfo")
         .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:")
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
         .unwrap_or(0);
     serde_json::json!({
         "component": "kv",

@@ -161,7 +161,11 @@ impl ChaosReport {
             self.seed
         );
         for (k, o) in &self.ops {
-            let _ = writeln!(s, "  {k:<5} ok {:>6}  failed {:>5}  unknown {:>4}", o.ok, o.failed, o.unknown);
+            let _ = writeln!(
+                s,
+                "  {k:<5} ok {:>6}  failed {:>5}  unknown {:>4}",
+                o.ok, o.failed, o.unknown
+            );
         }
         for f in &self.faults {
             let _ = writeln!(
@@ -207,7 +211,11 @@ impl ChaosReport {
                 let _ = writeln!(s, "    {o}");
             }
         }
-        let _ = writeln!(s, "  verdict: {}", if self.passed { "PASS" } else { "FAIL" });
+        let _ = writeln!(
+            s,
+            "  verdict: {}",
+            if self.passed { "PASS" } else { "FAIL" }
+        );
         s
     }
 }
@@ -237,7 +245,8 @@ async fn client_loop(
     start: Instant,
     stop: Arc<AtomicBool>,
 ) -> Recorded {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (cid.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+    let mut rng =
+        rand::rngs::StdRng::seed_from_u64(seed ^ (cid.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
     let mut rec = Recorded::default();
     let mut last_seen: BTreeMap<String, Option<String>> = BTreeMap::new();
     let mut n = 0u64;
@@ -249,22 +258,35 @@ async fn client_loop(
         if dice < 0.35 {
             let value = format!("c{cid}-{n}");
             let r = client.put(key.as_bytes(), value.as_bytes()).await;
-            record_write(&mut rec, "put", &r.as_ref().map(|_| ()), call, start, || Operation {
-                client: cid,
-                key: key.clone(),
+            record_write(
+                &mut rec,
+                "put",
+                &r.as_ref().map(|_| ()),
                 call,
-                ret: 0,
-                op: Op::Put { value: value.clone() },
-            });
+                start,
+                || Operation {
+                    client: cid,
+                    key: key.clone(),
+                    call,
+                    ret: 0,
+                    op: Op::Put {
+                        value: value.clone(),
+                    },
+                },
+            );
         } else if dice < 0.7 {
-            let r = client.get(key.as_bytes(), pb::ReadConsistency::Linearizable).await;
+            let r = client
+                .get(key.as_bytes(), pb::ReadConsistency::Linearizable)
+                .await;
             let o = rec.ops.entry("get").or_default();
             match r {
                 Ok(resp) => {
                     let ret = ns(start);
                     o.ok += 1;
                     rec.ok_times.push(ret);
-                    let observed = resp.kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+                    let observed = resp
+                        .kv
+                        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
                     last_seen.insert(key.clone(), observed.clone());
                     rec.history.push(Operation {
                         client: cid,
@@ -281,20 +303,31 @@ async fn client_loop(
             let expected = last_seen.get(&key).cloned().flatten();
             let new = format!("c{cid}-{n}");
             let r = client
-                .cas(key.as_bytes(), expected.as_deref().map(str::as_bytes), new.as_bytes())
+                .cas(
+                    key.as_bytes(),
+                    expected.as_deref().map(str::as_bytes),
+                    new.as_bytes(),
+                )
                 .await;
             let ok_flag = r.as_ref().ok().copied();
-            record_write(&mut rec, "cas", &r.as_ref().map(|_| ()), call, start, || Operation {
-                client: cid,
-                key: key.clone(),
+            record_write(
+                &mut rec,
+                "cas",
+                &r.as_ref().map(|_| ()),
                 call,
-                ret: 0,
-                op: Op::Cas {
-                    expected: expected.clone(),
-                    new: new.clone(),
-                    succeeded: ok_flag,
+                start,
+                || Operation {
+                    client: cid,
+                    key: key.clone(),
+                    call,
+                    ret: 0,
+                    op: Op::Cas {
+                        expected: expected.clone(),
+                        new: new.clone(),
+                        succeeded: ok_flag,
+                    },
                 },
-            });
+            );
         } else {
             let ack = format!("ack/{cid}/{n}");
             let r = client.put(ack.as_bytes(), b"1").await;
@@ -355,7 +388,10 @@ pub async fn run(cfg: ChaosConfig) -> Result<ChaosReport, Error> {
         reason,
     };
     if cfg.nodes < 3 {
-        return Err(err(format!("--nodes {}: drills need at least 3", cfg.nodes)));
+        return Err(err(format!(
+            "--nodes {}: drills need at least 3",
+            cfg.nodes
+        )));
     }
     let mut cluster = LocalCluster::start(ClusterSpec {
         nodes: cfg.nodes,
@@ -506,7 +542,9 @@ pub async fn run(cfg: ChaosConfig) -> Result<ChaosReport, Error> {
             call,
             ret: ns(start),
             op: Op::Get {
-                observed: r.kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+                observed: r
+                    .kv
+                    .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
             },
         });
     }
@@ -522,13 +560,22 @@ pub async fn run(cfg: ChaosConfig) -> Result<ChaosReport, Error> {
             })
             .await
             .map_err(|e| err(format!("scanning ack keys: {e}")))?;
-        present.extend(r.kvs.into_iter().map(|kv| String::from_utf8_lossy(&kv.key).into_owned()));
+        present.extend(
+            r.kvs
+                .into_iter()
+                .map(|kv| String::from_utf8_lossy(&kv.key).into_owned()),
+        );
         if !r.more {
             break;
         }
         page_start = r.next_key;
     }
-    let missing: Vec<String> = rec.acked.iter().filter(|a| !present.contains(*a)).cloned().collect();
+    let missing: Vec<String> = rec
+        .acked
+        .iter()
+        .filter(|a| !present.contains(*a))
+        .cloned()
+        .collect();
     let (converged, converge_error, applied_index, state_hash) =
         match cluster.wait_converged(Duration::from_secs(30)).await {
             Ok((a, h)) => (true, None, a, h),
@@ -576,7 +623,10 @@ pub async fn run(cfg: ChaosConfig) -> Result<ChaosReport, Error> {
                 match v {
                     Verdict::Linearizable => "linearizable".to_string(),
                     Verdict::Violation { minimal } => {
-                        format!("VIOLATION ({} operations in the smallest failing history)", minimal.len())
+                        format!(
+                            "VIOLATION ({} operations in the smallest failing history)",
+                            minimal.len()
+                        )
                     }
                     Verdict::Unknown { explored } => {
                         format!("undecided (search budget of {explored} states exhausted)")

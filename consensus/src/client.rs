@@ -21,9 +21,10 @@ use crate::types::NodeId;
 use proto::kv::v1 as pb;
 use proto::kv::v1::kv_client::KvClient;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// Per-attempt and overall time limits.
@@ -48,7 +49,7 @@ impl Default for Timeouts {
 /// multiplex over one HTTP/2 connection per endpoint.
 #[derive(Debug)]
 pub struct Client {
-    endpoints: RwLock<Vec<(String, KvClient<Channel>)>>,
+    endpoints: RwLock<Vec<(String, Stub)>>,
     /// Endpoint index of node id, when known (chaos drills go through proxies,
     /// so the leader's advertised address is not an endpoint).
     ids: RwLock<HashMap<NodeId, usize>>,
@@ -58,18 +59,27 @@ pub struct Client {
     pub timeouts: Timeouts,
 }
 
-fn channel(endpoint: &str) -> Result<KvClient<Channel>, ClientError> {
+/// The client stub: every call carries the caller's trace context
+/// (`traceparent`), so a request's trace continues on the leader.
+type Stub = KvClient<InterceptedService<Channel, observe::grpc::InjectContext>>;
+
+fn channel(endpoint: &str) -> Result<Stub, ClientError> {
     let ch = proto::server::channel(endpoint).map_err(|e| ClientError::Endpoint {
         endpoint: endpoint.to_string(),
         reason: e.to_string(),
     })?;
-    Ok(KvClient::new(ch).max_decoding_message_size(64 << 20))
+    Ok(KvClient::with_interceptor(ch, observe::grpc::InjectContext)
+        .max_decoding_message_size(64 << 20))
 }
 
 enum Attempt<T> {
     Done(T),
     Fatal(ClientError),
-    Retry { hint: bool, maybe_applied: bool, last: String },
+    Retry {
+        hint: bool,
+        maybe_applied: bool,
+        last: String,
+    },
 }
 
 impl Client {
@@ -116,7 +126,7 @@ impl Client {
         }
     }
 
-    fn endpoint(&self, idx: usize) -> (usize, String, KvClient<Channel>) {
+    fn endpoint(&self, idx: usize) -> (usize, String, Stub) {
         let eps = self.endpoints.read().unwrap_or_else(|p| p.into_inner());
         let i = idx % eps.len();
         (i, eps[i].0.clone(), eps[i].1.clone())
@@ -137,7 +147,12 @@ impl Client {
         let Some(addr) = md.get(LEADER_ADDR_HEADER).and_then(|v| v.to_str().ok()) else {
             return false;
         };
-        if !self.ids.read().unwrap_or_else(|p| p.into_inner()).is_empty() {
+        if !self
+            .ids
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+        {
             // Endpoints are mapped by id and the id was unknown: don't dial the
             // raw address (it bypasses the drill's proxies).
             return false;
@@ -159,9 +174,14 @@ impl Client {
 
     /// Runs `call` against the preferred endpoint until it succeeds, fails
     /// definitely, or the overall deadline passes.
-    async fn retry<T, F, Fut>(&self, op: &'static str, write: bool, call: F) -> Result<T, ClientError>
+    async fn retry<T, F, Fut>(
+        &self,
+        op: &'static str,
+        write: bool,
+        call: F,
+    ) -> Result<T, ClientError>
     where
-        F: Fn(KvClient<Channel>) -> Fut,
+        F: Fn(Stub) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let start = Instant::now();
@@ -311,7 +331,12 @@ impl Client {
 
     /// Compare-and-set on the value: writes `new` if the key currently holds
     /// `expected` (`None` = the key must not exist). Returns whether it did.
-    pub async fn cas(&self, key: &[u8], expected: Option<&[u8]>, new: &[u8]) -> Result<bool, ClientError> {
+    pub async fn cas(
+        &self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<bool, ClientError> {
         let compare = match expected {
             Some(v) => pb::Compare {
                 key: key.to_vec(),
@@ -365,7 +390,10 @@ impl Client {
     }
 
     pub fn endpoint_count(&self) -> usize {
-        self.endpoints.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.endpoints
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// Finds the current leader by asking every endpoint; returns its status.
@@ -395,7 +423,11 @@ impl Client {
     }
 
     /// Admin: add a learner (via the leader).
-    pub async fn add_learner(&self, id: NodeId, address: &str) -> Result<pb::MembershipResponse, ClientError> {
+    pub async fn add_learner(
+        &self,
+        id: NodeId,
+        address: &str,
+    ) -> Result<pb::MembershipResponse, ClientError> {
         let req = pb::AddLearnerRequest {
             id,
             address: address.to_string(),
@@ -408,7 +440,10 @@ impl Client {
     }
 
     /// Admin: set the voters (via the leader).
-    pub async fn change_membership(&self, voters: &[NodeId]) -> Result<pb::MembershipResponse, ClientError> {
+    pub async fn change_membership(
+        &self,
+        voters: &[NodeId],
+    ) -> Result<pb::MembershipResponse, ClientError> {
         let req = pb::ChangeMembershipRequest {
             voters: voters.to_vec(),
         };

@@ -62,7 +62,10 @@ impl LocalCluster {
     /// leader.
     pub async fn start(spec: ClusterSpec) -> Result<LocalCluster, Error> {
         if spec.nodes == 0 || spec.nodes > 9 {
-            return Err(drill_err(format!("--nodes {} (1..=9 supported)", spec.nodes)));
+            return Err(drill_err(format!(
+                "--nodes {} (1..=9 supported)",
+                spec.nodes
+            )));
         }
         std::fs::create_dir_all(&spec.dir).map_err(|source| Error::Io {
             op: "create",
@@ -85,7 +88,10 @@ impl LocalCluster {
             for (&to, addr) in &addrs {
                 client_proxies.insert(to, Proxy::start(any, addr.to_string()).await.map_err(io)?);
                 for &from in addrs.keys().filter(|&&f| f != to) {
-                    peer_proxies.insert((from, to), Proxy::start(any, addr.to_string()).await.map_err(io)?);
+                    peer_proxies.insert(
+                        (from, to),
+                        Proxy::start(any, addr.to_string()).await.map_err(io)?,
+                    );
                 }
             }
         }
@@ -221,14 +227,22 @@ impl LocalCluster {
 
     /// Delay and jitter on every link (peer and client).
     pub fn set_delay(&self, delay: Duration, jitter: Duration) {
-        for p in self.peer_proxies.values().chain(self.client_proxies.values()) {
+        for p in self
+            .peer_proxies
+            .values()
+            .chain(self.client_proxies.values())
+        {
             p.set_delay(delay, jitter);
         }
     }
 
     /// Clears every network fault.
     pub fn heal_network(&self) {
-        for p in self.peer_proxies.values().chain(self.client_proxies.values()) {
+        for p in self
+            .peer_proxies
+            .values()
+            .chain(self.client_proxies.values())
+        {
             p.heal();
         }
     }
@@ -268,11 +282,13 @@ impl LocalCluster {
     /// A client that talks to the nodes directly (bypassing proxies).
     fn direct_client(&self) -> Result<Client, Error> {
         let eps: Vec<String> = self.addrs.values().map(|a| a.to_string()).collect();
-        Ok(Client::new(&eps)?.with_node_ids(&self.ids()).with_timeouts(Timeouts {
-            attempt: Duration::from_millis(500),
-            overall: Duration::from_secs(2),
-            backoff: Duration::from_millis(20),
-        }))
+        Ok(Client::new(&eps)?
+            .with_node_ids(&self.ids())
+            .with_timeouts(Timeouts {
+                attempt: Duration::from_millis(500),
+                overall: Duration::from_secs(2),
+                backoff: Duration::from_millis(20),
+            }))
     }
 
     /// The node that a majority... simply: the node reporting itself leader

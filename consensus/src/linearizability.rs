@@ -67,9 +67,13 @@ impl Operation {
 pub enum Verdict {
     Linearizable,
     /// With the smallest failing sub-history found (operations of this key).
-    Violation { minimal: Vec<Operation> },
+    Violation {
+        minimal: Vec<Operation>,
+    },
     /// The search exceeded its budget of explored states.
-    Unknown { explored: u64 },
+    Unknown {
+        explored: u64,
+    },
 }
 
 /// The result of checking a whole history.
@@ -81,7 +85,9 @@ pub struct Report {
 
 impl Report {
     pub fn ok(&self) -> bool {
-        self.keys.values().all(|v| matches!(v, Verdict::Linearizable))
+        self.keys
+            .values()
+            .all(|v| matches!(v, Verdict::Linearizable))
     }
     pub fn violations(&self) -> impl Iterator<Item = (&String, &Vec<Operation>)> {
         self.keys.iter().filter_map(|(k, v)| match v {
@@ -415,7 +421,11 @@ mod tests {
     fn stale_read_is_rejected() {
         // The write returned before the read started, yet the read saw the old
         // value: what a leader serving reads without a read index can do.
-        let h = vec![put(1, 0, 1, "a"), put(1, 2, 3, "b"), get(2, 4, 5, Some("a"))];
+        let h = vec![
+            put(1, 0, 1, "a"),
+            put(1, 2, 3, "b"),
+            get(2, 4, 5, Some("a")),
+        ];
         assert_eq!(verdict(&h), Some(false));
     }
 
@@ -442,7 +452,11 @@ mod tests {
         ];
         assert_eq!(verdict(&h), Some(false));
         // A CAS that failed although its expected value was current.
-        let h = vec![put(1, 0, 1, "a"), cas(2, 2, 3, Some("a"), "b", Some(false)), get(1, 4, 5, Some("a"))];
+        let h = vec![
+            put(1, 0, 1, "a"),
+            cas(2, 2, 3, Some("a"), "b", Some(false)),
+            get(1, 4, 5, Some("a")),
+        ];
         assert_eq!(verdict(&h), Some(false));
         // A CAS that succeeded although the value differed.
         let h = vec![put(1, 0, 1, "a"), cas(2, 2, 3, Some("x"), "b", Some(true))];
@@ -460,10 +474,18 @@ mod tests {
         ];
         assert_eq!(verdict(&h), Some(true));
         // ...or never.
-        let h = vec![put(1, 0, 1, "a"), put(2, 2, u64::MAX, "b"), get(3, 10, 11, Some("a"))];
+        let h = vec![
+            put(1, 0, 1, "a"),
+            put(2, 2, u64::MAX, "b"),
+            get(3, 10, 11, Some("a")),
+        ];
         assert_eq!(verdict(&h), Some(true));
         // But it cannot take effect before it was invoked.
-        let h = vec![put(1, 0, 1, "a"), get(3, 2, 3, Some("b")), put(2, 4, u64::MAX, "b")];
+        let h = vec![
+            put(1, 0, 1, "a"),
+            get(3, 2, 3, Some("b")),
+            put(2, 4, u64::MAX, "b"),
+        ];
         assert_eq!(verdict(&h), Some(false));
         // Nor flip back and forth.
         let h = vec![
@@ -521,7 +543,11 @@ mod tests {
                     observed: value.clone(),
                 },
                 _ => {
-                    let exp = if rng.random_bool(0.5) { value.clone() } else { Some("nope".into()) };
+                    let exp = if rng.random_bool(0.5) {
+                        value.clone()
+                    } else {
+                        Some("nope".into())
+                    };
                     let ok = exp == value;
                     let new = format!("c{i}");
                     if ok {

@@ -19,8 +19,7 @@ fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
-    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5,
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
 /// Every metric a node exports.
@@ -60,29 +59,95 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         Self {
-            proposals: counter("mlstack_kv_proposals_total", "Writes proposed to Raft by this node as leader."),
-            proposal_failures: counter("mlstack_kv_proposal_failures_total", "Proposals that failed (not leader, quorum lost, shutdown)."),
-            commit_seconds: histogram("mlstack_kv_commit_latency_seconds", "Proposal to applied-and-answered latency on the leader.", LATENCY_BUCKETS),
-            apply_seconds: histogram("mlstack_kv_apply_latency_seconds", "Time to apply one batch of committed entries to the state machine.", LATENCY_BUCKETS),
-            applied_entries: counter("mlstack_kv_applied_entries_total", "Log entries applied to the state machine."),
+            proposals: counter(
+                "mlstack_kv_proposals_total",
+                "Writes proposed to Raft by this node as leader.",
+            ),
+            proposal_failures: counter(
+                "mlstack_kv_proposal_failures_total",
+                "Proposals that failed (not leader, quorum lost, shutdown).",
+            ),
+            commit_seconds: histogram(
+                "mlstack_kv_commit_latency_seconds",
+                "Proposal to applied-and-answered latency on the leader.",
+                LATENCY_BUCKETS,
+            ),
+            apply_seconds: histogram(
+                "mlstack_kv_apply_latency_seconds",
+                "Time to apply one batch of committed entries to the state machine.",
+                LATENCY_BUCKETS,
+            ),
+            applied_entries: counter(
+                "mlstack_kv_applied_entries_total",
+                "Log entries applied to the state machine.",
+            ),
             applied_index: gauge("mlstack_kv_applied_index", "Last applied log index."),
-            commit_index: gauge("mlstack_kv_commit_index", "Last committed log index known to this node."),
+            commit_index: gauge(
+                "mlstack_kv_commit_index",
+                "Last committed log index known to this node.",
+            ),
             term: gauge("mlstack_kv_term", "Current Raft term."),
             is_leader: gauge("mlstack_kv_is_leader", "1 while this node is the leader."),
-            leader_changes: counter("mlstack_kv_leader_changes_total", "Times this node saw the leader change."),
-            log_entries: gauge("mlstack_kv_log_entries", "Entries in the log (last index minus last purged)."),
-            log_appended: counter("mlstack_kv_log_appended_entries_total", "Entries appended to the local log."),
-            log_fsyncs: counter("mlstack_kv_log_fsyncs_total", "Group-commit fsyncs of the log."),
-            log_flush_seconds: histogram("mlstack_kv_log_flush_latency_seconds", "Append to durable (fsync done) latency per append call.", LATENCY_BUCKETS),
-            snapshots_built: counter("mlstack_kv_snapshots_built_total", "Snapshots built from the state machine."),
-            snapshots_installed: counter("mlstack_kv_snapshots_installed_total", "Snapshots received from a leader and installed."),
-            snapshot_bytes: gauge("mlstack_kv_snapshot_bytes", "Size of the last built snapshot."),
-            snapshot_build_seconds: histogram("mlstack_kv_snapshot_build_seconds", "Time to build a snapshot.", LATENCY_BUCKETS),
-            snapshot_install_seconds: histogram("mlstack_kv_snapshot_install_seconds", "Time to install a received snapshot.", LATENCY_BUCKETS),
-            reads_linearizable: counter("mlstack_kv_reads_linearizable_total", "Reads served after a read-index quorum check."),
-            reads_serializable: counter("mlstack_kv_reads_serializable_total", "Reads served from local state without a quorum check."),
-            read_index_seconds: histogram("mlstack_kv_read_index_latency_seconds", "Time to confirm leadership for a linearizable read.", LATENCY_BUCKETS),
-            dedup_hits: counter("mlstack_kv_dedup_hits_total", "Retried writes answered from the deduplication table instead of applied again."),
+            leader_changes: counter(
+                "mlstack_kv_leader_changes_total",
+                "Times this node saw the leader change.",
+            ),
+            log_entries: gauge(
+                "mlstack_kv_log_entries",
+                "Entries in the log (last index minus last purged).",
+            ),
+            log_appended: counter(
+                "mlstack_kv_log_appended_entries_total",
+                "Entries appended to the local log.",
+            ),
+            log_fsyncs: counter(
+                "mlstack_kv_log_fsyncs_total",
+                "Group-commit fsyncs of the log.",
+            ),
+            log_flush_seconds: histogram(
+                "mlstack_kv_log_flush_latency_seconds",
+                "Append to durable (fsync done) latency per append call.",
+                LATENCY_BUCKETS,
+            ),
+            snapshots_built: counter(
+                "mlstack_kv_snapshots_built_total",
+                "Snapshots built from the state machine.",
+            ),
+            snapshots_installed: counter(
+                "mlstack_kv_snapshots_installed_total",
+                "Snapshots received from a leader and installed.",
+            ),
+            snapshot_bytes: gauge(
+                "mlstack_kv_snapshot_bytes",
+                "Size of the last built snapshot.",
+            ),
+            snapshot_build_seconds: histogram(
+                "mlstack_kv_snapshot_build_seconds",
+                "Time to build a snapshot.",
+                LATENCY_BUCKETS,
+            ),
+            snapshot_install_seconds: histogram(
+                "mlstack_kv_snapshot_install_seconds",
+                "Time to install a received snapshot.",
+                LATENCY_BUCKETS,
+            ),
+            reads_linearizable: counter(
+                "mlstack_kv_reads_linearizable_total",
+                "Reads served after a read-index quorum check.",
+            ),
+            reads_serializable: counter(
+                "mlstack_kv_reads_serializable_total",
+                "Reads served from local state without a quorum check.",
+            ),
+            read_index_seconds: histogram(
+                "mlstack_kv_read_index_latency_seconds",
+                "Time to confirm leadership for a linearizable read.",
+                LATENCY_BUCKETS,
+            ),
+            dedup_hits: counter(
+                "mlstack_kv_dedup_hits_total",
+                "Retried writes answered from the deduplication table instead of applied again.",
+            ),
         }
     }
 

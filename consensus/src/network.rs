@@ -68,7 +68,12 @@ impl NetworkFactory {
             format!("http://{addr}")
         };
         let ch = tonic::transport::Endpoint::from_shared(uri)
-            .map_err(|e| io(std::io::ErrorKind::InvalidInput, format!("peer {target} address {addr:?}: {e}")))?
+            .map_err(|e| {
+                io(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("peer {target} address {addr:?}: {e}"),
+                )
+            })?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
@@ -155,7 +160,11 @@ impl Network {
     }
 }
 
-fn status_to_rpc<E: std::error::Error>(target: NodeId, method: &str, s: tonic::Status) -> RpcErr<E> {
+fn status_to_rpc<E: std::error::Error>(
+    target: NodeId,
+    method: &str,
+    s: tonic::Status,
+) -> RpcErr<E> {
     let e = io(
         std::io::ErrorKind::ConnectionRefused,
         format!("{method} to node {target}: {} {}", s.code(), s.message()),
@@ -193,7 +202,8 @@ impl RaftNetwork<TypeConfig> for Network {
         // Never used: `full_snapshot` below streams whole snapshots.
         Err(RPCError::Network(NetworkError::new(&io(
             std::io::ErrorKind::Unsupported,
-            "chunk-by-chunk install_snapshot is not used; snapshots stream via full_snapshot".into(),
+            "chunk-by-chunk install_snapshot is not used; snapshots stream via full_snapshot"
+                .into(),
         ))))
     }
 

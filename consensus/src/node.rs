@@ -86,10 +86,13 @@ impl NodeConfig {
         }
         for (id, addr) in self.routes.iter() {
             if !self.peers.contains_key(id) && !self.peers.is_empty() {
-                return bad(format!("--route names node {id} ({addr}), which is not in --peers"));
+                return bad(format!(
+                    "--route names node {id} ({addr}), which is not in --peers"
+                ));
             }
         }
-        if self.election_min_ms <= self.heartbeat_ms || self.election_max_ms <= self.election_min_ms {
+        if self.election_min_ms <= self.heartbeat_ms || self.election_max_ms <= self.election_min_ms
+        {
             return bad(format!(
                 "timeouts must satisfy heartbeat < election-min < election-max (got {} < {} < {})",
                 self.heartbeat_ms, self.election_min_ms, self.election_max_ms
@@ -139,7 +142,6 @@ pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, String>, Error> {
 }
 
 /// A started node. Drop or [`Node::shutdown`] to stop it.
-
 pub struct Node {
     pub id: NodeId,
     pub addr: SocketAddr,
@@ -172,9 +174,16 @@ impl Node {
             metrics.register().map_err(|e| Error::Config {
                 reason: format!("registering metrics: {e}"),
             })?;
+            // The node's LSM counters (compactions, cache hits, ...) too.
+            observe::registry()
+                .register(Box::new(storage::metrics::DbCollector::new(&db, "kv")))
+                .map_err(|e| Error::Config {
+                    reason: format!("registering storage metrics: {e}"),
+                })?;
         }
         let io = |op: &'static str, path: PathBuf| move |source| Error::Io { op, path, source };
-        let log = LogStore::open(db.clone(), metrics.clone()).map_err(io("open log", kv_dir.clone()))?;
+        let log =
+            LogStore::open(db.clone(), metrics.clone()).map_err(io("open log", kv_dir.clone()))?;
         let sm = StateMachine::open(db.clone(), cfg.data_dir.join("snapshot"), metrics.clone())
             .map_err(io("open state machine", kv_dir.clone()))?;
         let shared = sm.shared.clone();
@@ -234,7 +243,8 @@ impl Node {
         health
             .set_serving::<proto::kv::v1::kv_server::KvServer<KvService>>()
             .await;
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let grpc_stop = stop.clone();
         let mut tasks = vec![tokio::spawn(async move {
             let r = tonic::transport::Server::builder()
@@ -314,8 +324,9 @@ async fn watch_metrics(raft: Raft, m: Arc<Metrics>, stop: CancellationToken) {
     loop {
         let cur = rx.borrow_and_update().clone();
         m.term.set(cur.current_term as i64);
-        m.is_leader
-            .set(i64::from(cur.current_leader == Some(cur.id) && cur.state.is_leader()));
+        m.is_leader.set(i64::from(
+            cur.current_leader == Some(cur.id) && cur.state.is_leader(),
+        ));
         if cur.current_leader != leader {
             if cur.current_leader.is_some() {
                 m.leader_changes.inc();

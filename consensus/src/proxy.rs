@@ -210,14 +210,24 @@ mod tests {
         p.set_cut(true);
         let mut rest = Vec::new();
         let r = tokio::time::timeout(Duration::from_secs(2), open.read_to_end(&mut rest)).await;
-        assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "cut connection should close: {r:?}");
-        assert!(roundtrip(p.listen).await.is_err(), "new connections fail while cut");
+        assert!(
+            matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+            "cut connection should close: {r:?}"
+        );
+        assert!(
+            roundtrip(p.listen).await.is_err(),
+            "new connections fail while cut"
+        );
         p.heal();
         assert_eq!(roundtrip(p.listen).await.expect("healed"), b"ping");
         p.set_delay(Duration::from_millis(100), Duration::ZERO);
         let t0 = std::time::Instant::now();
         roundtrip(p.listen).await.expect("delayed");
         // Two hops (there and back), 100 ms each.
-        assert!(t0.elapsed() >= Duration::from_millis(190), "{:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() >= Duration::from_millis(190),
+            "{:?}",
+            t0.elapsed()
+        );
     }
 }

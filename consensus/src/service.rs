@@ -44,7 +44,10 @@ pub const LEADER_ID_HEADER: &str = "x-mlstack-leader-id";
 
 fn not_leader(id: NodeId, f: &ForwardToLeader<NodeId, types::Node>) -> Status {
     let mut s = Status::unavailable(match (f.leader_id, &f.leader_node) {
-        (Some(l), Some(n)) => format!("node {id} is not the leader; leader is node {l} at {}", n.addr),
+        (Some(l), Some(n)) => format!(
+            "node {id} is not the leader; leader is node {l} at {}",
+            n.addr
+        ),
         _ => format!("node {id} is not the leader and knows no leader (election in progress?)"),
     });
     if let Some(n) = &f.leader_node
@@ -257,9 +260,10 @@ impl KvService {
             Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => Err(
                 Status::unavailable(format!("node {}: no quorum for a read index: {q}", self.id)),
             ),
-            Ok(Err(RaftError::Fatal(e))) => {
-                Err(Status::unavailable(format!("node {} stopped: {e}", self.id)))
-            }
+            Ok(Err(RaftError::Fatal(e))) => Err(Status::unavailable(format!(
+                "node {} stopped: {e}",
+                self.id
+            ))),
         }
     }
 
@@ -281,7 +285,10 @@ type WatchStream = Pin<Box<dyn futures::Stream<Item = Result<pb::WatchEvent, Sta
 
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
-    async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
         let r = request.into_inner();
         check_key("put", &r.key)?;
         check_value("put", &r.value)?;
@@ -305,7 +312,10 @@ impl pb::kv_server::Kv for KvService {
         }))
     }
 
-    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
         let r = request.into_inner();
         check_key("get", &r.key)?;
         let (rev, serializable) = self.consistency(r.consistency).await?;
@@ -333,7 +343,10 @@ impl pb::kv_server::Kv for KvService {
         }))
     }
 
-    async fn scan(&self, request: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
+    async fn scan(
+        &self,
+        request: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
         let r = request.into_inner();
         let limit = match r.limit as usize {
             0 => limits::DEFAULT_SCAN_LIMIT,
@@ -357,7 +370,11 @@ impl pb::kv_server::Kv for KvService {
                 }
             }
             // With `start`/`end` set as well, they narrow the prefix range (paging).
-            let start = if r.start > r.prefix { r.start } else { r.prefix };
+            let start = if r.start > r.prefix {
+                r.start
+            } else {
+                r.prefix
+            };
             let end = if !r.end.is_empty() && (end.is_empty() || r.end < end) {
                 r.end
             } else {
@@ -395,7 +412,10 @@ impl pb::kv_server::Kv for KvService {
         }))
     }
 
-    async fn txn(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+    async fn txn(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
         let r = request.into_inner();
         if r.compare.len() > limits::MAX_TXN_OPS
             || r.success.len() > limits::MAX_TXN_OPS
@@ -408,9 +428,21 @@ impl pb::kv_server::Kv for KvService {
             )));
         }
         let op = Op::Txn {
-            compare: r.compare.into_iter().map(compare).collect::<Result<_, _>>()?,
-            success: r.success.into_iter().map(txn_op).collect::<Result<_, _>>()?,
-            failure: r.failure.into_iter().map(txn_op).collect::<Result<_, _>>()?,
+            compare: r
+                .compare
+                .into_iter()
+                .map(compare)
+                .collect::<Result<_, _>>()?,
+            success: r
+                .success
+                .into_iter()
+                .map(txn_op)
+                .collect::<Result<_, _>>()?,
+            failure: r
+                .failure
+                .into_iter()
+                .map(txn_op)
+                .collect::<Result<_, _>>()?,
         };
         let resp = self.propose(op, request_id(r.request_id)).await?;
         let (succeeded, results) = match resp.result {
@@ -423,17 +455,17 @@ impl pb::kv_server::Kv for KvService {
             .map(|t| pb::TxnOpResult {
                 result: Some(match t {
                     TxnOpResult::Put { prev } => pb::txn_op_result::Result::Put(pb::PutResponse {
-                        header: header.clone(),
+                        header,
                         prev: prev.map(kv_to_pb),
                     }),
                     TxnOpResult::Delete { deleted } => {
                         pb::txn_op_result::Result::Delete(pb::DeleteResponse {
-                            header: header.clone(),
+                            header,
                             deleted,
                         })
                     }
                     TxnOpResult::Get { kv } => pb::txn_op_result::Result::Get(pb::GetResponse {
-                        header: header.clone(),
+                        header,
                         kv: kv.map(kv_to_pb),
                         serializable: false,
                     }),
@@ -449,7 +481,10 @@ impl pb::kv_server::Kv for KvService {
 
     type WatchStream = WatchStream;
 
-    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
         let r = request.into_inner();
         let (mut rx, history) = self.shared.watch();
         let start = r.start_revision;
@@ -538,7 +573,10 @@ impl pb::kv_server::Kv for KvService {
         Ok(Response::new(stream))
     }
 
-    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let m = self.raft.metrics().borrow().clone();
         let (applied, hash) = self.shared.state_hash().map_err(storage_status)?;
         let membership = m.membership_config.membership();
@@ -573,7 +611,9 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::MembershipResponse>, Status> {
         let r = request.into_inner();
         if r.id == 0 {
-            return Err(Status::invalid_argument("add learner: node id 0 is reserved"));
+            return Err(Status::invalid_argument(
+                "add learner: node id 0 is reserved",
+            ));
         }
         crate::node::parse_peers(&format!("{}={}", r.id, r.address))
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -591,7 +631,9 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::MembershipResponse>, Status> {
         let r = request.into_inner();
         if r.voters.is_empty() {
-            return Err(Status::invalid_argument("change membership: the voter set is empty"));
+            return Err(Status::invalid_argument(
+                "change membership: the voter set is empty",
+            ));
         }
         let known: std::collections::BTreeSet<NodeId> = self
             .raft
@@ -654,11 +696,16 @@ impl KvService {
                     members,
                 }))
             }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(not_leader(self.id, &f)),
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(Status::failed_precondition(format!("membership change refused: {e}")))
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(not_leader(self.id, &f))
             }
-            Err(RaftError::Fatal(e)) => Err(Status::unavailable(format!("node {} stopped: {e}", self.id))),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(
+                Status::failed_precondition(format!("membership change refused: {e}")),
+            ),
+            Err(RaftError::Fatal(e)) => Err(Status::unavailable(format!(
+                "node {} stopped: {e}",
+                self.id
+            ))),
         }
     }
 }

@@ -145,10 +145,12 @@ pub fn open_db(dir: &Path, identity: &Identity) -> Result<Arc<Db>, OpenError> {
         what,
         source,
     };
-    match db.get(KEY_IDENTITY).map_err(|e| corrupt("identity", io_err(e)))? {
+    match db
+        .get(KEY_IDENTITY)
+        .map_err(|e| corrupt("identity", io_err(e)))?
+    {
         Some(bytes) => {
-            let found: Identity =
-                decode("identity", &bytes).map_err(|e| corrupt("identity", e))?;
+            let found: Identity = decode("identity", &bytes).map_err(|e| corrupt("identity", e))?;
             if &found != identity {
                 return Err(OpenError::WrongIdentity {
                     dir: dir.to_path_buf(),
@@ -261,14 +263,18 @@ impl LogStore {
     }
 
     fn write_sync(&self, b: WriteBatch) -> Result<(), std::io::Error> {
-        self.db.write(b, &WriteOptions { sync: true }).map_err(io_err)
+        self.db
+            .write(b, &WriteOptions { sync: true })
+            .map_err(io_err)
     }
 
     fn update_log_size(&self) {
         let m = self.meta();
         let last = m.last_log.map(|l| l.index).unwrap_or(0);
         let first = m.last_purged.map(|l| l.index).unwrap_or(0);
-        self.metrics.log_entries.set(last.saturating_sub(first) as i64);
+        self.metrics
+            .log_entries
+            .set(last.saturating_sub(first) as i64);
     }
 }
 
@@ -379,7 +385,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut b = WriteBatch::new();
         let mut last = None;
         let mut n = 0u64;
+        // The append joins the trace of the first client command in the batch
+        // and links the others, so a request's trace shows the log write that
+        // carried it (on the leader and, through replication, on followers).
+        let mut traces = Vec::new();
         for e in entries {
+            if let EntryPayload::Normal(cmd) = &e.payload
+                && !cmd.trace.is_empty()
+                && traces.len() < 32
+            {
+                traces.push(observe::propagation::kafka::extract(
+                    cmd.trace.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+                ));
+            }
             b.put(log_key(e.log_id.index), encode(&e));
             last = Some(e.log_id);
             n += 1;
@@ -388,7 +406,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(Ok(()));
             return Ok(());
         }
-        let span = tracing::debug_span!("kv.append", entries = n);
+        let span = tracing::info_span!("kv.append", entries = n);
+        {
+            use opentelemetry::trace::TraceContextExt;
+            use tracing_opentelemetry::OpenTelemetrySpanExt;
+            let mut it = traces.into_iter();
+            if let Some(first) = it.next() {
+                let _ = span.set_parent(first);
+            }
+            for cx in it {
+                span.add_link(cx.span().span_context().clone());
+            }
+        }
         let _g = span.enter();
         self.db
             .write(b, &WriteOptions::default())
@@ -397,9 +426,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.metrics.log_appended.inc_by(n);
         self.update_log_size();
         // The entries are readable now; durability is the syncer's job.
-        self.syncer
-            .send((callback, t0))
-            .map_err(|_| StorageIOError::write_logs(&std::io::Error::other("log syncer stopped")))?;
+        self.syncer.send((callback, t0)).map_err(|_| {
+            StorageIOError::write_logs(&std::io::Error::other("log syncer stopped"))
+        })?;
         Ok(())
     }
 
@@ -470,6 +499,9 @@ struct Applied {
     membership: StoredMembership<NodeId, Node>,
 }
 
+/// The latest snapshot: its metadata and bytes (shared, not copied per reader).
+type StoredSnapshot = (SnapshotMeta<NodeId, Node>, Arc<Vec<u8>>);
+
 /// The serialized form of a snapshot: the raw `s/` and `d/` key spaces.
 #[derive(Serialize, Deserialize)]
 struct SnapshotBody {
@@ -487,7 +519,7 @@ pub struct Shared {
     watch_tx: broadcast::Sender<WatchEvent>,
     history: Mutex<VecDeque<WatchEvent>>,
     snapshot_dir: PathBuf,
-    current_snapshot: Mutex<Option<(SnapshotMeta<NodeId, Node>, Arc<Vec<u8>>)>>,
+    current_snapshot: Mutex<Option<StoredSnapshot>>,
     metrics: Arc<Metrics>,
     snapshot_seq: std::sync::atomic::AtomicU64,
 }
@@ -591,7 +623,11 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    pub fn open(db: Arc<Db>, snapshot_dir: PathBuf, metrics: Arc<Metrics>) -> Result<Self, std::io::Error> {
+    pub fn open(
+        db: Arc<Db>,
+        snapshot_dir: PathBuf,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, std::io::Error> {
         std::fs::create_dir_all(&snapshot_dir)?;
         let applied: Applied = match db.get(KEY_APPLIED).map_err(io_err)? {
             Some(b) => decode("applied state", &b)?,
@@ -638,7 +674,7 @@ struct SnapshotFile {
 
 fn load_snapshot_file(
     dir: &Path,
-) -> Result<Option<(SnapshotMeta<NodeId, Node>, Arc<Vec<u8>>)>, std::io::Error> {
+) -> Result<Option<StoredSnapshot>, std::io::Error> {
     let path = dir.join(SNAPSHOT_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
@@ -702,7 +738,12 @@ impl Applier<'_> {
         Ok(v)
     }
 
-    fn put(&mut self, key: &[u8], value: &[u8], rev: u64) -> Result<Option<KeyValue>, std::io::Error> {
+    fn put(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        rev: u64,
+    ) -> Result<Option<KeyValue>, std::io::Error> {
         let prev = self.read(key)?;
         let kv = KeyValue {
             key: key.to_vec(),
@@ -737,9 +778,10 @@ impl Applier<'_> {
             CompareTarget::Version => {
                 c.op.holds(&cur.as_ref().map(|k| k.version).unwrap_or(0), &c.number)
             }
-            CompareTarget::ModRevision => c
-                .op
-                .holds(&cur.as_ref().map(|k| k.mod_revision).unwrap_or(0), &c.number),
+            CompareTarget::ModRevision => c.op.holds(
+                &cur.as_ref().map(|k| k.mod_revision).unwrap_or(0),
+                &c.number,
+            ),
             // A missing key has no value: every value comparison on it fails.
             CompareTarget::Value => match &cur {
                 Some(kv) => c.op.holds(kv.value.as_slice(), c.value.as_slice()),
@@ -1048,13 +1090,21 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             snapshot: Some(&snap),
         };
         let rerr = |e: std::io::Error| StorageIOError::read_state_machine(&e);
-        let applied: Applied = match shared.db.get_opt(KEY_APPLIED, &ro).map_err(|e| rerr(io_err(e)))? {
+        let applied: Applied = match shared
+            .db
+            .get_opt(KEY_APPLIED, &ro)
+            .map_err(|e| rerr(io_err(e)))?
+        {
             Some(b) => decode("applied state", &b).map_err(rerr)?,
             None => Applied::default(),
         };
         let mut entries = Vec::new();
         for prefix in [DATA_PREFIX, DEDUP_PREFIX] {
-            for kv in shared.db.prefix(prefix, false, &ro).map_err(|e| rerr(io_err(e)))? {
+            for kv in shared
+                .db
+                .prefix(prefix, false, &ro)
+                .map_err(|e| rerr(io_err(e)))?
+            {
                 entries.push(kv.map_err(|e| rerr(io_err(e)))?);
             }
         }

@@ -171,7 +171,10 @@ pub enum TxnOpResult {
 pub enum WatchEvent {
     Put(KeyValue),
     /// The key and the revision of the delete.
-    Delete { key: Vec<u8>, revision: u64 },
+    Delete {
+        key: Vec<u8>,
+        revision: u64,
+    },
     /// A snapshot replaced the state: watchers must start over.
     Reset,
 }

@@ -61,7 +61,9 @@ impl Cluster {
     }
 
     async fn start_node(&mut self, id: u64, init: bool) {
-        let node = Node::start(self.config(id, init)).await.expect("node starts");
+        let node = Node::start(self.config(id, init))
+            .await
+            .expect("node starts");
         self.nodes.insert(id, node);
     }
 
@@ -85,7 +87,10 @@ impl Cluster {
                     return n.id;
                 }
             }
-            assert!(t0.elapsed() < Duration::from_secs(10), "no leader within 10 s");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "no leader within 10 s"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -134,7 +139,10 @@ async fn replicates_to_every_node_and_serves_reads() {
         .values()
         .map(|n| n.shared.state_hash().expect("hash").1)
         .collect();
-    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "hashes differ: {hashes:?}");
+    assert!(
+        hashes.windows(2).all(|w| w[0] == w[1]),
+        "hashes differ: {hashes:?}"
+    );
     // Versions and revisions like etcd's.
     client.put(b"k1", b"again").await.expect("put");
     let kv = client
@@ -187,20 +195,31 @@ async fn leader_failover_keeps_acknowledged_writes_and_reads_are_linearizable() 
     c.stop_node(old).await;
     let t0 = Instant::now();
     // The first write after the kill lands on the new leader.
-    client.put(b"after", b"2").await.expect("put after failover");
+    client
+        .put(b"after", b"2")
+        .await
+        .expect("put after failover");
     let failover = t0.elapsed();
     let new = c.leader().await;
     assert_ne!(new, old);
-    assert!(failover < Duration::from_secs(5), "failover took {failover:?}");
+    assert!(
+        failover < Duration::from_secs(5),
+        "failover took {failover:?}"
+    );
     // A linearizable read right after the change sees both writes.
     assert_eq!(get(&client, "before").await.as_deref(), Some("1"));
     assert_eq!(get(&client, "after").await.as_deref(), Some("2"));
     // The old leader comes back as a follower and catches up.
     c.start_node(old, false).await;
     let r = client.put(b"third", b"3").await.expect("put");
-    c.wait_applied(old, r.header.expect("header").revision).await;
+    c.wait_applied(old, r.header.expect("header").revision)
+        .await;
     assert_eq!(
-        c.nodes[&old].shared.get(b"after").expect("read").map(|k| k.value),
+        c.nodes[&old]
+            .shared
+            .get(b"after")
+            .expect("read")
+            .map(|k| k.value),
         Some(b"2".to_vec())
     );
 }
@@ -234,7 +253,10 @@ async fn restarted_follower_catches_up_through_install_snapshot() {
     c.start_node(follower, false).await;
     c.wait_applied(follower, last).await;
     let n = &c.nodes[&follower];
-    assert!(n.metrics.snapshots_installed.get() >= 1, "no snapshot was installed");
+    assert!(
+        n.metrics.snapshots_installed.get() >= 1,
+        "no snapshot was installed"
+    );
     assert_eq!(
         n.shared.get(b"s299").expect("read").map(|k| k.value),
         Some(b"x".to_vec())
@@ -262,12 +284,18 @@ async fn membership_grows_to_five_and_shrinks_back_to_three() {
             .await
             .expect("add learner");
     }
-    let r = client.change_membership(&[1, 2, 3, 4, 5]).await.expect("grow");
+    let r = client
+        .change_membership(&[1, 2, 3, 4, 5])
+        .await
+        .expect("grow");
     assert_eq!(r.members.iter().filter(|m| m.voter).count(), 5);
     let w = client.put(b"m", b"2").await.expect("put");
     c.wait_applied(5, w.header.expect("header").revision).await;
     // Unknown ids are refused with a clear error.
-    let e = client.change_membership(&[1, 2, 9]).await.expect_err("unknown id");
+    let e = client
+        .change_membership(&[1, 2, 9])
+        .await
+        .expect_err("unknown id");
     assert_eq!(e.code(), Some(tonic::Code::InvalidArgument), "{e}");
     let r = client.change_membership(&[1, 2, 3]).await.expect("shrink");
     assert_eq!(r.members.len(), 3, "{:?}", r.members);
@@ -286,7 +314,10 @@ async fn retried_request_ids_apply_once() {
     // A retry of the same request (as after a timeout) with a different body
     // must not apply: the first application's answer comes back.
     let again = client.put_with_id(b"d", b"two", id).await.expect("retry");
-    assert_eq!(first.header.as_ref().map(|h| h.revision), again.header.as_ref().map(|h| h.revision));
+    assert_eq!(
+        first.header.as_ref().map(|h| h.revision),
+        again.header.as_ref().map(|h| h.revision)
+    );
     let kv = client
         .get(b"d", pb::ReadConsistency::Linearizable)
         .await
@@ -360,10 +391,19 @@ async fn a_node_refuses_another_clusters_data_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
     let addr = format!("127.0.0.1:{}", free_port());
     let peers: BTreeMap<u64, String> = [(1, addr.clone())].into();
-    let mut cfg = NodeConfig::new(1, addr.parse().expect("addr"), dir.path().to_path_buf(), peers.clone());
+    let mut cfg = NodeConfig::new(
+        1,
+        addr.parse().expect("addr"),
+        dir.path().to_path_buf(),
+        peers.clone(),
+    );
     cfg.register_metrics = false;
     cfg.init = true;
-    Node::start(cfg.clone()).await.expect("first start").shutdown().await;
+    Node::start(cfg.clone())
+        .await
+        .expect("first start")
+        .shutdown()
+        .await;
     let mut other = cfg.clone();
     other.cluster = "someone-else".into();
     let e = Node::start(other).await.expect_err("wrong cluster");
@@ -374,7 +414,13 @@ async fn a_node_refuses_another_clusters_data_directory() {
     let e = Node::start(wrong_id).await.expect_err("wrong node id");
     assert!(e.to_string().contains("node 1"), "{e}");
     // Malformed peer lists are startup errors that say what is wrong.
-    for bad in ["1=localhost", "x=127.0.0.1:1", "1=a:1,1=b:2", "0=a:1", "1:127.0.0.1:1"] {
+    for bad in [
+        "1=localhost",
+        "x=127.0.0.1:1",
+        "1=a:1,1=b:2",
+        "0=a:1",
+        "1:127.0.0.1:1",
+    ] {
         let e = consensus::parse_peers(bad).expect_err(bad);
         assert!(e.to_string().starts_with("configuration"), "{bad}: {e}");
     }

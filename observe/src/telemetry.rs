@@ -22,7 +22,7 @@ use crate::Error;
 /// Default filter when `RUST_LOG` is unset. The transport crates are held at
 /// `warn`: their per-frame spans would otherwise be exported too, and the OTLP
 /// exporter's own requests would generate spans about exporting spans.
-const DEFAULT_FILTER: &str = "info,fjall=warn,lsm_tree=warn,h2=warn,tower=warn,hyper=warn,hyper_util=warn,tonic=warn,opentelemetry=warn,opentelemetry_sdk=warn";
+const DEFAULT_FILTER: &str = "info,openraft=warn,fjall=warn,lsm_tree=warn,h2=warn,tower=warn,hyper=warn,hyper_util=warn,tonic=warn,opentelemetry=warn,opentelemetry_sdk=warn";
 
 /// How log lines are written to stderr.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -18,6 +18,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 pub mod otlp;
+pub mod prometheus;
 
 /// The `mlstack` binary of this build, (re)built once per test process so a test
 /// never runs a stale binary (`cargo build` is a no-op when it is fresh).
