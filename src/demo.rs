@@ -20,7 +20,6 @@ use crate::cli::DemoArgs;
 
 /// Components later chapters add to the demo, and the issue that adds each.
 const NOT_YET_BUILT: &[(&str, &str)] = &[
-    ("consensus (Raft KV cluster)", "issue #4"),
     ("stream (Kafka -> Parquet ingest)", "issue #5"),
     ("train (Llama trainer)", "not filed yet"),
 ];
@@ -326,10 +325,16 @@ pub async fn run(args: &DemoArgs, telemetry: &observe::Telemetry) -> Result<(), 
         tracing::warn!(error = %e, "storage metrics already registered");
     }
 
-    // 5. The inference engine answers a chat question (CPU-bound: blocking thread).
+    // 5. The Raft KV cluster: three nodes in this process, a leader stopped.
+    let kv = crate::kv::demo_step().await?;
+    if !(kv.cas_won && kv.cas_lost && kv.read_back == "step-100" && kv.state_hashes_equal) {
+        return Err(Error::DemoCheck(format!("KV cluster misbehaved: {kv:?}")));
+    }
+
+    // 6. The inference engine answers a chat question (CPU-bound: blocking thread).
     let infer = infer_step().await?;
 
-    // 6. What the metrics endpoint now says about the pings and the engine.
+    // 7. What the metrics endpoint now says about the pings and the engine.
     let (_, exposition) = http_get(&format!("{metrics_base}/metrics")).await?;
     let ping_lines: Vec<String> = exposition
         .lines()
@@ -361,6 +366,13 @@ pub async fn run(args: &DemoArgs, telemetry: &observe::Telemetry) -> Result<(), 
                     "flushes": storage.stats.flushes, "compactions": storage.stats.compactions,
                     "write_amplification": storage.stats.write_amplification(),
                     "files_per_level": storage.stats.levels.iter().map(|l| l.files).collect::<Vec<_>>(),
+                },
+                "kv": {
+                    "nodes": kv.nodes, "writes": kv.writes, "write_ms": kv.write_ms,
+                    "leader_before": kv.leader_before, "leader_after": kv.leader_after,
+                    "failover_ms": kv.failover_ms, "cas_first_writer_won": kv.cas_won,
+                    "cas_second_writer_refused": kv.cas_lost, "read_back": kv.read_back,
+                    "survivors_state_hash_equal": kv.state_hashes_equal,
                 },
                 "infer": match &infer {
                     InferReport::Ran { model, endpoint, question, answer, prompt_tokens, generated, chunks, ttft_ms, total_ms } =>
@@ -409,6 +421,14 @@ pub async fn run(args: &DemoArgs, telemetry: &observe::Telemetry) -> Result<(), 
         s.compactions,
         s.levels.iter().map(|l| l.files).collect::<Vec<_>>(),
         s.write_amplification()
+    );
+    println!(
+        "[kv]      {} Raft nodes (LSM + gRPC): {} writes in {:.0} ms; CAS on models/latest: first writer won, second refused",
+        kv.nodes, kv.writes, kv.write_ms
+    );
+    println!(
+        "          leader {} stopped -> node {} leads; first write after {:.0} ms; linearizable read: {}; survivors' state hashes equal: {}",
+        kv.leader_before, kv.leader_after, kv.failover_ms, kv.read_back, kv.state_hashes_equal
     );
     match &infer {
         InferReport::Ran {

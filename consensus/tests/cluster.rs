@@ -425,3 +425,57 @@ async fn a_node_refuses_another_clusters_data_directory() {
         assert!(e.to_string().starts_with("configuration"), "{bad}: {e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quorum_loss_blocks_writes_and_linearizable_reads_not_serializable_ones() {
+    // Three nodes tolerate one failure, not two: with two down, the leader can
+    // neither commit nor prove it still leads.
+    let mut c = Cluster::start(3).await;
+    let client = c.client();
+    client.put(b"q", b"1").await.expect("put");
+    let leader = c.leader().await;
+    let followers: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+    let w = client.put(b"q", b"1").await.expect("put");
+    for f in &followers {
+        c.wait_applied(*f, w.header.as_ref().expect("header").revision).await;
+    }
+    for f in &followers {
+        c.stop_node(*f).await;
+    }
+    let short = consensus::client::Timeouts {
+        attempt: Duration::from_millis(400),
+        overall: Duration::from_millis(1500),
+        backoff: Duration::from_millis(20),
+    };
+    let lonely = Client::new(&[c.peers[&leader].as_str()])
+        .expect("client")
+        .with_timeouts(short);
+    let e = lonely.put(b"q", b"2").await.expect_err("no quorum, no commit");
+    assert!(e.outcome_unknown(), "a proposed write without quorum is unknown: {e}");
+    let e = lonely
+        .get(b"q", pb::ReadConsistency::Linearizable)
+        .await
+        .expect_err("no quorum, no read index");
+    assert!(!e.outcome_unknown(), "{e}");
+    let r = lonely
+        .get(b"q", pb::ReadConsistency::Serializable)
+        .await
+        .expect("local read");
+    assert!(r.serializable);
+    assert_eq!(r.kv.map(|k| k.value), Some(b"1".to_vec()));
+    // One follower back = a majority again. The unknown write was in the
+    // leader's log, and the returning follower's log is shorter, so the write
+    // commits: "unknown" really meant "may still apply".
+    c.start_node(followers[0], false).await;
+    let t0 = Instant::now();
+    loop {
+        if let Ok(v) = client.get(b"q", pb::ReadConsistency::Linearizable).await
+            && v.kv.as_ref().map(|k| k.value.as_slice()) == Some(b"2")
+        {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(15), "the pending write never committed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client.put(b"q", b"3").await.expect("writes work with 2 of 3");
+}

@@ -97,6 +97,13 @@ fn demo_drives_the_stack_and_reports_one_trace() {
         "{inf}"
     );
     assert!(inf["prompt_tokens"].as_u64().expect("tokens") > 10, "{inf}");
+    let kv = &report["kv"];
+    assert_eq!(kv["nodes"], 3, "{kv}");
+    assert_eq!(kv["cas_first_writer_won"], true, "{kv}");
+    assert_eq!(kv["cas_second_writer_refused"], true, "{kv}");
+    assert_eq!(kv["read_back"], "step-100", "{kv}");
+    assert_eq!(kv["survivors_state_hash_equal"], true, "{kv}");
+    assert_ne!(kv["leader_before"], kv["leader_after"], "{kv}");
     let metrics = report["metrics"].to_string();
     assert!(
         metrics.contains(r#"mlstack_diag_pings_total{outcome=\"ok\",service=\"demo\"} 2"#),
