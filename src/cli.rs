@@ -115,6 +115,10 @@ pub struct KvServeArgs {
     /// Log entries kept behind the latest snapshot.
     #[arg(long, env = "MLSTACK_KEEP_LOGS", default_value_t = 1_000)]
     pub keep_logs: u64,
+    /// Proposal batches in flight at once: concurrent writes arriving while
+    /// these are replicating are packed into the next log entry.
+    #[arg(long, env = "MLSTACK_INFLIGHT_BATCHES", default_value_t = 1)]
+    pub inflight_batches: usize,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -201,6 +205,10 @@ pub struct KvBenchArgs {
     pub keys: usize,
     #[arg(long, env = "MLSTACK_FAILOVER_TRIALS", default_value_t = 5)]
     pub failover_trials: usize,
+    /// Benchmark an existing cluster (HOST:PORT,...) instead of starting one;
+    /// failover is not measured then.
+    #[arg(long, env = "MLSTACK_ENDPOINTS", value_delimiter = ',')]
+    pub endpoints: Vec<String>,
     /// JSON report path.
     #[arg(
         long,

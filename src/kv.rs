@@ -186,6 +186,7 @@ async fn serve(a: &crate::cli::KvServeArgs) -> Result<(), Error> {
     cfg.election_max_ms = a.election_max_ms;
     cfg.snapshot_every = a.snapshot_every;
     cfg.keep_logs = a.keep_logs;
+    cfg.inflight_batches = a.inflight_batches;
     let readiness = observe::Readiness::new();
     let metrics = observe::MetricsServer::start(
         metrics_listen,
@@ -227,6 +228,7 @@ async fn bench(a: &crate::cli::KvBenchArgs) -> Result<(), Error> {
         failover_trials: a.failover_trials,
         binary: exe()?,
         dir: dir.path().to_path_buf(),
+        endpoints: a.endpoints.clone(),
     };
     let rows = consensus::bench::run(&cfg, |m| eprintln!("[kv bench] {m}")).await?;
     print!("{}", consensus::bench::table(&rows));
@@ -336,7 +338,12 @@ pub async fn demo_step() -> Result<DemoReport, Error> {
         let listen = addr
             .parse()
             .map_err(|e| Error::DemoCheck(format!("{addr}: {e}")))?;
-        let mut cfg = NodeConfig::new(id, listen, dir.path().join(format!("node-{id}")), peers.clone());
+        let mut cfg = NodeConfig::new(
+            id,
+            listen,
+            dir.path().join(format!("node-{id}")),
+            peers.clone(),
+        );
         cfg.init = id == 1;
         cfg.register_metrics = false;
         nodes.insert(id, Node::start(cfg).await?);
@@ -347,21 +354,33 @@ pub async fn demo_step() -> Result<DemoReport, Error> {
     let writes = 200;
     for i in 0..writes {
         client
-            .put(format!("datasets/corpus/part-{i:04}").as_bytes(), b"rows=1000")
+            .put(
+                format!("datasets/corpus/part-{i:04}").as_bytes(),
+                b"rows=1000",
+            )
             .await
             .map_err(kv_err)?;
     }
     let write_ms = t0.elapsed().as_secs_f64() * 1e3;
     // A lock-free registry update: only the first of two racing writers that
     // both saw "no model yet" wins.
-    let cas_won = client.cas(b"models/latest", None, b"step-100").await.map_err(kv_err)?;
-    let cas_lost = !client.cas(b"models/latest", None, b"step-200").await.map_err(kv_err)?;
+    let cas_won = client
+        .cas(b"models/latest", None, b"step-100")
+        .await
+        .map_err(kv_err)?;
+    let cas_lost = !client
+        .cas(b"models/latest", None, b"step-200")
+        .await
+        .map_err(kv_err)?;
     let leader_before = client.leader_status().await.map_err(kv_err)?.node_id;
     if let Some(n) = nodes.remove(&leader_before) {
         n.shutdown().await;
     }
     let t1 = std::time::Instant::now();
-    client.put(b"models/latest-checked", b"yes").await.map_err(kv_err)?;
+    client
+        .put(b"models/latest-checked", b"yes")
+        .await
+        .map_err(kv_err)?;
     let failover_ms = t1.elapsed().as_secs_f64() * 1e3;
     let leader_after = client.leader_status().await.map_err(kv_err)?.node_id;
     let read_back = client
@@ -372,18 +391,17 @@ pub async fn demo_step() -> Result<DemoReport, Error> {
         .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
         .unwrap_or_default();
     // The two survivors hold the same state once both applied everything.
-    let mut hashes = Vec::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        hashes = nodes
+    let hashes = loop {
+        let hashes = nodes
             .values()
             .filter_map(|n| n.shared.state_hash().ok())
             .collect::<Vec<_>>();
         if hashes.windows(2).all(|w| w[0] == w[1]) || std::time::Instant::now() > deadline {
-            break;
+            break hashes;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    };
     let state_hashes_equal = hashes.len() == 2 && hashes[0] == hashes[1];
     for (_, n) in nodes {
         n.shutdown().await;

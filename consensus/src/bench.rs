@@ -30,6 +30,9 @@ pub struct BenchConfig {
     pub failover_trials: usize,
     pub binary: PathBuf,
     pub dir: PathBuf,
+    /// Benchmark an existing cluster at these endpoints instead of starting
+    /// one (no failover trials then: the benchmark does not own the nodes).
+    pub endpoints: Vec<String>,
 }
 
 /// One figure.
@@ -69,12 +72,12 @@ impl Work {
 }
 
 async fn run_workload(
-    cluster: &LocalCluster,
+    endpoints: &[String],
     work: Work,
     clients: usize,
     cfg: &BenchConfig,
 ) -> Result<(f64, Vec<u32>, u64), Error> {
-    let endpoints = cluster.client_endpoints();
+    let endpoints = endpoints.to_vec();
     let n = endpoints.len();
     // One connection per 16 tasks (HTTP/2 multiplexes the rest), rotated so
     // serializable reads spread over every node.
@@ -82,14 +85,7 @@ async fn run_workload(
         .map(|i| {
             let mut eps = endpoints.clone();
             eps.rotate_left(i % n);
-            let ids: Vec<u64> = cluster
-                .ids()
-                .into_iter()
-                .cycle()
-                .skip(i % n)
-                .take(n)
-                .collect();
-            Client::new(&eps).map(|c| Arc::new(c.with_node_ids(&ids)))
+            Client::new(&eps).map(Arc::new)
         })
         .collect::<Result<_, _>>()?;
     // Writes find the leader once, up front.
@@ -152,14 +148,24 @@ async fn run_workload(
 
 /// Runs every workload; `progress` gets a line per step.
 pub async fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Vec<Row>, Error> {
-    let mut cluster = LocalCluster::start(ClusterSpec {
-        nodes: cfg.nodes,
-        binary: cfg.binary.clone(),
-        dir: cfg.dir.clone(),
-        proxies: false,
-        extra_args: vec![],
-    })
-    .await?;
+    let mut cluster = if cfg.endpoints.is_empty() {
+        Some(
+            LocalCluster::start(ClusterSpec {
+                nodes: cfg.nodes,
+                binary: cfg.binary.clone(),
+                dir: cfg.dir.clone(),
+                proxies: false,
+                extra_args: vec![],
+            })
+            .await?,
+        )
+    } else {
+        None
+    };
+    let endpoints = match &cluster {
+        Some(c) => c.client_endpoints(),
+        None => cfg.endpoints.clone(),
+    };
     let mut rows = Vec::new();
     let row = |workload: &str, clients: usize, metric: &str, value: f64, unit: &str| Row {
         system: "mlstack".into(),
@@ -172,7 +178,7 @@ pub async fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Ve
     // Preload the key space so reads find values.
     {
         progress(&format!("preloading {} keys", cfg.keys));
-        let c = Arc::new(cluster.client(Timeouts::default())?);
+        let c = Arc::new(Client::new(&endpoints)?);
         let mut tasks = Vec::new();
         for t in 0..16 {
             let c = c.clone();
@@ -199,7 +205,7 @@ pub async fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Ve
                 work.name(),
                 cfg.duration
             ));
-            let (ops, lat, errors) = run_workload(&cluster, work, clients, cfg).await?;
+            let (ops, lat, errors) = run_workload(&endpoints, work, clients, cfg).await?;
             let w = work.name();
             rows.push(row(w, clients, "ops_per_sec", ops, "ops/s"));
             rows.push(row(w, clients, "latency_p50_ms", pct(&lat, 0.5), "ms"));
@@ -210,7 +216,15 @@ pub async fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Ve
     }
     // Failover: kill the leader, time the first successful write.
     let mut times = Vec::new();
-    for trial in 0..cfg.failover_trials {
+    let trials = if cluster.is_some() {
+        cfg.failover_trials
+    } else {
+        0
+    };
+    for trial in 0..trials {
+        let Some(cluster) = cluster.as_mut() else {
+            break;
+        };
         let leader = cluster.wait_leader(Duration::from_secs(10)).await?;
         let client = cluster.client(Timeouts {
             attempt: Duration::from_millis(300),
@@ -248,7 +262,9 @@ pub async fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Ve
             "ms",
         ));
     }
-    cluster.stop();
+    if let Some(c) = cluster.as_mut() {
+        c.stop();
+    }
     Ok(rows)
 }
 
@@ -322,7 +338,7 @@ pub fn to_json(cfg: &BenchConfig, rows: &[Row]) -> serde_json::Value {
             "memory_bytes": mem_kb * 1024,
         },
         "config": {
-            "nodes": cfg.nodes, "clients": cfg.clients, "duration_s": cfg.duration.as_secs_f64(),
+            "nodes": cfg.nodes, "existing_cluster": !cfg.endpoints.is_empty(), "clients": cfg.clients, "duration_s": cfg.duration.as_secs_f64(),
             "value_bytes": cfg.value_bytes, "keys": cfg.keys, "failover_trials": cfg.failover_trials,
             "election_timeout_ms": [150, 300], "heartbeat_ms": 50, "fsync": "group commit per append",
             "transport": "loopback gRPC, nodes and clients on the same machine",

@@ -41,6 +41,8 @@ pub struct NodeConfig {
     /// A proposal not committed within this answers `DEADLINE_EXCEEDED`
     /// (outcome unknown; the client retries with the same request id).
     pub proposal_timeout: Duration,
+    /// Proposal batches in flight at once (see [`crate::service::batcher`]).
+    pub inflight_batches: usize,
     /// Register metrics in the process-wide registry (off for in-process
     /// multi-node tests, where names would collide).
     pub register_metrics: bool,
@@ -68,6 +70,7 @@ impl NodeConfig {
             snapshot_every: 10_000,
             keep_logs: 1_000,
             proposal_timeout: Duration::from_secs(5),
+            inflight_batches: 1,
             register_metrics: true,
         }
     }
@@ -225,8 +228,15 @@ impl Node {
         let (mut routes, health) = proto::server::standard_routes().map_err(|e| Error::Config {
             reason: format!("gRPC routes: {e}"),
         })?;
+        let (batch_tx, batch_rx) = tokio::sync::mpsc::channel(4 * crate::service::MAX_BATCH);
+        let mut tasks = vec![tokio::spawn(crate::service::batcher(
+            raft.clone(),
+            batch_rx,
+            cfg.inflight_batches,
+        ))];
         let kv = KvService {
             id: cfg.id,
+            batcher: batch_tx,
             raft: raft.clone(),
             shared: shared.clone(),
             metrics: metrics.clone(),
@@ -246,7 +256,7 @@ impl Node {
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let grpc_stop = stop.clone();
-        let mut tasks = vec![tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let r = tonic::transport::Server::builder()
                 .trace_fn(observe::grpc::server_span)
                 .add_routes(routes.routes())
@@ -255,7 +265,7 @@ impl Node {
             if let Err(e) = r {
                 tracing::error!(error = %e, "KV gRPC server failed");
             }
-        })];
+        }));
         tasks.push(tokio::spawn(watch_metrics(
             raft.clone(),
             metrics.clone(),

@@ -31,10 +31,91 @@ use tonic::{Request, Response, Status};
 #[derive(Clone)]
 pub struct KvService {
     pub id: NodeId,
+    /// Proposals go through the batcher ([`batcher`]), not straight to Raft.
+    pub batcher: tokio::sync::mpsc::Sender<Proposal>,
     pub raft: Raft,
     pub shared: Arc<Shared>,
     pub metrics: Arc<Metrics>,
     pub proposal_timeout: Duration,
+}
+
+type WriteResult =
+    Result<types::Response, RaftError<NodeId, ClientWriteError<NodeId, types::Node>>>;
+
+/// A command waiting to be proposed, with where its answer goes.
+pub type Proposal = (Command, tokio::sync::oneshot::Sender<WriteResult>);
+
+/// Most commands packed into one log entry.
+pub const MAX_BATCH: usize = 256;
+
+/// Proposal batching: every command queued while the previous proposal was
+/// being handed to Raft goes into the next log entry together.
+///
+/// Under load the queue fills while Raft's core is busy, so batches grow by
+/// themselves; with one client a batch is one command and adds no wait (no
+/// timer: the batcher never holds a command back to fill a batch). Each batch
+/// is proposed from its own task, so up to `max_inflight` batches pipeline;
+/// while they are all in flight, arrivals queue and the next batch grows (on a
+/// CPU-bound 2-core machine one in flight measured best: fewer, larger
+/// entries). One entry per batch means one append,
+/// one fsync and one replication round for up to [`MAX_BATCH`] client writes,
+/// the difference between thousands and tens of thousands of writes/s on a
+/// small machine.
+pub async fn batcher(
+    raft: Raft,
+    mut rx: tokio::sync::mpsc::Receiver<Proposal>,
+    max_inflight: usize,
+) {
+    let inflight = std::sync::Arc::new(tokio::sync::Semaphore::new(max_inflight.max(1)));
+    loop {
+        // Wait for a free pipeline slot *before* taking commands: while every
+        // slot is busy, arrivals queue up and the next batch grows.
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if batch.len() == 1 {
+                let Some((cmd, tx)) = batch.pop() else { return };
+                let _ = tx.send(raft.client_write(cmd).await.map(|r| r.data));
+                return;
+            }
+            let (cmds, txs): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+            let cmd = Command {
+                request_id: None,
+                op: Op::Batch(cmds),
+                trace: Vec::new(),
+            };
+            match raft.client_write(cmd).await {
+                Ok(r) => match r.data.result {
+                    OpResult::Batch(results) => {
+                        for (tx, res) in txs.into_iter().zip(results) {
+                            let _ = tx.send(Ok(res));
+                        }
+                    }
+                    other => {
+                        tracing::error!(?other, "a batch applied to a non-batch answer");
+                    }
+                },
+                Err(e) => {
+                    for tx in txs {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// Metadata key carrying the leader's address on `UNAVAILABLE`.
@@ -193,8 +274,20 @@ impl KvService {
             trace,
         };
         let t0 = Instant::now();
-        let fut = tracing::Instrument::instrument(self.raft.client_write(cmd), span);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.batcher
+            .send((cmd, tx))
+            .await
+            .map_err(|_| Status::unavailable(format!("node {} is shutting down", self.id)))?;
+        let fut = tracing::Instrument::instrument(rx, span);
         let r = match tokio::time::timeout(self.proposal_timeout, fut).await {
+            Ok(Err(_)) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "node {} dropped the proposal while stopping; it may still commit",
+                    self.id
+                )));
+            }
+            Ok(Ok(r)) => r,
             Err(_) => {
                 self.metrics.proposal_failures.inc();
                 return Err(Status::deadline_exceeded(format!(
@@ -203,7 +296,6 @@ impl KvService {
                     self.proposal_timeout
                 )));
             }
-            Ok(r) => r,
         };
         match r {
             Ok(resp) => {
@@ -211,14 +303,14 @@ impl KvService {
                 self.metrics
                     .commit_seconds
                     .observe(t0.elapsed().as_secs_f64());
-                if let OpResult::Expired { request_id } = resp.data.result {
+                if let OpResult::Expired { request_id } = resp.result {
                     return Err(Status::failed_precondition(format!(
                         "request id {}/{} is older than the deduplication window; it may have \
                          applied already and is not applied again",
                         request_id.client_id, request_id.seq
                     )));
                 }
-                Ok(resp.data)
+                Ok(resp)
             }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 self.metrics.proposal_failures.inc();
@@ -459,10 +551,7 @@ impl pb::kv_server::Kv for KvService {
                         prev: prev.map(kv_to_pb),
                     }),
                     TxnOpResult::Delete { deleted } => {
-                        pb::txn_op_result::Result::Delete(pb::DeleteResponse {
-                            header,
-                            deleted,
-                        })
+                        pb::txn_op_result::Result::Delete(pb::DeleteResponse { header, deleted })
                     }
                     TxnOpResult::Get { kv } => pb::txn_op_result::Result::Get(pb::GetResponse {
                         header,

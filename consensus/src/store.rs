@@ -30,7 +30,7 @@ use openraft::{
     StorageError, StorageIOError, StoredMembership, Vote,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
@@ -515,7 +515,7 @@ pub struct Shared {
     pub db: Arc<Db>,
     applied: Mutex<Applied>,
     /// Per client: retained seqs (for pruning) and the lowest retained seq.
-    dedup: Mutex<HashMap<u64, VecDeque<u64>>>,
+    dedup: Mutex<HashMap<u64, BTreeSet<u64>>>,
     watch_tx: broadcast::Sender<WatchEvent>,
     history: Mutex<VecDeque<WatchEvent>>,
     snapshot_dir: PathBuf,
@@ -633,7 +633,7 @@ impl StateMachine {
             Some(b) => decode("applied state", &b)?,
             None => Applied::default(),
         };
-        let mut dedup: HashMap<u64, VecDeque<u64>> = HashMap::new();
+        let mut dedup: HashMap<u64, BTreeSet<u64>> = HashMap::new();
         for kv in db
             .prefix(DEDUP_PREFIX, false, &ReadOptions::default())
             .map_err(io_err)?
@@ -642,7 +642,7 @@ impl StateMachine {
             if k.len() == 18 {
                 let c = u64::from_be_bytes(k[2..10].try_into().unwrap_or_default());
                 let s = u64::from_be_bytes(k[10..18].try_into().unwrap_or_default());
-                dedup.entry(c).or_default().push_back(s);
+                dedup.entry(c).or_default().insert(s);
             }
         }
         let current_snapshot = load_snapshot_file(&snapshot_dir)?;
@@ -672,9 +672,7 @@ struct SnapshotFile {
     data: Vec<u8>,
 }
 
-fn load_snapshot_file(
-    dir: &Path,
-) -> Result<Option<StoredSnapshot>, std::io::Error> {
+fn load_snapshot_file(dir: &Path) -> Result<Option<StoredSnapshot>, std::io::Error> {
     let path = dir.join(SNAPSHOT_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
@@ -805,6 +803,8 @@ impl Applier<'_> {
             Op::Delete { key } => OpResult::Delete {
                 deleted: self.delete(key, rev)?,
             },
+            // Batches are unpacked by `apply_command`, never reach here.
+            Op::Batch(_) => OpResult::None,
             Op::Txn {
                 compare,
                 success,
@@ -848,6 +848,90 @@ impl Applier<'_> {
     }
 }
 
+/// Applies one client command (or each command of a proposal batch), with
+/// request-id deduplication.
+// The error is openraft's `StorageError`, which the trait methods return as is.
+#[allow(clippy::result_large_err)]
+fn apply_command(
+    shared: &Shared,
+    ap: &mut Applier<'_>,
+    dedup: &mut HashMap<u64, BTreeSet<u64>>,
+    fresh: &mut HashMap<RequestId, Response>,
+    cmd: Command,
+    log_id: LogId<NodeId>,
+) -> Result<Response, SE> {
+    let rev = log_id.index;
+    let err = |e: std::io::Error| StorageIOError::apply(log_id, &e);
+    if let Op::Batch(cmds) = cmd.op {
+        // Commands the leader batched into one entry: each keeps its own
+        // request id, answer and trace.
+        let mut results = Vec::with_capacity(cmds.len());
+        for c in cmds {
+            results.push(apply_command(shared, ap, dedup, fresh, c, log_id)?);
+        }
+        return Ok(Response {
+            revision: rev,
+            result: OpResult::Batch(results),
+        });
+    }
+    let span = if cmd.trace.is_empty() {
+        tracing::Span::none()
+    } else {
+        let span = tracing::info_span!("kv.apply", revision = rev);
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let _ = span.set_parent(observe::propagation::kafka::extract(
+            cmd.trace.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+        ));
+        span
+    };
+    let _g = span.enter();
+    let Some(id) = cmd.request_id else {
+        return Ok(Response {
+            revision: rev,
+            result: ap.apply_op(&cmd.op, rev).map_err(err)?,
+        });
+    };
+    if let Some(r) = fresh.get(&id) {
+        return Ok(r.clone());
+    }
+    let seen = dedup.get(&id.client_id);
+    if seen.is_some_and(|q| q.contains(&id.seq)) {
+        // A retry of an applied write: answer what the first application
+        // answered.
+        shared.metrics.dedup_hits.inc();
+        return Ok(
+            match shared.db.get(dedup_key(id)).map_err(|e| err(io_err(e)))? {
+                Some(b) => decode("dedup response", &b).map_err(err)?,
+                None => Response::default(),
+            },
+        );
+    }
+    let floor = seen.and_then(|q| q.first().copied());
+    if floor.is_some_and(|f| id.seq < f) && seen.is_some_and(|q| q.len() >= DEDUP_WINDOW) {
+        return Ok(Response {
+            revision: rev,
+            result: OpResult::Expired { request_id: id },
+        });
+    }
+    let r = Response {
+        revision: rev,
+        result: ap.apply_op(&cmd.op, rev).map_err(err)?,
+    };
+    ap.batch.put(dedup_key(id), encode(&r));
+    let q = dedup.entry(id.client_id).or_default();
+    q.insert(id.seq);
+    if q.len() > DEDUP_WINDOW
+        && let Some(old) = q.pop_first()
+    {
+        ap.batch.delete(dedup_key(RequestId {
+            client_id: id.client_id,
+            seq: old,
+        }));
+    }
+    fresh.insert(id, r.clone());
+    Ok(r)
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = Self;
 
@@ -877,7 +961,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Responses decided in this batch, for duplicates within the batch.
         let mut fresh: HashMap<RequestId, Response> = HashMap::new();
         for entry in entries {
-            let rev = entry.log_id.index;
             applied.last_applied = Some(entry.log_id);
             let resp = match entry.payload {
                 EntryPayload::Blank => Response::default(),
@@ -886,64 +969,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     Response::default()
                 }
                 EntryPayload::Normal(cmd) => {
-                    let cx = observe::propagation::kafka::extract(
-                        cmd.trace.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
-                    );
-                    let span = tracing::info_span!("kv.apply", revision = rev);
-                    {
-                        use tracing_opentelemetry::OpenTelemetrySpanExt;
-                        let _ = span.set_parent(cx);
-                    }
-                    let _g = span.enter();
-                    let err = |e: std::io::Error| StorageIOError::apply(entry.log_id, &e);
-                    match cmd.request_id {
-                        Some(id) => {
-                            let seen = dedup.get(&id.client_id);
-                            let floor = seen.and_then(|q| q.front().copied());
-                            if let Some(r) = fresh.get(&id) {
-                                r.clone()
-                            } else if seen.is_some_and(|q| q.contains(&id.seq)) {
-                                // A retry of an applied write: answer what the
-                                // first application answered.
-                                self.shared.metrics.dedup_hits.inc();
-                                match shared.db.get(dedup_key(id)).map_err(|e| err(io_err(e)))? {
-                                    Some(b) => decode("dedup response", &b).map_err(err)?,
-                                    None => Response::default(),
-                                }
-                            } else if floor.is_some_and(|f| id.seq < f)
-                                && seen.is_some_and(|q| q.len() >= DEDUP_WINDOW)
-                            {
-                                Response {
-                                    revision: rev,
-                                    result: OpResult::Expired { request_id: id },
-                                }
-                            } else {
-                                let r = Response {
-                                    revision: rev,
-                                    result: ap.apply_op(&cmd.op, rev).map_err(err)?,
-                                };
-                                ap.batch.put(dedup_key(id), encode(&r));
-                                let q = dedup.entry(id.client_id).or_default();
-                                // Keep the deque sorted (seqs arrive mostly in order).
-                                let pos = q.partition_point(|&s| s < id.seq);
-                                q.insert(pos, id.seq);
-                                if q.len() > DEDUP_WINDOW
-                                    && let Some(old) = q.pop_front()
-                                {
-                                    ap.batch.delete(dedup_key(RequestId {
-                                        client_id: id.client_id,
-                                        seq: old,
-                                    }));
-                                }
-                                fresh.insert(id, r.clone());
-                                r
-                            }
-                        }
-                        None => Response {
-                            revision: rev,
-                            result: ap.apply_op(&cmd.op, rev).map_err(err)?,
-                        },
-                    }
+                    apply_command(shared, &mut ap, &mut dedup, &mut fresh, cmd, entry.log_id)?
                 }
             };
             out.push(resp);
@@ -1013,7 +1039,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 b.delete(k);
             }
         }
-        let mut dedup: HashMap<u64, VecDeque<u64>> = HashMap::new();
+        let mut dedup: HashMap<u64, BTreeSet<u64>> = HashMap::new();
         for (k, v) in &body.entries {
             if !(k.starts_with(DATA_PREFIX) || k.starts_with(DEDUP_PREFIX)) {
                 return Err(werr(std::io::Error::new(
@@ -1025,7 +1051,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if k.starts_with(DEDUP_PREFIX) && k.len() == 18 {
                 let c = u64::from_be_bytes(k[2..10].try_into().unwrap_or_default());
                 let s = u64::from_be_bytes(k[10..18].try_into().unwrap_or_default());
-                dedup.entry(c).or_default().push_back(s);
+                dedup.entry(c).or_default().insert(s);
             }
             b.put(k, v);
         }

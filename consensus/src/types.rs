@@ -58,6 +58,10 @@ pub enum Op {
         success: Vec<TxnOp>,
         failure: Vec<TxnOp>,
     },
+    /// Concurrent client commands the leader packed into one log entry
+    /// (proposal batching: one append, one fsync, one replication round for
+    /// all of them). Each keeps its request id and gets its own answer.
+    Batch(Vec<Command>),
 }
 
 /// One condition of a transaction (etcd's `Compare`).
@@ -157,6 +161,8 @@ pub enum OpResult {
     Expired {
         request_id: RequestId,
     },
+    /// The answers of an `Op::Batch`, in order.
+    Batch(Vec<Response>),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

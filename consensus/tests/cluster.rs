@@ -437,7 +437,8 @@ async fn quorum_loss_blocks_writes_and_linearizable_reads_not_serializable_ones(
     let followers: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
     let w = client.put(b"q", b"1").await.expect("put");
     for f in &followers {
-        c.wait_applied(*f, w.header.as_ref().expect("header").revision).await;
+        c.wait_applied(*f, w.header.as_ref().expect("header").revision)
+            .await;
     }
     for f in &followers {
         c.stop_node(*f).await;
@@ -450,8 +451,14 @@ async fn quorum_loss_blocks_writes_and_linearizable_reads_not_serializable_ones(
     let lonely = Client::new(&[c.peers[&leader].as_str()])
         .expect("client")
         .with_timeouts(short);
-    let e = lonely.put(b"q", b"2").await.expect_err("no quorum, no commit");
-    assert!(e.outcome_unknown(), "a proposed write without quorum is unknown: {e}");
+    let e = lonely
+        .put(b"q", b"2")
+        .await
+        .expect_err("no quorum, no commit");
+    assert!(
+        e.outcome_unknown(),
+        "a proposed write without quorum is unknown: {e}"
+    );
     let e = lonely
         .get(b"q", pb::ReadConsistency::Linearizable)
         .await
@@ -474,8 +481,77 @@ async fn quorum_loss_blocks_writes_and_linearizable_reads_not_serializable_ones(
         {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(15), "the pending write never committed");
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "the pending write never committed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    client.put(b"q", b"3").await.expect("writes work with 2 of 3");
+    client
+        .put(b"q", b"3")
+        .await
+        .expect("writes work with 2 of 3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_share_log_entries_and_keep_their_own_answers() {
+    let c = Cluster::start(3).await;
+    let client = std::sync::Arc::new(c.client());
+    client.put(b"warm", b"up").await.expect("put");
+    let leader = c.leader().await;
+    let entries_before = c.nodes[&leader].metrics.log_appended.get();
+    // 400 concurrent writes: while one batch replicates, the rest queue and
+    // go into the next log entry together.
+    let mut tasks = Vec::new();
+    for i in 0..400u32 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = format!("b{:03}", i % 100);
+            client
+                .put_with_id(
+                    key.as_bytes(),
+                    format!("{i}").as_bytes(),
+                    client.next_request_id(),
+                )
+                .await
+                .map(|r| (key, i, r))
+        }));
+    }
+    // The same request id twice at once: one application, one answer.
+    let dup = client.next_request_id();
+    let (a, b) = tokio::join!(
+        client.put_with_id(b"dup", b"x", dup),
+        client.put_with_id(b"dup", b"x", dup)
+    );
+    let (a, b) = (a.expect("dup a"), b.expect("dup b"));
+    assert_eq!(a.header.map(|h| h.revision), b.header.map(|h| h.revision));
+    let mut last: std::collections::BTreeMap<String, u64> = Default::default();
+    for t in tasks {
+        let (key, _, r) = t.await.expect("task").expect("put");
+        let rev = r.header.expect("header").revision;
+        let e = last.entry(key).or_default();
+        *e = (*e).max(rev);
+    }
+    let entries = c.nodes[&leader].metrics.log_appended.get() - entries_before;
+    assert!(
+        entries < 402,
+        "402 writes took {entries} log entries: no batching happened"
+    );
+    // Each key holds the value of its last write, 4 writes per key.
+    for (key, _) in last {
+        let kv = client
+            .get(key.as_bytes(), pb::ReadConsistency::Linearizable)
+            .await
+            .expect("get")
+            .kv
+            .expect("present");
+        assert_eq!(kv.version, 4, "{key}: {kv:?}");
+    }
+    let kv = client
+        .get(b"dup", pb::ReadConsistency::Linearizable)
+        .await
+        .expect("get")
+        .kv
+        .expect("present");
+    assert_eq!(kv.version, 1, "the duplicate applied twice");
 }
