@@ -39,6 +39,9 @@ pub struct ClusterSpec {
 #[derive(Debug)]
 pub struct LocalCluster {
     pub spec: ClusterSpec,
+    /// A unique cluster name: nodes of two local clusters that happen to be
+    /// handed the same port refuse each other's Raft messages.
+    pub name: String,
     pub addrs: BTreeMap<NodeId, SocketAddr>,
     peer_proxies: BTreeMap<(NodeId, NodeId), Proxy>,
     client_proxies: BTreeMap<NodeId, Proxy>,
@@ -96,6 +99,7 @@ impl LocalCluster {
             }
         }
         let mut c = LocalCluster {
+            name: format!("local-{}-{:08x}", std::process::id(), rand::random::<u32>()),
             spec,
             addrs,
             peer_proxies,
@@ -128,6 +132,7 @@ impl LocalCluster {
             .join(",");
         let mut cmd = Command::new(&self.spec.binary);
         cmd.args(["kv", "serve", "--id", &id.to_string()])
+            .args(["--cluster", &self.name])
             .args(["--listen", &self.addrs[&id].to_string()])
             .arg("--data-dir")
             .arg(self.spec.dir.join(format!("node-{id}")))

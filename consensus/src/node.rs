@@ -313,7 +313,11 @@ impl Node {
         // to the store shortly after; wait for them so the data directory's
         // LOCK is free when this returns (a restart in the same process).
         let t0 = std::time::Instant::now();
-        while Arc::strong_count(&self.shared.db) > 1 && t0.elapsed() < Duration::from_secs(5) {
+        // Both the log store (holding the Db) and the state machine (holding
+        // `Shared`, which holds the Db) must be gone.
+        while (Arc::strong_count(&self.shared.db) > 1 || Arc::strong_count(&self.shared) > 1)
+            && t0.elapsed() < Duration::from_secs(10)
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

@@ -8,15 +8,23 @@ use proto::kv::v1 as pb;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+/// A reserved port: the listener is held until the node that uses the port
+/// starts, so parallel tests cannot be handed the same port meanwhile.
+fn reserve_port() -> (u16, std::net::TcpListener) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("ephemeral port");
+    (l.local_addr().expect("addr").port(), l)
+}
+
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("ephemeral port")
+    reserve_port().0
 }
 
 struct Cluster {
     dir: tempfile::TempDir,
+    /// Unique per test cluster: nodes of parallel tests refuse each other's
+    /// Raft messages even if they were handed the same port.
+    name: String,
+    reserved: BTreeMap<u64, std::net::TcpListener>,
     peers: BTreeMap<u64, String>,
     nodes: BTreeMap<u64, Node>,
     snapshot_every: u64,
@@ -29,11 +37,17 @@ impl Cluster {
     }
 
     async fn start_with(n: u64, snapshot_every: u64, keep_logs: u64) -> Cluster {
-        let peers: BTreeMap<u64, String> = (1..=n)
-            .map(|i| (i, format!("127.0.0.1:{}", free_port())))
-            .collect();
+        let mut reserved = BTreeMap::new();
+        let mut peers = BTreeMap::new();
+        for i in 1..=n {
+            let (port, l) = reserve_port();
+            peers.insert(i, format!("127.0.0.1:{port}"));
+            reserved.insert(i, l);
+        }
         let mut c = Cluster {
             dir: tempfile::tempdir().expect("tempdir"),
+            name: format!("test-{:016x}", rand_id()),
+            reserved,
             peers,
             nodes: BTreeMap::new(),
             snapshot_every,
@@ -54,6 +68,7 @@ impl Cluster {
             self.peers.clone(),
         );
         cfg.init = init;
+        cfg.cluster = self.name.clone();
         cfg.register_metrics = false;
         cfg.snapshot_every = self.snapshot_every;
         cfg.keep_logs = self.keep_logs;
@@ -61,6 +76,8 @@ impl Cluster {
     }
 
     async fn start_node(&mut self, id: u64, init: bool) {
+        // Free the reserved port only now, right before the node binds it.
+        drop(self.reserved.remove(&id));
         let node = Node::start(self.config(id, init))
             .await
             .expect("node starts");
@@ -106,6 +123,13 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id() as u64);
+    h.finish()
 }
 
 async fn get(c: &Client, key: &str) -> Option<String> {
@@ -195,7 +219,7 @@ async fn leader_failover_keeps_acknowledged_writes_and_reads_are_linearizable() 
     c.stop_node(old).await;
     let t0 = Instant::now();
     // The first write after the kill lands on the new leader.
-    client
+    let put = client
         .put(b"after", b"2")
         .await
         .expect("put after failover");
@@ -208,7 +232,27 @@ async fn leader_failover_keeps_acknowledged_writes_and_reads_are_linearizable() 
     );
     // A linearizable read right after the change sees both writes.
     assert_eq!(get(&client, "before").await.as_deref(), Some("1"));
-    assert_eq!(get(&client, "after").await.as_deref(), Some("2"));
+    let r = client
+        .get(b"after", pb::ReadConsistency::Linearizable)
+        .await
+        .expect("get");
+    if r.kv.is_none() {
+        let states: Vec<_> = c
+            .nodes
+            .values()
+            .map(|n| {
+                let m = n.raft.metrics().borrow().clone();
+                (
+                    n.id,
+                    m.current_term,
+                    m.current_leader,
+                    m.last_applied,
+                    n.shared.get(b"after").ok(),
+                )
+            })
+            .collect();
+        panic!("lost write: put answered {put:?}, read answered {r:?}, nodes {states:?}");
+    }
     // The old leader comes back as a follower and catches up.
     c.start_node(old, false).await;
     let r = client.put(b"third", b"3").await.expect("put");
@@ -271,7 +315,9 @@ async fn restarted_follower_catches_up_through_install_snapshot() {
 async fn membership_grows_to_five_and_shrinks_back_to_three() {
     let mut c = Cluster::start(3).await;
     for id in [4u64, 5] {
-        c.peers.insert(id, format!("127.0.0.1:{}", free_port()));
+        let (port, l) = reserve_port();
+        c.peers.insert(id, format!("127.0.0.1:{port}"));
+        c.reserved.insert(id, l);
     }
     for id in [4u64, 5] {
         c.start_node(id, false).await;

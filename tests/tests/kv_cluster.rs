@@ -30,6 +30,9 @@ fn start_cluster(env: &[(&str, &str)]) -> Cluster {
         .map(|(i, e)| format!("{}={e}", i + 1))
         .collect::<Vec<_>>()
         .join(",");
+    // A unique cluster name: parallel tests that get the same port from the
+    // kernel cannot join each other's clusters.
+    let name = format!("test-{}-{}", std::process::id(), free_port());
     let nodes = (1..=3)
         .map(|id| {
             let data = dir.path().join(format!("n{id}"));
@@ -45,6 +48,8 @@ fn start_cluster(env: &[(&str, &str)]) -> Cluster {
                 &peers,
                 "--metrics-listen",
                 "127.0.0.1:0",
+                "--cluster",
+                &name,
                 "--data-dir",
             ];
             let data_s = data.to_string_lossy().into_owned();
