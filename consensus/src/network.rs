@@ -8,8 +8,8 @@
 
 use crate::types::*;
 use openraft::error::{
-    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
-    StreamingError, Unreachable,
+    Fatal, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    ReplicationClosed, StreamingError, Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -24,6 +24,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::Channel;
+
+/// Largest AppendEntries payload sent in one RPC (see `append_entries`).
+pub const MAX_APPEND_BYTES: usize = 128 << 10;
 
 /// Snapshot chunk size on the wire.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
@@ -116,20 +119,19 @@ impl Network {
 
     /// One unary call with a deadline; transport failures become
     /// `Unreachable` (back off) and a missing answer `NetworkError` (retry).
-    async fn unary<Req, Resp, E>(
+    async fn unary<Resp, E>(
         &self,
         method: &'static str,
-        req: &Req,
+        payload: Vec<u8>,
         ttl: Duration,
     ) -> Result<Resp, RpcErr<E>>
     where
-        Req: serde::Serialize,
         Resp: serde::de::DeserializeOwned,
         E: std::error::Error + serde::de::DeserializeOwned,
     {
         let mut client = self.client().map_err(RPCError::Unreachable)?;
         let mut request = tonic::Request::new(pb::RaftMessage {
-            payload: encode(req),
+            payload,
             cluster: self.cluster.clone(),
         });
         request.set_timeout(ttl);
@@ -183,7 +185,21 @@ impl RaftNetwork<TypeConfig> for Network {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        self.unary("append", &rpc, option.hard_ttl()).await
+        let payload = encode(&rpc);
+        // openraft gives an AppendEntries one heartbeat interval (50 ms) to
+        // complete, including the follower's fsync. A lagging follower's
+        // catch-up batch (up to `max_payload_entries` entries, each possibly a
+        // batch of client writes) can take longer: then every retry times out
+        // the same way and the follower never catches up. Ask openraft to
+        // split big payloads instead (it retries at once with fewer entries).
+        let n = rpc.entries.len() as u64;
+        if payload.len() > MAX_APPEND_BYTES && n > 1 {
+            let fit = (n * MAX_APPEND_BYTES as u64 / payload.len() as u64).clamp(1, n - 1);
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fit),
+            ));
+        }
+        self.unary("append", payload, option.hard_ttl()).await
     }
 
     async fn vote(
@@ -191,7 +207,7 @@ impl RaftNetwork<TypeConfig> for Network {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr> {
-        self.unary("vote", &rpc, option.hard_ttl()).await
+        self.unary("vote", encode(&rpc), option.hard_ttl()).await
     }
 
     async fn install_snapshot(

@@ -199,7 +199,9 @@ impl Node {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
             max_in_snapshot_log_to_keep: cfg.keep_logs,
             install_snapshot_timeout: 5_000,
-            max_payload_entries: 1_000,
+            // Entries may be batches of client writes: keep payloads modest
+            // (the transport splits any that are still too big).
+            max_payload_entries: 256,
             ..Default::default()
         }
         .validate()

@@ -47,6 +47,26 @@ pub type Proposal = (Command, tokio::sync::oneshot::Sender<WriteResult>);
 
 /// Most commands packed into one log entry.
 pub const MAX_BATCH: usize = 256;
+/// Most key + value bytes packed into one log entry.
+pub const MAX_BATCH_BYTES: usize = 64 << 10;
+
+fn command_bytes(c: &Command) -> usize {
+    match &c.op {
+        Op::Put { key, value, .. } => key.len() + value.len(),
+        Op::Delete { key } => key.len(),
+        Op::Txn {
+            success, failure, ..
+        } => success
+            .iter()
+            .chain(failure)
+            .map(|t| match t {
+                TxnOp::Put { key, value, .. } => key.len() + value.len(),
+                TxnOp::Delete { key } | TxnOp::Get { key } => key.len(),
+            })
+            .sum(),
+        Op::Batch(cmds) => cmds.iter().map(command_bytes).sum(),
+    }
+}
 
 /// Proposal batching: every command queued while the previous proposal was
 /// being handed to Raft goes into the next log entry together.
@@ -76,10 +96,16 @@ pub async fn batcher(
         let Some(first) = rx.recv().await else {
             return;
         };
+        let mut bytes = command_bytes(&first.0);
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        // Bounded by count and bytes: one entry must replicate (and fsync on
+        // the follower) within openraft's AppendEntries timeout.
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) => {
+                    bytes += command_bytes(&p.0);
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
         }

@@ -601,3 +601,35 @@ async fn concurrent_writes_share_log_entries_and_keep_their_own_answers() {
         .expect("present");
     assert_eq!(kv.version, 1, "the duplicate applied twice");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_far_behind_follower_catches_up_from_large_batched_entries() {
+    // Regression: a follower that missed many large batched entries must not
+    // livelock on AppendEntries timeouts while catching up.
+    let mut c = Cluster::start(3).await;
+    let client = std::sync::Arc::new(c.client());
+    client.put(b"warm", b"up").await.expect("put");
+    let leader = c.leader().await;
+    let follower = (1..=3).find(|i| *i != leader).expect("a follower");
+    c.stop_node(follower).await;
+    let mut tasks = Vec::new();
+    for i in 0..600u32 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            client
+                .put(format!("big{i:04}").as_bytes(), &vec![b'z'; 8 << 10])
+                .await
+                .map(|r| r.header.map(|h| h.revision).unwrap_or(0))
+        }));
+    }
+    let mut last = 0;
+    for t in tasks {
+        last = last.max(t.await.expect("task").expect("put"));
+    }
+    c.start_node(follower, false).await;
+    c.wait_applied(follower, last).await;
+    assert_eq!(
+        c.nodes[&follower].shared.state_hash().expect("hash").1,
+        c.nodes[&leader].shared.state_hash().expect("hash").1
+    );
+}

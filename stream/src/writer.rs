@@ -1,0 +1,261 @@
+//! Rolling Parquet part files: temp name → fsync → rename → fsync directory.
+//!
+//! One open file per Kafka partition. A file covers a contiguous offset range
+//! `[first, last]` of its partition (records sent to the DLQ inside that range
+//! are simply not in it), so the manifest can say "everything before `last + 1`
+//! is done" and a replay can only rewrite the same file: names are
+//! deterministic, `part-<partition>-<first>-<last>.parquet`, under a Hive-style
+//! directory `topic=<T>/date=<YYYY-MM-DD>/` that DuckDB, pyarrow and Spark read
+//! as partition columns.
+
+use crate::Error;
+use crate::schema::{Meta, RecordSchema, Rows, Value};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// When to close a file.
+#[derive(Clone, Copy, Debug)]
+pub struct RollPolicy {
+    pub max_rows: usize,
+    pub max_bytes: u64,
+    pub max_age: std::time::Duration,
+    pub row_group_rows: usize,
+}
+
+impl Default for RollPolicy {
+    fn default() -> Self {
+        Self {
+            max_rows: 1_000_000,
+            max_bytes: 128 << 20,
+            max_age: std::time::Duration::from_secs(1),
+            row_group_rows: 64 * 1024,
+        }
+    }
+}
+
+/// A closed, durable part file, as the manifest records it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileCommit {
+    /// Path relative to the output directory.
+    pub path: String,
+    pub partition: i32,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub rows: u64,
+    pub bytes: u64,
+    /// CRC32C of the whole file.
+    pub crc32c: u32,
+}
+
+/// A file being written for one partition.
+pub struct PartFile {
+    pub partition: i32,
+    pub date: String,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub opened: Instant,
+    rows: Rows,
+    writer: ArrowWriter<BufWriter<File>>,
+    tmp: PathBuf,
+    /// Rows written (flushed + pending).
+    pub total_rows: u64,
+    /// Kafka timestamps of the rows, for the end-to-end latency histogram.
+    pub record_ts_ms: Vec<i64>,
+    /// Trace contexts of records that carried one (capped), for span links.
+    pub links: Vec<opentelemetry::trace::SpanContext>,
+    row_group_rows: usize,
+}
+
+impl std::fmt::Debug for PartFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartFile")
+            .field("partition", &self.partition)
+            .field("first_offset", &self.first_offset)
+            .field("last_offset", &self.last_offset)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// `topic=T/date=D`.
+pub fn dir_for(topic: &str, date: &str) -> PathBuf {
+    PathBuf::from(format!("topic={topic}")).join(format!("date={date}"))
+}
+
+/// The final name of a part file.
+pub fn file_name(partition: i32, first: i64, last: i64) -> String {
+    format!("part-{partition}-{first}-{last}.parquet")
+}
+
+/// The UTC date of a millisecond timestamp.
+pub fn date_of(ts_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ts_ms)
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| "1970-01-01".into())
+}
+
+/// fsync a directory so a rename in it is durable.
+pub fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync directory", dir))
+}
+
+impl PartFile {
+    /// Opens `<out>/topic=T/date=D/.part-<p>-<first>.parquet.tmp`.
+    pub fn create(
+        out: &Path,
+        topic: &str,
+        date: &str,
+        partition: i32,
+        first_offset: i64,
+        schema: &RecordSchema,
+        policy: &RollPolicy,
+    ) -> Result<PartFile, Error> {
+        let dir = out.join(dir_for(topic, date));
+        std::fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
+        let tmp = dir.join(format!(".part-{partition}-{first_offset}.parquet.tmp"));
+        let file = File::create(&tmp).map_err(io("create", &tmp))?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_max_row_group_row_count(Some(policy.row_group_rows))
+            .build();
+        let writer = ArrowWriter::try_new(BufWriter::with_capacity(1 << 20, file), schema.arrow_schema(), Some(props))
+            .map_err(|e| Error::Parquet {
+                path: tmp.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(PartFile {
+            partition,
+            date: date.to_string(),
+            first_offset,
+            last_offset: first_offset - 1,
+            opened: Instant::now(),
+            rows: Rows::new(schema),
+            writer,
+            tmp,
+            total_rows: 0,
+            record_ts_ms: Vec::new(),
+            links: Vec::new(),
+            row_group_rows: policy.row_group_rows,
+        })
+    }
+
+    /// Adds one record. `offset` must be greater than every offset before it.
+    pub fn push(&mut self, values: Vec<Value>, meta: &Meta) -> Result<(), Error> {
+        assert!(
+            meta.offset > self.last_offset,
+            "offsets must increase within a part file: {} after {}",
+            meta.offset,
+            self.last_offset
+        );
+        self.rows.push(values, meta);
+        self.last_offset = meta.offset;
+        self.total_rows += 1;
+        if let Some(t) = meta.timestamp_ms {
+            self.record_ts_ms.push(t);
+        }
+        if self.rows.len() >= self.row_group_rows.min(8192) {
+            self.flush_rows()?;
+        }
+        Ok(())
+    }
+
+    /// Marks `offset` as covered without a row (a record sent to the DLQ).
+    pub fn skip(&mut self, offset: i64) {
+        if offset > self.last_offset {
+            self.last_offset = offset;
+        }
+    }
+
+    fn flush_rows(&mut self) -> Result<(), Error> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let batch = self.rows.finish().map_err(|e| Error::Parquet {
+            path: self.tmp.clone(),
+            reason: e.to_string(),
+        })?;
+        self.writer.write(&batch).map_err(|e| Error::Parquet {
+            path: self.tmp.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Bytes written so far (encoded and buffered).
+    pub fn bytes(&self) -> u64 {
+        (self.writer.bytes_written() + self.writer.in_progress_size()) as u64
+    }
+
+    /// Whether the policy says this file is done.
+    pub fn should_roll(&self, policy: &RollPolicy) -> bool {
+        self.total_rows as usize >= policy.max_rows
+            || self.bytes() >= policy.max_bytes
+            || (self.total_rows > 0 && self.opened.elapsed() >= policy.max_age)
+    }
+
+    /// Closes the file: footer, fsync, rename to its final name, fsync the
+    /// directory. Returns what the manifest records. A file with no rows (every
+    /// record went to the DLQ) is still committed: it proves the range is done.
+    pub fn finish(mut self, out: &Path, topic: &str) -> Result<FileCommit, Error> {
+        self.flush_rows()?;
+        let tmp = self.tmp.clone();
+        let perr = |e: parquet::errors::ParquetError| Error::Parquet {
+            path: tmp.clone(),
+            reason: e.to_string(),
+        };
+        let mut buf = self.writer.into_inner().map_err(perr)?;
+        buf.flush().map_err(io("write", &tmp))?;
+        let file = buf.into_inner().map_err(|e| Error::Io {
+            op: "flush",
+            path: tmp.clone(),
+            source: e.into_error(),
+        })?;
+        file.sync_all().map_err(io("fsync", &tmp))?;
+        drop(file);
+        let bytes_on_disk = std::fs::read(&tmp).map_err(io("read back", &tmp))?;
+        // Check the file on the way to the manifest: a footer that does not
+        // parse or a row count that differs would be committed forever.
+        let reader = parquet::file::reader::SerializedFileReader::new(bytes::Bytes::from(bytes_on_disk.clone()))
+            .map_err(perr)?;
+        let rows_in_file = parquet::file::reader::FileReader::metadata(&reader)
+            .file_metadata()
+            .num_rows() as u64;
+        if rows_in_file != self.total_rows {
+            return Err(Error::Parquet {
+                path: tmp.clone(),
+                reason: format!(
+                    "file holds {rows_in_file} rows, {} were written",
+                    self.total_rows
+                ),
+            });
+        }
+        let rel = dir_for(topic, &self.date).join(file_name(self.partition, self.first_offset, self.last_offset));
+        let fin = out.join(&rel);
+        std::fs::rename(&tmp, &fin).map_err(io("rename", &tmp))?;
+        if let Some(dir) = fin.parent() {
+            sync_dir(dir)?;
+        }
+        Ok(FileCommit {
+            path: rel.to_string_lossy().into_owned(),
+            partition: self.partition,
+            first_offset: self.first_offset,
+            last_offset: self.last_offset,
+            rows: self.total_rows,
+            bytes: bytes_on_disk.len() as u64,
+            crc32c: crc32c::crc32c(&bytes_on_disk),
+        })
+    }
+}
