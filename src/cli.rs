@@ -52,6 +52,13 @@ pub enum Command {
     /// links, a recorded history, a linearizability verdict. Exit status 1 on
     /// any violation.
     Chaos(ChaosArgs),
+    /// Kafka -> Parquet ingest: exactly-once part files, a dead-letter topic,
+    /// lag metrics; and its benchmark.
+    #[command(subcommand)]
+    Ingest(IngestCommand),
+    /// Produce records to a Kafka topic: a JSONL corpus file, or generated
+    /// corpus records at a fixed rate.
+    Produce(ProduceArgs),
 }
 
 #[derive(Clone, Debug, Subcommand)]
@@ -627,4 +634,108 @@ mod tests {
             .expect_err("yaml is not a log format");
         assert!(err.to_string().contains("yaml"), "{err}");
     }
+}
+
+#[derive(Clone, Debug, Subcommand)]
+pub enum IngestCommand {
+    /// Consume a topic into rolling Parquet files, exactly once; bad records
+    /// go to <topic>.dlq. Runs until SIGINT/SIGTERM, then commits open files.
+    Run(IngestRunArgs),
+    /// Broker ceiling (a raw consumer) against the full ingest path, and
+    /// end-to-end latency at a fixed produce rate; table + JSON.
+    Bench(IngestBenchArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct IngestRunArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "MLSTACK_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    #[arg(long, env = "MLSTACK_TOPIC")]
+    pub topic: String,
+    /// Consumer group.
+    #[arg(long, env = "MLSTACK_GROUP", default_value = "mlstack-ingest")]
+    pub group: String,
+    /// Output directory (Hive layout: topic=T/date=YYYY-MM-DD/part-*.parquet).
+    #[arg(long, env = "MLSTACK_OUT")]
+    pub out: std::path::PathBuf,
+    /// Record schema (JSON: {"fields": [{"name", "type", "nullable"}]});
+    /// default: id string, text string, ts timestamp.
+    #[arg(long, env = "MLSTACK_SCHEMA")]
+    pub schema: Option<std::path::PathBuf>,
+    /// Raft KV endpoints for the manifest (default: a local manifest file in --out).
+    #[arg(long, env = "MLSTACK_KV", value_delimiter = ',')]
+    pub kv: Vec<String>,
+    /// Roll a file at this many rows...
+    #[arg(long, env = "MLSTACK_MAX_ROWS", default_value_t = 1_000_000)]
+    pub max_rows: usize,
+    /// ...or this many bytes...
+    #[arg(long, env = "MLSTACK_MAX_BYTES", default_value_t = 128 << 20)]
+    pub max_bytes: u64,
+    /// ...or this age, whichever comes first.
+    #[arg(long, env = "MLSTACK_MAX_AGE", default_value = "1s", value_parser = parse_duration)]
+    pub max_age: std::time::Duration,
+    #[arg(long, env = "MLSTACK_ROW_GROUP_ROWS", default_value_t = 65_536)]
+    pub row_group_rows: usize,
+    /// Larger records go to the DLQ as oversized.
+    #[arg(long, env = "MLSTACK_MAX_RECORD_BYTES", default_value_t = 1 << 20)]
+    pub max_record_bytes: usize,
+    /// Dead-letter topic (default <topic>.dlq).
+    #[arg(long, env = "MLSTACK_DLQ_TOPIC")]
+    pub dlq_topic: Option<String>,
+    /// Prometheus /metrics.
+    #[arg(long, env = "MLSTACK_METRICS_LISTEN", default_value = "127.0.0.1:9110")]
+    pub metrics_listen: SocketAddr,
+    /// Take every partition directly instead of the group's assignment (one
+    /// ingest process per topic; offsets still committed under --group).
+    #[arg(long, env = "MLSTACK_ASSIGN_ALL")]
+    pub assign_all: bool,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ProduceArgs {
+    #[arg(long, env = "MLSTACK_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    #[arg(long, env = "MLSTACK_TOPIC")]
+    pub topic: String,
+    /// Send each non-empty line of this JSONL file as one record.
+    #[arg(long, env = "MLSTACK_FILE")]
+    pub file: Option<std::path::PathBuf>,
+    /// Otherwise generate this many corpus records...
+    #[arg(long, env = "MLSTACK_COUNT", default_value_t = 10_000)]
+    pub count: u64,
+    /// ...of about this many bytes each.
+    #[arg(long, env = "MLSTACK_RECORD_BYTES", default_value_t = 1024)]
+    pub record_bytes: usize,
+    /// Records per second (0 = as fast as possible).
+    #[arg(long, env = "MLSTACK_RATE", default_value_t = 0)]
+    pub rate: u64,
+    /// Generated ids are <prefix>-<n> (default: a random prefix).
+    #[arg(long, env = "MLSTACK_ID_PREFIX")]
+    pub id_prefix: Option<String>,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct IngestBenchArgs {
+    /// An existing broker (default: start tansu in a temporary directory).
+    #[arg(long, env = "MLSTACK_BROKERS")]
+    pub brokers: Option<String>,
+    /// Pre-produced volume in MB.
+    #[arg(long, env = "MLSTACK_VOLUME_MB", default_value_t = 2048)]
+    pub volume_mb: u64,
+    #[arg(long, env = "MLSTACK_RECORD_BYTES", default_value_t = 1024)]
+    pub record_bytes: usize,
+    #[arg(long, env = "MLSTACK_PARTITIONS", default_value_t = 3)]
+    pub partitions: u32,
+    /// Produce rate of the latency run, MB/s.
+    #[arg(long, env = "MLSTACK_LATENCY_RATE_MB", default_value_t = 10)]
+    pub latency_rate_mb: u64,
+    #[arg(long, env = "MLSTACK_LATENCY_DURATION", default_value = "20s", value_parser = parse_duration)]
+    pub latency_duration: std::time::Duration,
+    #[arg(
+        long,
+        env = "MLSTACK_OUT",
+        default_value = "bench/results/stream-ingest.json"
+    )]
+    pub out: std::path::PathBuf,
 }

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod demo;
 pub mod diag;
 pub mod infer;
+pub mod ingest;
 pub mod kv;
 pub mod lsm;
 
@@ -60,6 +61,8 @@ pub enum Error {
     Infer(String),
     #[error(transparent)]
     Kv(#[from] consensus::Error),
+    #[error(transparent)]
+    Stream(#[from] stream::Error),
     /// A chaos drill found a violation (the report says which).
     #[error("chaos drill {drill} failed: {reason}")]
     ChaosFailed { drill: String, reason: String },
@@ -161,6 +164,18 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             };
             let telemetry = init_observe(&cli, &service)?;
             let result = kv::run(cmd).await;
+            telemetry.shutdown().await?;
+            result
+        }
+        Command::Ingest(cmd) => {
+            let telemetry = init_observe(&cli, "ingest")?;
+            let result = ingest::run(cmd).await;
+            telemetry.shutdown().await?;
+            result
+        }
+        Command::Produce(args) => {
+            let telemetry = init_observe(&cli, "produce")?;
+            let result = ingest::produce(args).await;
             telemetry.shutdown().await?;
             result
         }

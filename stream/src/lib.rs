@@ -1,8 +1,34 @@
 //! # stream: Kafka to Parquet, exactly once
 //!
-//! DDIA chapter 11 ("Stream Processing"): a consumer-group consumer (`rdkafka`)
-//! that decodes JSON records into Arrow batches and writes rolling Parquet files,
-//! committing files, then the manifest, then Kafka offsets, so a crash at any
-//! point neither loses nor duplicates a record.
+//! DDIA chapter 11 ("Stream Processing"; "Exactly-once semantics" and
+//! "Idempotence" in its fault-tolerance section) and the Kafka Connect sink
+//! pattern as code: a consumer-group consumer (`rdkafka`, librdkafka built from
+//! source) decodes JSON records into Arrow columns against a declared schema,
+//! writes rolling zstd Parquet part files, and commits each file (fsync,
+//! rename), then the manifest, then the Kafka offsets, so a crash at any point
+//! neither loses nor duplicates a record. Bad records go to a dead-letter
+//! topic with their error.
 //!
-//! Status: not built yet; issue #5 specifies it.
+//! # Layout
+//! - [`schema`]: the declared schema, per-record validation, Arrow builders.
+//! - [`writer`]: Parquet part files (temp → fsync → rename → fsync dir).
+//! - [`manifest`]: the authoritative record of committed files: a local
+//!   checksummed file, or the Raft KV cluster with compare-and-set.
+//! - [`ingest`]: the consume → validate → write → commit loop, rebalances, DLQ.
+//! - [`produce`]: the load generator / corpus feeder (`mlstack produce`).
+//! - [`broker`]: a local `tansu` broker for tests and benchmarks.
+//! - [`bench`]: `mlstack ingest bench`.
+//! - [`metrics`]: the `mlstack_ingest_*` metrics.
+//! - [`error`]: the crate's errors.
+
+pub mod bench;
+pub mod broker;
+pub mod error;
+pub mod ingest;
+pub mod manifest;
+pub mod metrics;
+pub mod produce;
+pub mod schema;
+pub mod writer;
+
+pub use error::{Error, Result};

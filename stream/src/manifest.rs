@@ -83,9 +83,7 @@ impl LocalManifest {
             )
         };
         if rc != 0 {
-            return Err(Error::Locked {
-                path: lock_path,
-            });
+            return Err(Error::Locked { path: lock_path });
         }
         Ok(LocalManifest {
             path: out.join(LOCAL_MANIFEST),
@@ -130,7 +128,10 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<(ManifestState, usize), Error> {
                 return Err(Error::Corrupt {
                     path: path.to_path_buf(),
                     offset: pos as u64,
-                    reason: format!("manifest line {} fails its checksum or does not parse", i + 1),
+                    reason: format!(
+                        "manifest line {} fails its checksum or does not parse",
+                        i + 1
+                    ),
                 });
             }
         }
@@ -179,7 +180,12 @@ impl Manifest for LocalManifest {
     }
 
     fn commit(&mut self, c: &FileCommit) -> Result<(), Error> {
-        let expected = self.state.next_offset.get(&c.partition).copied().unwrap_or(0);
+        let expected = self
+            .state
+            .next_offset
+            .get(&c.partition)
+            .copied()
+            .unwrap_or(0);
         if c.first_offset < expected {
             return Err(Error::Conflict {
                 partition: c.partition,
@@ -232,7 +238,12 @@ pub struct KvManifest {
 }
 
 impl KvManifest {
-    pub fn new(endpoints: Vec<String>, group: &str, topic: &str, rt: tokio::runtime::Handle) -> Self {
+    pub fn new(
+        endpoints: Vec<String>,
+        group: &str,
+        topic: &str,
+        rt: tokio::runtime::Handle,
+    ) -> Self {
         Self {
             endpoints,
             prefix: format!("ingest/{group}/{topic}/"),
@@ -254,7 +265,9 @@ impl KvManifest {
         let mut last = String::new();
         for attempt in 0..(3 * n.max(1)) {
             let i = (self.preferred + attempt) % n.max(1);
-            let Some(ep) = self.endpoints.get(i) else { break };
+            let Some(ep) = self.endpoints.get(i) else {
+                break;
+            };
             let ch = proto::server::channel(ep).map_err(|e| Error::Manifest {
                 reason: format!("{what}: {e}"),
             })?;
@@ -310,9 +323,10 @@ impl Manifest for KvManifest {
                 .ok_or_else(|| Error::Manifest {
                     reason: format!("unexpected manifest key {key:?}"),
                 })?;
-            let commits: Vec<FileCommit> = serde_json::from_slice(&kv.value).map_err(|e| Error::Manifest {
-                reason: format!("manifest key {key:?} does not parse: {e}"),
-            })?;
+            let commits: Vec<FileCommit> =
+                serde_json::from_slice(&kv.value).map_err(|e| Error::Manifest {
+                    reason: format!("manifest key {key:?} does not parse: {e}"),
+                })?;
             for c in &commits {
                 state.apply(c);
             }
@@ -323,7 +337,11 @@ impl Manifest for KvManifest {
 
     fn commit(&mut self, c: &FileCommit) -> Result<(), Error> {
         use proto::kv::v1 as pb;
-        let (version, mut commits) = self.parts.get(&c.partition).cloned().unwrap_or((0, Vec::new()));
+        let (version, mut commits) = self
+            .parts
+            .get(&c.partition)
+            .cloned()
+            .unwrap_or((0, Vec::new()));
         let expected = commits.last().map(|l| l.last_offset + 1).unwrap_or(0);
         if c.first_offset < expected {
             return Err(Error::Conflict {
@@ -391,7 +409,11 @@ impl Manifest for KvManifest {
     }
 
     fn describe(&self) -> String {
-        format!("KV manifest {} at {}", self.prefix, self.endpoints.join(","))
+        format!(
+            "KV manifest {} at {}",
+            self.prefix,
+            self.endpoints.join(",")
+        )
     }
 }
 
@@ -405,14 +427,17 @@ pub fn remove_orphans(
     state: &ManifestState,
     partitions: Option<&[i32]>,
 ) -> Result<Vec<PathBuf>, Error> {
-    let listed: std::collections::HashSet<&str> = state.files.iter().map(|f| f.path.as_str()).collect();
+    let listed: std::collections::HashSet<&str> =
+        state.files.iter().map(|f| f.path.as_str()).collect();
     let root = out.join(format!("topic={topic}"));
     let mut removed = Vec::new();
     let Ok(dates) = std::fs::read_dir(&root) else {
         return Ok(removed);
     };
     for d in dates.flatten() {
-        let Ok(files) = std::fs::read_dir(d.path()) else { continue };
+        let Ok(files) = std::fs::read_dir(d.path()) else {
+            continue;
+        };
         let mut changed = false;
         for f in files.flatten() {
             let p = f.path();
@@ -428,7 +453,11 @@ pub fn remove_orphans(
                 (Some(ps), Some(p)) => ps.contains(&p),
                 (Some(_), None) => false,
             };
-            let rel = p.strip_prefix(out).unwrap_or(&p).to_string_lossy().into_owned();
+            let rel = p
+                .strip_prefix(out)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .into_owned();
             if is_part && mine && !listed.contains(rel.as_str()) {
                 std::fs::remove_file(&p).map_err(|source| Error::Io {
                     op: "remove orphan",
@@ -496,7 +525,10 @@ mod tests {
             let e = m.commit(&commit(0, 15, 30)).expect_err("overlap");
             assert!(matches!(e, Error::Conflict { expected: 20, .. }), "{e}");
             // A second writer on the same directory is refused.
-            assert!(matches!(LocalManifest::open(dir.path()), Err(Error::Locked { .. })));
+            assert!(matches!(
+                LocalManifest::open(dir.path()),
+                Err(Error::Locked { .. })
+            ));
         }
         // A crash mid-append leaves half a line.
         let path = dir.path().join(LOCAL_MANIFEST);

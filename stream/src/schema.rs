@@ -184,7 +184,9 @@ impl RecordSchema {
                     FieldType::Int64 => DataType::Int64,
                     FieldType::Float64 => DataType::Float64,
                     FieldType::Bool => DataType::Boolean,
-                    FieldType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                    FieldType::Timestamp => {
+                        DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+                    }
                 };
                 Field::new(&f.name, dt, f.nullable)
             })
@@ -287,7 +289,9 @@ enum Col {
 
 impl std::fmt::Debug for Rows {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Rows").field("len", &self.len).finish_non_exhaustive()
+        f.debug_struct("Rows")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
     }
 }
 
@@ -301,7 +305,9 @@ impl Rows {
                 FieldType::Int64 => Col::I64(Int64Builder::new()),
                 FieldType::Float64 => Col::F64(Float64Builder::new()),
                 FieldType::Bool => Col::Bool(BooleanBuilder::new()),
-                FieldType::Timestamp => Col::Ts(TimestampMillisecondBuilder::new().with_timezone("UTC")),
+                FieldType::Timestamp => {
+                    Col::Ts(TimestampMillisecondBuilder::new().with_timezone("UTC"))
+                }
             })
             .collect();
         Rows {
@@ -380,12 +386,16 @@ mod tests {
     fn corpus_records_validate_and_bad_ones_say_why() {
         let s = RecordSchema::default();
         let ok = s
-            .validate(br#"{"id":"a1","text":"hi","ts":"2026-11-23T01:02:03Z","extra":1}"#, 1024)
+            .validate(
+                br#"{"id":"a1","text":"hi","ts":"2026-11-23T01:02:03Z","extra":1}"#,
+                1024,
+            )
             .expect("valid");
         assert_eq!(ok[0], Value::Str("a1".into()));
         assert_eq!(ok[2], Value::TsMs(1_795_395_723_000));
         assert_eq!(
-            s.validate(br#"{"id":"a","ts":1700000000000}"#, 1024).expect("epoch ms")[2],
+            s.validate(br#"{"id":"a","ts":1700000000000}"#, 1024)
+                .expect("epoch ms")[2],
             Value::TsMs(1_700_000_000_000)
         );
         let cases: [(&[u8], &str); 6] = [
@@ -401,7 +411,10 @@ mod tests {
             assert_eq!(e.kind(), kind, "{e}");
         }
         let e = s.validate(br#"{"id":7}"#, 1024).expect_err("wrong type");
-        assert_eq!(e.to_string(), "field \"id\": expected a string, got the number 7");
+        assert_eq!(
+            e.to_string(),
+            "field \"id\": expected a string, got the number 7"
+        );
     }
 
     #[test]

@@ -81,7 +81,7 @@ impl std::fmt::Debug for PartFile {
     }
 }
 
-fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
     move |source| Error::Io {
         op,
         path: path.to_path_buf(),
@@ -132,11 +132,15 @@ impl PartFile {
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
             .set_max_row_group_row_count(Some(policy.row_group_rows))
             .build();
-        let writer = ArrowWriter::try_new(BufWriter::with_capacity(1 << 20, file), schema.arrow_schema(), Some(props))
-            .map_err(|e| Error::Parquet {
-                path: tmp.clone(),
-                reason: e.to_string(),
-            })?;
+        let writer = ArrowWriter::try_new(
+            BufWriter::with_capacity(1 << 20, file),
+            schema.arrow_schema(),
+            Some(props),
+        )
+        .map_err(|e| Error::Parquet {
+            path: tmp.clone(),
+            reason: e.to_string(),
+        })?;
         Ok(PartFile {
             partition,
             date: date.to_string(),
@@ -228,8 +232,10 @@ impl PartFile {
         let bytes_on_disk = std::fs::read(&tmp).map_err(io("read back", &tmp))?;
         // Check the file on the way to the manifest: a footer that does not
         // parse or a row count that differs would be committed forever.
-        let reader = parquet::file::reader::SerializedFileReader::new(bytes::Bytes::from(bytes_on_disk.clone()))
-            .map_err(perr)?;
+        let reader = parquet::file::reader::SerializedFileReader::new(bytes::Bytes::from(
+            bytes_on_disk.clone(),
+        ))
+        .map_err(perr)?;
         let rows_in_file = parquet::file::reader::FileReader::metadata(&reader)
             .file_metadata()
             .num_rows() as u64;
@@ -242,7 +248,11 @@ impl PartFile {
                 ),
             });
         }
-        let rel = dir_for(topic, &self.date).join(file_name(self.partition, self.first_offset, self.last_offset));
+        let rel = dir_for(topic, &self.date).join(file_name(
+            self.partition,
+            self.first_offset,
+            self.last_offset,
+        ));
         let fin = out.join(&rel);
         std::fs::rename(&tmp, &fin).map_err(io("rename", &tmp))?;
         if let Some(dir) = fin.parent() {

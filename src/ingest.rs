@@ -1,0 +1,133 @@
+//! `mlstack ingest ...` and `mlstack produce`: thin wiring into `stream`.
+
+use crate::Error;
+use crate::cli::{IngestBenchArgs, IngestCommand, IngestRunArgs, ProduceArgs};
+
+fn stream_err(e: stream::Error) -> Error {
+    Error::Stream(e)
+}
+
+pub async fn run(cmd: &IngestCommand) -> Result<(), Error> {
+    match cmd {
+        IngestCommand::Run(a) => ingest(a).await,
+        IngestCommand::Bench(a) => bench(a).await,
+    }
+}
+
+async fn ingest(a: &IngestRunArgs) -> Result<(), Error> {
+    let mut cfg = stream::ingest::IngestConfig::new(&a.brokers, &a.topic, &a.group, a.out.clone());
+    if let Some(s) = &a.schema {
+        cfg.schema = stream::schema::RecordSchema::from_file(s).map_err(stream_err)?;
+    }
+    cfg.roll = stream::writer::RollPolicy {
+        max_rows: a.max_rows.max(1),
+        max_bytes: a.max_bytes.max(1),
+        max_age: a.max_age,
+        row_group_rows: a.row_group_rows.max(1),
+    };
+    cfg.max_record_bytes = a.max_record_bytes;
+    if let Some(d) = &a.dlq_topic {
+        cfg.dlq_topic = d.clone();
+    }
+    cfg.kv_endpoints = a.kv.clone();
+    cfg.assign_all = a.assign_all;
+    let manifest: Box<dyn stream::manifest::Manifest> = if a.kv.is_empty() {
+        Box::new(stream::manifest::LocalManifest::open(&a.out).map_err(stream_err)?)
+    } else {
+        Box::new(stream::manifest::KvManifest::new(
+            a.kv.clone(),
+            &a.group,
+            &a.topic,
+            tokio::runtime::Handle::current(),
+        ))
+    };
+    let metrics = stream::metrics::Metrics::new();
+    metrics
+        .register()
+        .map_err(|e| Error::Stream(stream::Error::Metrics(e.to_string())))?;
+    let readiness = observe::Readiness::new();
+    let server = observe::MetricsServer::start(
+        a.metrics_listen,
+        observe::registry().clone(),
+        readiness.clone(),
+    )
+    .await?;
+    println!(
+        "{}",
+        serde_json::json!({"metrics": server.local_addr().to_string(), "out": a.out.display().to_string(), "topic": a.topic})
+    );
+    readiness.set_ready(true);
+    // The manifest's KV client blocks on the runtime: run the loop on a
+    // blocking-capable thread of its own.
+    let summary = tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(stream::ingest::run(
+            cfg,
+            manifest,
+            metrics,
+            observe::shutdown_signal(),
+        ))
+    })
+    .map_err(stream_err)?;
+    readiness.set_ready(false);
+    server.stop().await;
+    eprintln!("{}", serde_json::to_string(&summary).unwrap_or_default());
+    Ok(())
+}
+
+/// `mlstack produce`.
+pub async fn produce(a: &ProduceArgs) -> Result<(), Error> {
+    let source = match &a.file {
+        Some(f) => stream::produce::Source::File(f.clone()),
+        None => stream::produce::Source::Generate {
+            count: a.count,
+            record_bytes: a.record_bytes,
+        },
+    };
+    let span = tracing::info_span!("stream.produce", topic = %a.topic);
+    let cfg = stream::produce::ProduceConfig {
+        brokers: a.brokers.clone(),
+        topic: a.topic.clone(),
+        source,
+        rate: a.rate,
+        id_prefix: a
+            .id_prefix
+            .clone()
+            .unwrap_or_else(|| format!("{:08x}", rand_u32())),
+    };
+    let summary = tracing::Instrument::instrument(stream::produce::run(&cfg), span)
+        .await
+        .map_err(stream_err)?;
+    println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+    Ok(())
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish() as u32
+}
+
+async fn bench(a: &IngestBenchArgs) -> Result<(), Error> {
+    let dir = tempfile::tempdir().map_err(|e| Error::Bench(format!("temp dir: {e}")))?;
+    let cfg = stream::bench::BenchConfig {
+        brokers: a.brokers.clone(),
+        volume_bytes: a.volume_mb << 20,
+        record_bytes: a.record_bytes.max(64),
+        partitions: a.partitions.max(1),
+        latency_rate_bytes_per_sec: a.latency_rate_mb * 1_000_000,
+        latency_duration: a.latency_duration,
+        dir: dir.path().to_path_buf(),
+    };
+    let rows = stream::bench::run(&cfg, |m| eprintln!("[ingest bench] {m}"))
+        .await
+        .map_err(stream_err)?;
+    print!("{}", stream::bench::table(&rows));
+    let json = stream::bench::to_json(&cfg, &rows);
+    crate::write_bench_json(
+        &a.out,
+        &serde_json::to_string_pretty(&json).unwrap_or_default(),
+    )?;
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}

@@ -1,0 +1,324 @@
+//! `mlstack ingest bench`: the broker's ceiling against the full ingest path,
+//! and end-to-end latency at a fixed produce rate, in one run.
+//!
+//! 1. Pre-produce `volume` bytes of ~1 KiB JSON records over 3 partitions.
+//! 2. `raw-consumer`: a consumer-group consumer that only counts bytes: what
+//!    the broker can deliver on this machine.
+//! 3. `mlstack`: the full ingest path (decode, Arrow, Parquet with zstd,
+//!    fsync, rename, manifest, offset commit) over the same records.
+//! 4. `latency_at_10mbps`: ingest running, produce at a fixed rate, measure
+//!    record timestamp → file commit for every record.
+
+use crate::broker::Tansu;
+use crate::error::{Result, kafka};
+use crate::ingest::{self, IngestConfig};
+use crate::manifest::LocalManifest;
+use crate::metrics::Metrics;
+use crate::produce::{self, ProduceConfig, Source};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// An existing broker; `None` = start tansu under `dir`.
+    pub brokers: Option<String>,
+    pub volume_bytes: u64,
+    pub record_bytes: usize,
+    pub partitions: u32,
+    pub latency_rate_bytes_per_sec: u64,
+    pub latency_duration: Duration,
+    pub dir: PathBuf,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Row {
+    pub system: String,
+    pub workload: String,
+    pub metric: String,
+    pub value: f64,
+    pub unit: String,
+}
+
+fn row(system: &str, workload: &str, metric: &str, value: f64, unit: &str) -> Row {
+    Row {
+        system: system.into(),
+        workload: workload.into(),
+        metric: metric.into(),
+        value,
+        unit: unit.into(),
+    }
+}
+
+async fn raw_consume(brokers: &str, topic: &str, records: u64) -> Result<(f64, u64)> {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("raw-{}", rand::random::<u32>()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "10485760")
+        .create()
+        .map_err(kafka("create consumer"))?;
+    c.subscribe(&[topic]).map_err(kafka("subscribe"))?;
+    let mut n = 0u64;
+    let mut bytes = 0u64;
+    let mut t0 = None;
+    while n < records {
+        let m = c.recv().await.map_err(kafka("consume"))?;
+        t0.get_or_insert_with(Instant::now);
+        bytes += m.payload().map(|p| p.len()).unwrap_or(0) as u64;
+        n += 1;
+    }
+    let secs = t0.map(|t| t.elapsed().as_secs_f64()).unwrap_or(1.0);
+    Ok((secs, bytes))
+}
+
+async fn ingest_until(
+    cfg: IngestConfig,
+    records: u64,
+    keep_latencies: bool,
+) -> Result<(f64, ingest::Summary, Vec<f64>)> {
+    let metrics = Metrics::new();
+    let m2 = metrics.clone();
+    let manifest = Box::new(LocalManifest::open(&cfg.out)?);
+    let t0 = Instant::now();
+    let stop = async move {
+        while m2.records_in.get() < records {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let summary = ingest::run(cfg, manifest, metrics.clone(), stop).await?;
+    let secs = t0.elapsed().as_secs_f64();
+    let lat = if keep_latencies {
+        summary.e2e_ms.clone()
+    } else {
+        Vec::new()
+    };
+    Ok((secs, summary, lat))
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Runs the benchmark; `progress` gets a line per step.
+pub async fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Vec<Row>> {
+    let mut broker = None;
+    let brokers = match &cfg.brokers {
+        Some(b) => b.clone(),
+        None => {
+            let t = Tansu::start(&cfg.dir.join("broker"))?;
+            let a = t.addr.clone();
+            broker = Some(t);
+            a
+        }
+    };
+    let topic = format!("bench-{}", rand::random::<u32>());
+    if let Some(t) = &broker {
+        t.create_topic(&topic, cfg.partitions)?;
+        t.create_topic(&format!("{topic}.dlq"), 1)?;
+    }
+    let count = (cfg.volume_bytes / cfg.record_bytes.max(1) as u64).max(1);
+    progress(&format!(
+        "producing {count} records of ~{} bytes to {topic}",
+        cfg.record_bytes
+    ));
+    let prod = produce::run(&ProduceConfig {
+        brokers: brokers.clone(),
+        topic: topic.clone(),
+        source: Source::Generate {
+            count,
+            record_bytes: cfg.record_bytes,
+        },
+        rate: 0,
+        id_prefix: "bench".into(),
+    })
+    .await?;
+    progress(&format!(
+        "produced {:.0} MB at {:.1} MB/s",
+        prod.bytes as f64 / 1e6,
+        prod.mb_per_sec
+    ));
+    let mut rows = vec![row(
+        "producer",
+        "produce",
+        "mb_per_sec",
+        prod.mb_per_sec,
+        "MB/s",
+    )];
+
+    progress("raw consumer (counts bytes only)");
+    let (raw_secs, raw_bytes) = raw_consume(&brokers, &topic, count).await?;
+    let raw_mb = raw_bytes as f64 / 1e6 / raw_secs;
+    rows.push(row("raw-consumer", "ingest", "mb_per_sec", raw_mb, "MB/s"));
+    rows.push(row(
+        "raw-consumer",
+        "ingest",
+        "records_per_sec",
+        count as f64 / raw_secs,
+        "records/s",
+    ));
+
+    progress("full ingest path");
+    let out = cfg.dir.join("out");
+    let mut icfg = IngestConfig::new(
+        &brokers,
+        &topic,
+        &format!("ingest-{}", rand::random::<u32>()),
+        out.clone(),
+    );
+    icfg.roll.max_age = Duration::from_secs(5);
+    let (secs, summary, _) = ingest_until(icfg, count, false).await?;
+    let mb = raw_bytes as f64 / 1e6 / secs;
+    rows.push(row("mlstack", "ingest", "mb_per_sec", mb, "MB/s"));
+    rows.push(row(
+        "mlstack",
+        "ingest",
+        "records_per_sec",
+        count as f64 / secs,
+        "records/s",
+    ));
+    rows.push(row(
+        "mlstack",
+        "ingest",
+        "ratio_to_raw_consumer",
+        mb / raw_mb,
+        "x",
+    ));
+    rows.push(row(
+        "mlstack",
+        "ingest",
+        "files",
+        summary.files as f64,
+        "count",
+    ));
+    rows.push(row(
+        "mlstack",
+        "ingest",
+        "mean_file_mb",
+        summary.file_bytes as f64 / 1e6 / summary.files.max(1) as f64,
+        "MB",
+    ));
+    rows.push(row(
+        "mlstack",
+        "ingest",
+        "compression_ratio",
+        raw_bytes as f64 / summary.file_bytes.max(1) as f64,
+        "x",
+    ));
+    let _ = std::fs::remove_dir_all(&out);
+
+    // Latency at a fixed rate, with the default roll age.
+    let rate_records = (cfg.latency_rate_bytes_per_sec / cfg.record_bytes.max(1) as u64).max(1);
+    let lat_count = (rate_records as f64 * cfg.latency_duration.as_secs_f64()) as u64;
+    let lat_topic = format!("{topic}-lat");
+    if let Some(t) = &broker {
+        t.create_topic(&lat_topic, cfg.partitions)?;
+        t.create_topic(&format!("{lat_topic}.dlq"), 1)?;
+    }
+    progress(&format!(
+        "latency: {rate_records} records/s (~{:.0} MB/s) for {:?}, default roll age",
+        cfg.latency_rate_bytes_per_sec as f64 / 1e6,
+        cfg.latency_duration
+    ));
+    let out = cfg.dir.join("out-lat");
+    let icfg = IngestConfig::new(
+        &brokers,
+        &lat_topic,
+        &format!("lat-{}", rand::random::<u32>()),
+        out.clone(),
+    );
+    let ingest = tokio::spawn(ingest_until(icfg, lat_count, true));
+    // Let the consumer join its group before producing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let p = produce::run(&ProduceConfig {
+        brokers: brokers.clone(),
+        topic: lat_topic,
+        source: Source::Generate {
+            count: lat_count,
+            record_bytes: cfg.record_bytes,
+        },
+        rate: rate_records,
+        id_prefix: "lat".into(),
+    })
+    .await?;
+    let (_, _, mut lat) = ingest.await.map_err(|e| crate::Error::Config {
+        reason: e.to_string(),
+    })??;
+    lat.sort_by(f64::total_cmp);
+    rows.push(row(
+        "producer",
+        "latency_at_10mbps",
+        "mb_per_sec",
+        p.mb_per_sec,
+        "MB/s",
+    ));
+    rows.push(row(
+        "mlstack",
+        "latency_at_10mbps",
+        "e2e_latency_p50_ms",
+        pct(&lat, 0.5),
+        "ms",
+    ));
+    rows.push(row(
+        "mlstack",
+        "latency_at_10mbps",
+        "e2e_latency_p99_ms",
+        pct(&lat, 0.99),
+        "ms",
+    ));
+    let _ = std::fs::remove_dir_all(&out);
+    drop(broker);
+    Ok(rows)
+}
+
+pub fn table(rows: &[Row]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<14} {:<18} {:<24} {:>12}",
+        "system", "workload", "metric", "value"
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "{:<14} {:<18} {:<24} {:>12.2} {}",
+            r.system, r.workload, r.metric, r.value, r.unit
+        );
+    }
+    s
+}
+
+pub fn to_json(cfg: &BenchConfig, rows: &[Row]) -> serde_json::Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    serde_json::json!({
+        "component": "stream",
+        "bench": "ingest",
+        "machine": {
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "cpu": cpu,
+        },
+        "config": {
+            "volume_bytes": cfg.volume_bytes, "record_bytes": cfg.record_bytes,
+            "partitions": cfg.partitions, "latency_rate_bytes_per_sec": cfg.latency_rate_bytes_per_sec,
+            "latency_duration_s": cfg.latency_duration.as_secs_f64(),
+            "broker": if cfg.brokers.is_some() { "external" } else { "tansu 0.6.0 (sqlite), same machine" },
+            "parquet": "zstd, 65,536-row groups, roll at 1,000,000 rows / 128 MiB / age (5 s throughput, 1 s latency)",
+        },
+        "results": rows,
+    })
+}

@@ -1,0 +1,54 @@
+//! The stream crate's errors, with the file, partition or offset involved.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("schema {path}: {reason}")]
+    Schema { path: PathBuf, reason: String },
+    #[error("parquet {path}: {reason}")]
+    Parquet { path: PathBuf, reason: String },
+    #[error("manifest {path} is corrupt at byte {offset}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("{path} is locked: another ingest process writes this output directory")]
+    Locked { path: PathBuf },
+    /// A commit that does not start where the partition's last one ended:
+    /// another consumer committed this range first.
+    #[error(
+        "partition {partition}: commit starts at offset {first_offset}, the manifest expects {expected} or later"
+    )]
+    Conflict {
+        partition: i32,
+        first_offset: i64,
+        expected: i64,
+    },
+    #[error("KV manifest: {reason}")]
+    Manifest { reason: String },
+    #[error("kafka {op}: {source}")]
+    Kafka {
+        op: &'static str,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("configuration: {reason}")]
+    Config { reason: String },
+    #[error("metrics: {0}")]
+    Metrics(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+pub(crate) fn kafka(op: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> Error {
+    move |source| Error::Kafka { op, source }
+}
