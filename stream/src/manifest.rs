@@ -227,7 +227,10 @@ impl Manifest for LocalManifest {
 pub struct KvManifest {
     endpoints: Vec<String>,
     prefix: String,
-    rt: tokio::runtime::Handle,
+    /// A runtime of its own: `Manifest` is a blocking interface, called from
+    /// inside the ingest loop and librdkafka's rebalance callbacks, where
+    /// blocking on the caller's runtime would panic.
+    rt: Option<tokio::runtime::Runtime>,
     /// Per partition: (version of its key, its commits).
     parts: BTreeMap<i32, (u64, Vec<FileCommit>)>,
     preferred: usize,
@@ -238,27 +241,29 @@ pub struct KvManifest {
 }
 
 impl KvManifest {
-    pub fn new(
-        endpoints: Vec<String>,
-        group: &str,
-        topic: &str,
-        rt: tokio::runtime::Handle,
-    ) -> Self {
-        Self {
+    pub fn new(endpoints: Vec<String>, group: &str, topic: &str) -> Result<Self, Error> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Manifest {
+                reason: format!("starting the KV client runtime: {e}"),
+            })?;
+        Ok(Self {
+            rt: Some(rt),
             endpoints,
             prefix: format!("ingest/{group}/{topic}/"),
-            rt,
             parts: BTreeMap::new(),
             preferred: 0,
             client_id: rand::random::<u64>() | 1,
             seq: 0,
-        }
+        })
     }
 
     fn call<T, F, Fut>(&mut self, what: &str, f: F) -> Result<T, Error>
     where
-        F: Fn(proto::kv::v1::kv_client::KvClient<tonic::transport::Channel>) -> Fut,
+        F: Fn(proto::kv::v1::kv_client::KvClient<tonic::transport::Channel>) -> Fut + Sync,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+        T: Send,
     {
         // Follow the leader: try each endpoint, starting with the last good one.
         let n = self.endpoints.len();
@@ -268,16 +273,27 @@ impl KvManifest {
             let Some(ep) = self.endpoints.get(i) else {
                 break;
             };
-            let ch = proto::server::channel(ep).map_err(|e| Error::Manifest {
-                reason: format!("{what}: {e}"),
-            })?;
-            let client = proto::kv::v1::kv_client::KvClient::new(ch);
-            match self.rt.block_on(async {
-                tokio::time::timeout(std::time::Duration::from_secs(5), f(client)).await
-            }) {
+            let Some(rt) = self.rt.as_ref() else { break };
+            let f = &f;
+            // On a thread of its own: the caller may be inside a runtime.
+            let outcome = std::thread::scope(|s| {
+                s.spawn(move || {
+                    rt.block_on(async {
+                        let ch = proto::server::channel(ep).map_err(|e| e.to_string())?;
+                        let client = proto::kv::v1::kv_client::KvClient::new(ch);
+                        tokio::time::timeout(std::time::Duration::from_secs(5), f(client))
+                            .await
+                            .map_err(|_| "timed out".to_string())
+                            .map(|r| r.map(|r| r.into_inner()))
+                    })
+                })
+                .join()
+                .unwrap_or_else(|_| Err("KV client thread panicked".to_string()))
+            });
+            match outcome {
                 Ok(Ok(r)) => {
                     self.preferred = i;
-                    return Ok(r.into_inner());
+                    return Ok(r);
                 }
                 Ok(Err(s)) if s.code() == tonic::Code::Unavailable => {
                     last = format!("{ep}: {}", s.message());
@@ -287,7 +303,7 @@ impl KvManifest {
                         reason: format!("{what} at {ep}: {:?}: {}", s.code(), s.message()),
                     });
                 }
-                Err(_) => last = format!("{ep}: timed out"),
+                Err(e) => last = format!("{ep}: {e}"),
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
@@ -414,6 +430,15 @@ impl Manifest for KvManifest {
             self.prefix,
             self.endpoints.join(",")
         )
+    }
+}
+
+impl Drop for KvManifest {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which panics inside another runtime.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
     }
 }
 

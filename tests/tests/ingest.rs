@@ -438,3 +438,115 @@ fn ingest_refuses_a_second_writer_and_a_bad_schema_file() {
     );
     assert!(!ok && err.contains("locked"), "{err}");
 }
+
+/// Rows the KV manifest lists for `prefix`, read back through the KV API.
+async fn kv_manifest_rows(endpoint: &str, prefix: &str) -> u64 {
+    use proto::kv::v1 as pb;
+    let Ok(ch) = proto::server::channel(endpoint) else {
+        return 0;
+    };
+    let mut kv = pb::kv_client::KvClient::new(ch);
+    let Ok(r) = kv
+        .scan(pb::ScanRequest {
+            prefix: prefix.as_bytes().to_vec(),
+            ..Default::default()
+        })
+        .await
+    else {
+        return 0;
+    };
+    r.into_inner()
+        .kvs
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<Vec<serde_json::Value>>(&kv.value).ok())
+        .flatten()
+        .map(|c| c["rows"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_raft_kv_cluster_serves_as_the_manifest_across_restarts() {
+    let (dir, b) = broker();
+    b.create_topic("kvm", 3).expect("topic");
+    b.create_topic("kvm.dlq", 1).expect("dlq topic");
+    let kv_addr = format!("127.0.0.1:{}", tests::free_port());
+    let data = dir.path().join("kv");
+    let data_s = data.to_string_lossy().into_owned();
+    let peers = format!("1={kv_addr}");
+    let _kv = Proc::spawn_mlstack(
+        &[
+            "kv",
+            "serve",
+            "--id",
+            "1",
+            "--init",
+            "--listen",
+            &kv_addr,
+            "--peers",
+            &peers,
+            "--data-dir",
+            &data_s,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--cluster",
+            "ingest-test",
+        ],
+        &[],
+    );
+    let out = dir.path().join("out");
+    let prefix = "ingest/mlstack-ingest/kvm/";
+    for (round, count) in [(0, 500u64), (1, 200)] {
+        let mut ing = ingest(&b.addr, "kvm", &out, &["--kv", &kv_addr, "--assign-all"]);
+        let status = tokio::task::spawn_blocking({
+            let addr = b.addr.clone();
+            move || produce(&addr, "kvm", count, &format!("kv{round}"), &[]).wait()
+        })
+        .await
+        .expect("join")
+        .expect("produce");
+        assert!(status.success());
+        let want = if round == 0 { 500 } else { 700 };
+        let t0 = Instant::now();
+        while kv_manifest_rows(&kv_addr, prefix).await < want {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "KV manifest stuck below {want} rows"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ing.terminate(Duration::from_secs(20)).success());
+    }
+    assert_eq!(kv_manifest_rows(&kv_addr, prefix).await, 700);
+    // No local manifest was written, and every id is in exactly one file.
+    assert!(!out.join(stream::manifest::LOCAL_MANIFEST).exists());
+    let mut ids = BTreeMap::new();
+    let mut stack = vec![out.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                use arrow::array::{Array, StringArray};
+                let bytes = bytes::Bytes::from(std::fs::read(&p).expect("read"));
+                let reader =
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                        .expect("parquet")
+                        .build()
+                        .expect("reader");
+                for batch in reader {
+                    let batch = batch.expect("batch");
+                    let col = batch
+                        .column_by_name("id")
+                        .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
+                        .expect("ids");
+                    for i in 0..col.len() {
+                        *ids.entry(col.value(i).to_string()).or_insert(0u32) += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(ids.len(), 700);
+    assert!(ids.values().all(|n| *n == 1));
+}
