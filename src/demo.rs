@@ -20,7 +20,10 @@ use crate::cli::DemoArgs;
 
 /// Components later chapters add to the demo, and the issue that adds each.
 const NOT_YET_BUILT: &[(&str, &str)] = &[
-    ("stream (Kafka -> Parquet ingest)", "issue #5"),
+    (
+        "stream (Kafka -> Parquet ingest)",
+        "built, but needs a Kafka broker: see stream/README.md (mlstack produce, mlstack ingest run)",
+    ),
     ("train (Llama trainer)", "not filed yet"),
 ];
 

@@ -56,11 +56,10 @@ pub struct IngestConfig {
     pub kv_endpoints: Vec<String>,
     /// librdkafka statistics interval (consumer lag metrics).
     pub stats_interval: Duration,
-    /// Static group membership (`group.instance.id`, KIP-345). A restarted
-    /// ingest for the same output directory takes its predecessor's place in
-    /// the group at once instead of waiting for a killed member's session to
-    /// expire (without it, a broker may keep the partitions assigned to the
-    /// dead member). Default: derived from the output directory.
+    /// Static group membership (`group.instance.id`, KIP-345): a restarted
+    /// ingest takes its predecessor's place in the group at once. Off by
+    /// default: with tansu 0.6.0 it made the group rebalance every session
+    /// timeout (see README).
     pub instance_id: Option<String>,
     /// Assign every partition of the topic to this process directly instead
     /// of joining the group's partition assignment (offsets are still
@@ -308,18 +307,12 @@ pub async fn run(
         topic: cfg.topic.clone(),
         error: error.clone(),
     };
-    let instance_id = cfg.instance_id.clone().unwrap_or_else(|| {
-        // One output directory = one logical ingest instance (the manifest
-        // lock makes sure only one process writes it at a time).
-        let canon = std::fs::canonicalize(&cfg.out).unwrap_or_else(|_| cfg.out.clone());
-        format!(
-            "ingest-{:08x}",
-            crc32c::crc32c(canon.to_string_lossy().as_bytes())
-        )
-    });
-    let consumer: StreamConsumer<Ctx> = ClientConfig::new()
+    let mut client_config = ClientConfig::new();
+    if let Some(id) = &cfg.instance_id {
+        client_config.set("group.instance.id", id);
+    }
+    let consumer: StreamConsumer<Ctx> = client_config
         .set("bootstrap.servers", &cfg.brokers)
-        .set("group.instance.id", &instance_id)
         .set("group.id", &cfg.group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
