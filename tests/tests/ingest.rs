@@ -1,9 +1,8 @@
 //! Kafka → Parquet against a real Kafka-protocol broker (tansu 0.6.0, installed
 //! by `scripts/test.sh`): `mlstack produce` and `mlstack ingest run` as child
 //! processes; the Parquet read back in Rust and by pyarrow; poison records in
-//! the dead-letter topic; ten SIGKILLs mid-stream. (A broker restart drill is
-//! not here: tansu 0.6.0 stops serving fetches after a restart; see
-//! stream/README.md.)
+//! the dead-letter topic; ten SIGKILLs mid-stream; a broker restart mid-stream;
+//! a rebalance between two live consumers; the Raft KV cluster as the manifest.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -549,4 +548,120 @@ async fn the_raft_kv_cluster_serves_as_the_manifest_across_restarts() {
     }
     assert_eq!(ids.len(), 700);
     assert!(ids.values().all(|n| *n == 1));
+}
+
+#[test]
+fn a_broker_restart_mid_stream_loses_and_duplicates_nothing() {
+    let (dir, mut b) = broker();
+    b.create_topic("restart", 3).expect("topic");
+    b.create_topic("restart.dlq", 1).expect("dlq topic");
+    let out = dir.path().join("out");
+    let total = 6_000u64;
+    // --assign-all: after a restart tansu 0.6.0's group coordinator stops
+    // handing out work (see stream/README.md); direct assignment does not
+    // depend on it.
+    let mut ing = ingest(&b.addr, "restart", &out, &["--assign-all"]);
+    let mut producer = produce(&b.addr, "restart", total, "rs", &["--rate", "2000"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    // SIGKILL the broker mid-stream and bring it back on the same storage.
+    b.restart().expect("broker restarts");
+    let status = producer.wait().expect("producer");
+    assert!(
+        status.success(),
+        "the producer failed across the broker restart"
+    );
+    wait_rows(&out, total, Duration::from_secs(120));
+    assert!(ing.terminate(Duration::from_secs(20)).success());
+    let ids = read_ids(&out);
+    let dups: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(
+        dups.is_empty(),
+        "duplicates after the broker restart: {dups:?}"
+    );
+    assert_eq!(
+        ids.len() as u64,
+        total,
+        "records lost across the broker restart"
+    );
+    assert_no_orphans(&out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_between_two_live_consumers_loses_and_duplicates_nothing() {
+    // Two ingest processes in one consumer group share the Raft KV manifest:
+    // when the second joins, the first commits and gives up partitions; the
+    // second resumes each at the manifest's next offset.
+    let (dir, b) = broker();
+    b.create_topic("rb", 3).expect("topic");
+    b.create_topic("rb.dlq", 1).expect("dlq topic");
+    let kv_addr = format!("127.0.0.1:{}", tests::free_port());
+    let data_s = dir.path().join("kv").to_string_lossy().into_owned();
+    let peers = format!("1={kv_addr}");
+    let _kv = Proc::spawn_mlstack(
+        &[
+            "kv",
+            "serve",
+            "--id",
+            "1",
+            "--init",
+            "--listen",
+            &kv_addr,
+            "--peers",
+            &peers,
+            "--data-dir",
+            &data_s,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--cluster",
+            "rebalance-test",
+        ],
+        &[],
+    );
+    let out = dir.path().join("out");
+    let prefix = "ingest/mlstack-ingest/rb/";
+    let mut a = ingest(&b.addr, "rb", &out, &["--kv", &kv_addr]);
+    let produce_n = |n: u64, p: &str| {
+        let addr = b.addr.clone();
+        let p = p.to_string();
+        tokio::task::spawn_blocking(move || produce(&addr, "rb", n, &p, &[]).wait())
+    };
+    assert!(
+        produce_n(2000, "first")
+            .await
+            .expect("join")
+            .expect("wait")
+            .success()
+    );
+    let wait = |want: u64| {
+        let kv = kv_addr.clone();
+        async move {
+            let t0 = Instant::now();
+            while kv_manifest_rows(&kv, prefix).await < want {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(90),
+                    "KV manifest stuck below {want} rows"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait(2000).await;
+    let mut bb = ingest(&b.addr, "rb", &out, &["--kv", &kv_addr]);
+    // Let the group rebalance, then produce more: both members consume.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        produce_n(2000, "second")
+            .await
+            .expect("join")
+            .expect("wait")
+            .success()
+    );
+    wait(4000).await;
+    assert!(a.terminate(Duration::from_secs(20)).success());
+    assert!(bb.terminate(Duration::from_secs(20)).success());
+    assert_eq!(
+        kv_manifest_rows(&kv_addr, prefix).await,
+        4000,
+        "rows committed twice"
+    );
 }
