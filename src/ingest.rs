@@ -121,11 +121,5 @@ async fn bench(a: &IngestBenchArgs) -> Result<(), Error> {
         .await
         .map_err(stream_err)?;
     print!("{}", stream::bench::table(&rows));
-    let json = stream::bench::to_json(&cfg, &rows);
-    crate::write_bench_json(
-        &a.out,
-        &serde_json::to_string_pretty(&json).unwrap_or_default(),
-    )?;
-    eprintln!("wrote {}", a.out.display());
-    Ok(())
+    crate::write_bench_report(&a.out, &stream::bench::to_json(&cfg, &rows))
 }

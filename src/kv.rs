@@ -232,13 +232,7 @@ async fn bench(a: &crate::cli::KvBenchArgs) -> Result<(), Error> {
     };
     let rows = consensus::bench::run(&cfg, |m| eprintln!("[kv bench] {m}")).await?;
     print!("{}", consensus::bench::table(&rows));
-    let json = consensus::bench::to_json(&cfg, &rows);
-    crate::write_bench_json(
-        &a.out,
-        &serde_json::to_string_pretty(&json).unwrap_or_default(),
-    )?;
-    eprintln!("wrote {}", a.out.display());
-    Ok(())
+    crate::write_bench_report(&a.out, &consensus::bench::to_json(&cfg, &rows))
 }
 
 /// `mlstack chaos <drill>`.

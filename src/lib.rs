@@ -94,6 +94,16 @@ pub(crate) fn write_bench_json(out: &std::path::Path, json: &str) -> Result<(), 
     std::fs::write(out, json).map_err(|e| Error::Bench(format!("{}: {e}", out.display())))
 }
 
+/// Writes a benchmark report as pretty JSON and says where on stderr.
+pub(crate) fn write_bench_report(
+    out: &std::path::Path,
+    json: &serde_json::Value,
+) -> Result<(), Error> {
+    write_bench_json(out, &serde_json::to_string_pretty(json).unwrap_or_default())?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
 /// Sets up observability for `service` the way the command line asked.
 pub fn init_observe(cli: &Cli, service: &str) -> Result<observe::Telemetry, Error> {
     let mut config = observe::Config::from_env(service);

@@ -314,29 +314,10 @@ pub fn table(rows: &[Row]) -> String {
 
 /// The benchmark JSON (`ARCHITECTURE.md`, "Benchmarks").
 pub fn to_json(cfg: &BenchConfig, rows: &[Row]) -> serde_json::Value {
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let cpu = read("/proc/cpuinfo")
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_default();
-    let mem_kb: u64 = read("/proc/meminfo")
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("MemTotal:")
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        })
-        .unwrap_or(0);
     serde_json::json!({
         "component": "kv",
         "bench": "cluster",
-        "machine": {
-            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            "cpu": cpu,
-            "memory_bytes": mem_kb * 1024,
-        },
+        "machine": observe::machine::describe(),
         "config": {
             "nodes": cfg.nodes, "existing_cluster": !cfg.endpoints.is_empty(), "clients": cfg.clients, "duration_s": cfg.duration.as_secs_f64(),
             "value_bytes": cfg.value_bytes, "keys": cfg.keys, "failover_trials": cfg.failover_trials,

@@ -39,7 +39,9 @@
 //! - [`metrics`]: the process-wide Prometheus [`registry`] (with process metrics)
 //!   and the HTTP [`MetricsServer`] serving `/metrics`, `/healthz` and `/readyz`.
 //! - [`shutdown`]: [`shutdown_signal`] for SIGINT/SIGTERM.
+//! - [`machine`]: the `machine` object of benchmark reports.
 
+pub mod machine;
 pub mod metrics;
 pub mod propagation;
 pub mod shutdown;

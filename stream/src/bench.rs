@@ -297,21 +297,10 @@ pub fn table(rows: &[Row]) -> String {
 }
 
 pub fn to_json(cfg: &BenchConfig, rows: &[Row]) -> serde_json::Value {
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let cpu = read("/proc/cpuinfo")
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_default();
     serde_json::json!({
         "component": "stream",
         "bench": "ingest",
-        "machine": {
-            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            "cpu": cpu,
-        },
+        "machine": observe::machine::describe(),
         "config": {
             "volume_bytes": cfg.volume_bytes, "record_bytes": cfg.record_bytes,
             "partitions": cfg.partitions, "latency_rate_bytes_per_sec": cfg.latency_rate_bytes_per_sec,
