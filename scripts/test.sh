@@ -60,6 +60,11 @@ for component in rustfmt clippy; do
   fi
 done
 
+# A one-shot build gains nothing from incremental compilation, and its caches
+# would more than double the target directory (disk is what CI ran out of).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+df -h . 2>/dev/null | tail -n 1 | awk '{print "disk: " $4 " free of " $2}' || true
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -67,4 +72,5 @@ log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "cargo test"
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
+du -sh "${CARGO_TARGET_DIR:-target}" 2>/dev/null | awk '{print "target directory: " $1}' || true

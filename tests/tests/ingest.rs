@@ -282,10 +282,24 @@ async fn records_land_exactly_once_readable_by_pyarrow_and_poison_goes_to_the_dl
             "{kind} not counted:\n{exposition}"
         );
     }
-    assert!(
-        exposition.contains("mlstack_ingest_consumer_lag"),
-        "no lag metric"
-    );
+    // Lag comes from librdkafka's statistics (every second), and only once the
+    // group has a committed offset per partition: wait for it rather than
+    // racing the first report on a loaded machine.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut exposition = exposition;
+    while !exposition.contains("mlstack_ingest_consumer_lag{") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no consumer lag metric within 30 s:\n{exposition}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        exposition = reqwest::get(format!("http://{metrics}/metrics"))
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("body");
+    }
     assert!(
         ing.terminate(Duration::from_secs(20)).success(),
         "ingest exited badly"
