@@ -290,9 +290,15 @@ impl KvService {
     /// Proposes `op` and waits for it to apply on this (leader) node.
     async fn propose(&self, op: Op, id: Option<RequestId>) -> Result<types::Response, Status> {
         let span = tracing::info_span!("kv.propose");
+        // Only a sampled trace rides in the log entry: an unsampled one would
+        // make every node build a non-recording `kv.apply` span per command.
         let trace = {
             let _g = span.enter();
-            observe::kafka::inject()
+            if observe::propagation::current_is_sampled() {
+                observe::kafka::inject()
+            } else {
+                Vec::new()
+            }
         };
         let cmd = Command {
             request_id: id,

@@ -29,6 +29,15 @@ pub fn current_span_id() -> Option<String> {
     sc.is_valid().then(|| sc.span_id().to_string())
 }
 
+/// Whether the current `tracing` span belongs to a sampled (recorded) trace.
+/// Hot paths use it to skip carrying a context nobody will record (see the
+/// sampler in [`crate::telemetry::init_with`]).
+pub fn current_is_sampled() -> bool {
+    let cx = tracing::Span::current().context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid() && sc.is_sampled()
+}
+
 /// gRPC: inject on the client, extract on the server.
 pub mod grpc {
     use super::*;

@@ -6,12 +6,14 @@
 //!    the broker can deliver on this machine.
 //! 3. `mlstack`: the full ingest path (decode, Arrow, Parquet with zstd,
 //!    fsync, rename, manifest, offset commit) over the same records.
-//! 4. `latency_at_10mbps`: ingest running, produce at a fixed rate, measure
-//!    record timestamp → file commit for every record.
+//! 4. `latency_at_10mbps`: first `raw-consumer`, a consumer that only notes
+//!    record timestamp → receipt at the fixed produce rate (the broker's
+//!    delivery floor); then ingest running at the same rate, measuring record
+//!    timestamp → file commit for every record.
 
 use crate::broker::Tansu;
 use crate::error::{Result, kafka};
-use crate::ingest::{self, IngestConfig};
+use crate::ingest::{self, FETCH_WAIT_MAX_MS, IngestConfig};
 use crate::manifest::LocalManifest;
 use crate::metrics::Metrics;
 use crate::produce::{self, ProduceConfig, Source};
@@ -59,6 +61,7 @@ async fn raw_consume(brokers: &str, topic: &str, records: u64) -> Result<(f64, u
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("fetch.max.bytes", "52428800")
+        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
         .set("max.partition.fetch.bytes", "10485760")
         .create()
         .map_err(kafka("create consumer"))?;
@@ -74,6 +77,33 @@ async fn raw_consume(brokers: &str, topic: &str, records: u64) -> Result<(f64, u
     }
     let secs = t0.map(|t| t.elapsed().as_secs_f64()).unwrap_or(1.0);
     Ok((secs, bytes))
+}
+
+/// Delivery latency at a fixed produce rate: record timestamp → receipt by a
+/// consumer that does nothing else. This is the floor under ingest's
+/// end-to-end latency on this broker and machine (producer batching, the
+/// broker's write and fetch paths), measured the same way as ingest's.
+async fn raw_latency(brokers: &str, topic: &str, records: u64) -> Result<Vec<f64>> {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("raw-lat-{}", rand::random::<u32>()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.max.bytes", "52428800")
+        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
+        .set("max.partition.fetch.bytes", "10485760")
+        .create()
+        .map_err(kafka("create consumer"))?;
+    c.subscribe(&[topic]).map_err(kafka("subscribe"))?;
+    let mut lat_ms = Vec::with_capacity(records as usize);
+    while (lat_ms.len() as u64) < records {
+        let m = c.recv().await.map_err(kafka("consume"))?;
+        if let Some(ts) = m.timestamp().to_millis() {
+            let now = chrono::Utc::now().timestamp_millis();
+            lat_ms.push((now - ts).max(0) as f64);
+        }
+    }
+    Ok(lat_ms)
 }
 
 async fn ingest_until(
@@ -217,6 +247,51 @@ pub async fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Ve
     // Latency at a fixed rate, with the default roll age.
     let rate_records = (cfg.latency_rate_bytes_per_sec / cfg.record_bytes.max(1) as u64).max(1);
     let lat_count = (rate_records as f64 * cfg.latency_duration.as_secs_f64()) as u64;
+
+    // First the floor: the same rate into a consumer that only timestamps.
+    let raw_topic = format!("{topic}-rawlat");
+    if let Some(t) = &broker {
+        t.create_topic(&raw_topic, cfg.partitions)?;
+    }
+    progress(&format!(
+        "delivery latency floor: raw consumer at {rate_records} records/s for {:?}",
+        cfg.latency_duration
+    ));
+    let raw = {
+        let (b, t) = (brokers.clone(), raw_topic.clone());
+        tokio::spawn(async move { raw_latency(&b, &t, lat_count).await })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    produce::run(&ProduceConfig {
+        brokers: brokers.clone(),
+        topic: raw_topic,
+        source: Source::Generate {
+            count: lat_count,
+            record_bytes: cfg.record_bytes,
+        },
+        rate: rate_records,
+        id_prefix: "rawlat".into(),
+    })
+    .await?;
+    let mut raw_lat = raw.await.map_err(|e| crate::Error::Config {
+        reason: e.to_string(),
+    })??;
+    raw_lat.sort_by(f64::total_cmp);
+    rows.push(row(
+        "raw-consumer",
+        "latency_at_10mbps",
+        "e2e_latency_p50_ms",
+        pct(&raw_lat, 0.5),
+        "ms",
+    ));
+    rows.push(row(
+        "raw-consumer",
+        "latency_at_10mbps",
+        "e2e_latency_p99_ms",
+        pct(&raw_lat, 0.99),
+        "ms",
+    ));
+
     let lat_topic = format!("{topic}-lat");
     if let Some(t) = &broker {
         t.create_topic(&lat_topic, cfg.partitions)?;
@@ -248,9 +323,11 @@ pub async fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Ve
         id_prefix: "lat".into(),
     })
     .await?;
-    let (_, _, mut lat) = ingest.await.map_err(|e| crate::Error::Config {
+    let (_, lat_summary, mut lat) = ingest.await.map_err(|e| crate::Error::Config {
         reason: e.to_string(),
     })??;
+    let mut commit_ms = lat_summary.commit_ms.clone();
+    commit_ms.sort_by(f64::total_cmp);
     lat.sort_by(f64::total_cmp);
     rows.push(row(
         "producer",
@@ -271,6 +348,22 @@ pub async fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Ve
         "latency_at_10mbps",
         "e2e_latency_p99_ms",
         pct(&lat, 0.99),
+        "ms",
+    ));
+    // Where ingest's share goes: each file waits up to the roll age, then its
+    // commit (encode, fsync, check, rename, manifest) runs on the consume loop.
+    rows.push(row(
+        "mlstack",
+        "latency_at_10mbps",
+        "file_commit_p50_ms",
+        pct(&commit_ms, 0.5),
+        "ms",
+    ));
+    rows.push(row(
+        "mlstack",
+        "latency_at_10mbps",
+        "file_commit_p99_ms",
+        pct(&commit_ms, 0.99),
         "ms",
     ));
     let _ = std::fs::remove_dir_all(&out);
