@@ -54,10 +54,15 @@ fn row(system: &str, workload: &str, metric: &str, value: f64, unit: &str) -> Ro
     }
 }
 
-async fn raw_consume(brokers: &str, topic: &str, records: u64) -> Result<(f64, u64)> {
+/// A consumer that does nothing but read: the same fetch settings as ingest's,
+/// in a fresh group so it starts from the beginning.
+fn raw_consumer(brokers: &str, topic: &str, group_prefix: &str) -> Result<StreamConsumer> {
     let c: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", format!("raw-{}", rand::random::<u32>()))
+        .set(
+            "group.id",
+            format!("{group_prefix}-{}", rand::random::<u32>()),
+        )
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("fetch.max.bytes", "52428800")
@@ -66,6 +71,11 @@ async fn raw_consume(brokers: &str, topic: &str, records: u64) -> Result<(f64, u
         .create()
         .map_err(kafka("create consumer"))?;
     c.subscribe(&[topic]).map_err(kafka("subscribe"))?;
+    Ok(c)
+}
+
+async fn raw_consume(brokers: &str, topic: &str, records: u64) -> Result<(f64, u64)> {
+    let c = raw_consumer(brokers, topic, "raw")?;
     let mut n = 0u64;
     let mut bytes = 0u64;
     let mut t0 = None;
@@ -84,17 +94,7 @@ async fn raw_consume(brokers: &str, topic: &str, records: u64) -> Result<(f64, u
 /// end-to-end latency on this broker and machine (producer batching, the
 /// broker's write and fetch paths), measured the same way as ingest's.
 async fn raw_latency(brokers: &str, topic: &str, records: u64) -> Result<Vec<f64>> {
-    let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("raw-lat-{}", rand::random::<u32>()))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.max.bytes", "52428800")
-        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
-        .set("max.partition.fetch.bytes", "10485760")
-        .create()
-        .map_err(kafka("create consumer"))?;
-    c.subscribe(&[topic]).map_err(kafka("subscribe"))?;
+    let c = raw_consumer(brokers, topic, "raw-lat")?;
     let mut lat_ms = Vec::with_capacity(records as usize);
     while (lat_ms.len() as u64) < records {
         let m = c.recv().await.map_err(kafka("consume"))?;
