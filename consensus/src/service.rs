@@ -292,14 +292,7 @@ impl KvService {
         let span = tracing::info_span!("kv.propose");
         // Only a sampled trace rides in the log entry: an unsampled one would
         // make every node build a non-recording `kv.apply` span per command.
-        let trace = {
-            let _g = span.enter();
-            if observe::propagation::current_is_sampled() {
-                observe::kafka::inject()
-            } else {
-                Vec::new()
-            }
-        };
+        let trace = observe::kafka::inject_sampled(&span);
         let cmd = Command {
             request_id: id,
             op,

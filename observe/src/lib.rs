@@ -48,7 +48,7 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use metrics::{MetricsServer, Readiness, registry};
-pub use propagation::{current_is_sampled, current_span_id, current_trace_id, grpc, kafka};
+pub use propagation::{current_span_id, current_trace_id, grpc, kafka};
 pub use shutdown::shutdown_signal;
 pub use telemetry::{Config, LogFormat, Telemetry, init, init_with};
 

@@ -29,15 +29,6 @@ pub fn current_span_id() -> Option<String> {
     sc.is_valid().then(|| sc.span_id().to_string())
 }
 
-/// Whether the current `tracing` span belongs to a sampled (recorded) trace.
-/// Hot paths use it to skip carrying a context nobody will record (see the
-/// sampler in [`crate::telemetry::init_with`]).
-pub fn current_is_sampled() -> bool {
-    let cx = tracing::Span::current().context();
-    let sc = cx.span().span_context().clone();
-    sc.is_valid() && sc.is_sampled()
-}
-
 /// gRPC: inject on the client, extract on the server.
 pub mod grpc {
     use super::*;
@@ -172,6 +163,20 @@ pub mod kafka {
     /// `tracestate` when set). Empty when no valid context is active.
     pub fn inject() -> Vec<(String, Vec<u8>)> {
         inject_context(&tracing::Span::current().context())
+    }
+
+    /// `span`'s context as headers only when its trace is sampled (recorded);
+    /// empty otherwise. For contexts copied into stored data on a hot path
+    /// (the KV's log entries), where an unsampled one would only make every
+    /// reader build a non-recording span (see the sampler in
+    /// [`crate::telemetry::init_with`]).
+    pub fn inject_sampled(span: &tracing::Span) -> Vec<(String, Vec<u8>)> {
+        let cx = span.context();
+        if cx.span().span_context().is_sampled() {
+            inject_context(&cx)
+        } else {
+            Vec::new()
+        }
     }
 
     /// `cx` as Kafka headers.

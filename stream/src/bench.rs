@@ -106,11 +106,9 @@ async fn raw_latency(brokers: &str, topic: &str, records: u64) -> Result<Vec<f64
     Ok(lat_ms)
 }
 
-async fn ingest_until(
-    cfg: IngestConfig,
-    records: u64,
-    keep_latencies: bool,
-) -> Result<(f64, ingest::Summary, Vec<f64>)> {
+/// Runs ingest until it has read `records`; returns the seconds it took and
+/// its summary.
+async fn ingest_until(cfg: IngestConfig, records: u64) -> Result<(f64, ingest::Summary)> {
     let metrics = Metrics::new();
     let m2 = metrics.clone();
     let manifest = Box::new(LocalManifest::open(&cfg.out)?);
@@ -121,13 +119,7 @@ async fn ingest_until(
         }
     };
     let summary = ingest::run(cfg, manifest, metrics.clone(), stop).await?;
-    let secs = t0.elapsed().as_secs_f64();
-    let lat = if keep_latencies {
-        summary.e2e_ms.clone()
-    } else {
-        Vec::new()
-    };
-    Ok((secs, summary, lat))
+    Ok((t0.elapsed().as_secs_f64(), summary))
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -135,6 +127,55 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
         return 0.0;
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// `<metric>_p50_ms` and `<metric>_p99_ms` rows of `samples_ms`.
+fn percentile_rows(
+    system: &str,
+    workload: &str,
+    metric: &str,
+    mut samples_ms: Vec<f64>,
+) -> [Row; 2] {
+    samples_ms.sort_by(f64::total_cmp);
+    [(50, 0.5), (99, 0.99)].map(|(name, p)| {
+        row(
+            system,
+            workload,
+            &format!("{metric}_p{name}_ms"),
+            pct(&samples_ms, p),
+            "ms",
+        )
+    })
+}
+
+/// One fixed-rate phase: `consumer` is already running; give it 3 s to join
+/// its group, produce `count` generated records at `rate` records/s, then wait
+/// for the consumer to finish.
+async fn at_fixed_rate<T>(
+    brokers: &str,
+    topic: &str,
+    count: u64,
+    rate: u64,
+    record_bytes: usize,
+    id_prefix: &str,
+    consumer: tokio::task::JoinHandle<Result<T>>,
+) -> Result<(produce::ProduceSummary, T)> {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let p = produce::run(&ProduceConfig {
+        brokers: brokers.into(),
+        topic: topic.into(),
+        source: Source::Generate {
+            count,
+            record_bytes,
+        },
+        rate,
+        id_prefix: id_prefix.into(),
+    })
+    .await?;
+    let t = consumer.await.map_err(|e| crate::Error::Config {
+        reason: e.to_string(),
+    })??;
+    Ok((p, t))
 }
 
 /// Runs the benchmark; `progress` gets a line per step.
@@ -204,7 +245,7 @@ pub async fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Ve
         out.clone(),
     );
     icfg.roll.max_age = Duration::from_secs(5);
-    let (secs, summary, _) = ingest_until(icfg, count, false).await?;
+    let (secs, summary) = ingest_until(icfg, count).await?;
     let mb = raw_bytes as f64 / 1e6 / secs;
     rows.push(row("mlstack", "ingest", "mb_per_sec", mb, "MB/s"));
     rows.push(row(
@@ -261,35 +302,21 @@ pub async fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Ve
         let (b, t) = (brokers.clone(), raw_topic.clone());
         tokio::spawn(async move { raw_latency(&b, &t, lat_count).await })
     };
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    produce::run(&ProduceConfig {
-        brokers: brokers.clone(),
-        topic: raw_topic,
-        source: Source::Generate {
-            count: lat_count,
-            record_bytes: cfg.record_bytes,
-        },
-        rate: rate_records,
-        id_prefix: "rawlat".into(),
-    })
+    let (_, raw_lat) = at_fixed_rate(
+        &brokers,
+        &raw_topic,
+        lat_count,
+        rate_records,
+        cfg.record_bytes,
+        "rawlat",
+        raw,
+    )
     .await?;
-    let mut raw_lat = raw.await.map_err(|e| crate::Error::Config {
-        reason: e.to_string(),
-    })??;
-    raw_lat.sort_by(f64::total_cmp);
-    rows.push(row(
+    rows.extend(percentile_rows(
         "raw-consumer",
         "latency_at_10mbps",
-        "e2e_latency_p50_ms",
-        pct(&raw_lat, 0.5),
-        "ms",
-    ));
-    rows.push(row(
-        "raw-consumer",
-        "latency_at_10mbps",
-        "e2e_latency_p99_ms",
-        pct(&raw_lat, 0.99),
-        "ms",
+        "e2e_latency",
+        raw_lat,
     ));
 
     let lat_topic = format!("{topic}-lat");
@@ -303,32 +330,24 @@ pub async fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Ve
         cfg.latency_duration
     ));
     let out = cfg.dir.join("out-lat");
-    let icfg = IngestConfig::new(
+    let mut icfg = IngestConfig::new(
         &brokers,
         &lat_topic,
         &format!("lat-{}", rand::random::<u32>()),
         out.clone(),
     );
-    let ingest = tokio::spawn(ingest_until(icfg, lat_count, true));
-    // Let the consumer join its group before producing.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let p = produce::run(&ProduceConfig {
-        brokers: brokers.clone(),
-        topic: lat_topic,
-        source: Source::Generate {
-            count: lat_count,
-            record_bytes: cfg.record_bytes,
-        },
-        rate: rate_records,
-        id_prefix: "lat".into(),
-    })
+    icfg.keep_latency_samples = true;
+    let ingest = tokio::spawn(ingest_until(icfg, lat_count));
+    let (p, (_, lat_summary)) = at_fixed_rate(
+        &brokers,
+        &lat_topic,
+        lat_count,
+        rate_records,
+        cfg.record_bytes,
+        "lat",
+        ingest,
+    )
     .await?;
-    let (_, lat_summary, mut lat) = ingest.await.map_err(|e| crate::Error::Config {
-        reason: e.to_string(),
-    })??;
-    let mut commit_ms = lat_summary.commit_ms.clone();
-    commit_ms.sort_by(f64::total_cmp);
-    lat.sort_by(f64::total_cmp);
     rows.push(row(
         "producer",
         "latency_at_10mbps",
@@ -336,35 +355,19 @@ pub async fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Ve
         p.mb_per_sec,
         "MB/s",
     ));
-    rows.push(row(
+    rows.extend(percentile_rows(
         "mlstack",
         "latency_at_10mbps",
-        "e2e_latency_p50_ms",
-        pct(&lat, 0.5),
-        "ms",
-    ));
-    rows.push(row(
-        "mlstack",
-        "latency_at_10mbps",
-        "e2e_latency_p99_ms",
-        pct(&lat, 0.99),
-        "ms",
+        "e2e_latency",
+        lat_summary.e2e_ms,
     ));
     // Where ingest's share goes: each file waits up to the roll age, then its
     // commit (encode, fsync, check, rename, manifest) runs on the consume loop.
-    rows.push(row(
+    rows.extend(percentile_rows(
         "mlstack",
         "latency_at_10mbps",
-        "file_commit_p50_ms",
-        pct(&commit_ms, 0.5),
-        "ms",
-    ));
-    rows.push(row(
-        "mlstack",
-        "latency_at_10mbps",
-        "file_commit_p99_ms",
-        pct(&commit_ms, 0.99),
-        "ms",
+        "file_commit",
+        lat_summary.commit_ms,
     ));
     let _ = std::fs::remove_dir_all(&out);
     drop(broker);

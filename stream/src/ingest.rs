@@ -67,6 +67,11 @@ pub struct IngestConfig {
     /// depend on the broker's group coordinator, which in tansu 0.6.0 can
     /// keep rebalancing for a long time after members are SIGKILLed.
     pub assign_all: bool,
+    /// Keep every record's end-to-end latency and every file's commit time in
+    /// the [`Summary`] (the benchmark's percentiles). Off for `ingest run`: a
+    /// long-running ingest would keep a sample per record; the
+    /// `mlstack_ingest_*` histograms cover it there.
+    pub keep_latency_samples: bool,
 }
 
 impl IngestConfig {
@@ -84,6 +89,7 @@ impl IngestConfig {
             stats_interval: Duration::from_secs(1),
             instance_id: None,
             assign_all: false,
+            keep_latency_samples: false,
         }
     }
 }
@@ -98,10 +104,12 @@ pub struct Summary {
     pub file_bytes: u64,
     pub skipped_replayed: u64,
     pub orphans_removed: u64,
-    /// Record timestamp → file commit, per record (ms); kept for benchmarks.
+    /// Record timestamp → file commit, per record (ms); only with
+    /// [`IngestConfig::keep_latency_samples`].
     #[serde(skip)]
     pub e2e_ms: Vec<f64>,
-    /// Per file commit (encode, fsync, read-back check, rename, manifest), ms.
+    /// Per file commit (encode, fsync, read-back check, rename, manifest), ms;
+    /// only with [`IngestConfig::keep_latency_samples`].
     #[serde(skip)]
     pub commit_ms: Vec<f64>,
 }
@@ -141,27 +149,38 @@ impl State {
         self.manifest.commit(&commit)?;
         self.mstate.apply(&commit);
         let now_ms = chrono::Utc::now().timestamp_millis();
+        let keep = self.cfg.keep_latency_samples;
         for t in ts {
             let ms = (now_ms - t).max(0) as f64;
             self.metrics.e2e_latency_seconds.observe(ms / 1000.0);
-            if self.summary.e2e_ms.len() < 10_000_000 {
+            if keep && self.summary.e2e_ms.len() < 10_000_000 {
                 self.summary.e2e_ms.push(ms);
             }
         }
         self.metrics.files_written.inc();
         self.metrics.file_bytes.inc_by(commit.bytes);
         self.metrics.rows_written.inc_by(commit.rows);
-        self.metrics
-            .commit_seconds
-            .observe(t0.elapsed().as_secs_f64());
-        self.summary
-            .commit_ms
-            .push(t0.elapsed().as_secs_f64() * 1e3);
+        let commit_secs = t0.elapsed().as_secs_f64();
+        self.metrics.commit_seconds.observe(commit_secs);
+        if keep {
+            self.summary.commit_ms.push(commit_secs * 1e3);
+        }
         self.summary.files += 1;
         self.summary.file_bytes += commit.bytes;
         self.summary.rows_written += commit.rows;
         tracing::debug!(path = %commit.path, rows = commit.rows, "committed part file");
         Ok(Some(commit))
+    }
+
+    /// Commits each partition's open file, in order; stops at the first error.
+    fn commit_partitions(&mut self, parts: Vec<i32>) -> Result<Vec<FileCommit>> {
+        let mut commits = Vec::new();
+        for p in parts {
+            if let Some(c) = self.commit_partition(p)? {
+                commits.push(c);
+            }
+        }
+        Ok(commits)
     }
 
     fn offsets_tpl(&self, commits: &[FileCommit]) -> TopicPartitionList {
@@ -399,12 +418,7 @@ pub async fn run(
                 // Age-based rolls: commit files whose age is up.
                 let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
                 let due: Vec<i32> = st.open.iter().filter(|(_, f)| f.should_roll(&cfg.roll)).map(|(p, _)| *p).collect();
-                let mut commits = Vec::new();
-                for p in due {
-                    if let Some(c) = st.commit_partition(p)? {
-                        commits.push(c);
-                    }
-                }
+                let commits = st.commit_partitions(due)?;
                 if !commits.is_empty() {
                     let tpl = st.offsets_tpl(&commits);
                     drop(st);
@@ -435,12 +449,7 @@ pub async fn run(
     // Shut down: commit every open file, then the offsets (synchronously).
     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
     let parts: Vec<i32> = st.open.keys().copied().collect();
-    let mut commits = Vec::new();
-    for p in parts {
-        if let Some(c) = st.commit_partition(p)? {
-            commits.push(c);
-        }
-    }
+    let commits = st.commit_partitions(parts)?;
     if !commits.is_empty() {
         let tpl = st.offsets_tpl(&commits);
         if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {

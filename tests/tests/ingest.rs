@@ -81,10 +81,44 @@ fn wait_rows(out: &Path, want: u64, within: Duration) {
     }
 }
 
+/// Counts each id of one Parquet file into `ids` (checking every row has a
+/// non-empty text); returns the file's row count.
+fn count_ids(bytes: Vec<u8>, ids: &mut BTreeMap<String, u32>) -> u64 {
+    use arrow::array::{Array, StringArray};
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        bytes::Bytes::from(bytes),
+    )
+    .expect("parquet")
+    .build()
+    .expect("reader");
+    let mut rows = 0;
+    for batch in reader {
+        let batch = batch.expect("batch");
+        rows += batch.num_rows() as u64;
+        let utf8 = |name: &str| {
+            batch
+                .column_by_name(name)
+                .unwrap_or_else(|| panic!("no {name} column"))
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap_or_else(|| panic!("{name} is not utf8"))
+        };
+        let (col, text) = (utf8("id"), utf8("text"));
+        for i in 0..col.len() {
+            assert!(
+                !text.is_null(i) && !text.value(i).is_empty(),
+                "empty text for {}",
+                col.value(i)
+            );
+            *ids.entry(col.value(i).to_string()).or_insert(0) += 1;
+        }
+    }
+    rows
+}
+
 /// Every id in the dataset with how often it occurs, read with the parquet
 /// crate from the files the manifest lists; also checks each file's CRC.
 fn read_ids(out: &Path) -> BTreeMap<String, u32> {
-    use arrow::array::{Array, StringArray};
     let manifest = stream::manifest::read_local(out).expect("manifest");
     let mut ids = BTreeMap::new();
     for f in &manifest.files {
@@ -96,37 +130,7 @@ fn read_ids(out: &Path) -> BTreeMap<String, u32> {
             "{} does not match its manifest CRC",
             f.path
         );
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-            bytes::Bytes::from(bytes),
-        )
-        .expect("parquet")
-        .build()
-        .expect("reader");
-        let mut rows = 0;
-        for batch in reader {
-            let batch = batch.expect("batch");
-            rows += batch.num_rows() as u64;
-            let col = batch
-                .column_by_name("id")
-                .expect("id column")
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .expect("utf8 ids");
-            let text = batch
-                .column_by_name("text")
-                .expect("text column")
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .expect("utf8 text");
-            for i in 0..col.len() {
-                assert!(
-                    !text.is_null(i) && !text.value(i).is_empty(),
-                    "empty text for {}",
-                    col.value(i)
-                );
-                *ids.entry(col.value(i).to_string()).or_insert(0) += 1;
-            }
-        }
+        let rows = count_ids(bytes, &mut ids);
         assert_eq!(
             rows, f.rows,
             "{}: row count differs from the manifest",
@@ -136,39 +140,60 @@ fn read_ids(out: &Path) -> BTreeMap<String, u32> {
     ids
 }
 
-/// Every `.parquet` under `out` is listed in the manifest; no temp files.
-fn assert_no_orphans(out: &Path) {
-    let manifest = stream::manifest::read_local(out).expect("manifest");
-    let listed: std::collections::HashSet<String> =
-        manifest.files.iter().map(|f| f.path.clone()).collect();
-    let mut stack = vec![out.to_path_buf()];
+/// Every id in every `.parquet` file under `out`, listed or not: for the KV
+/// manifest, which keeps no local listing.
+fn ids_on_disk(out: &Path) -> BTreeMap<String, u32> {
+    let mut ids = BTreeMap::new();
+    for p in files_under(out) {
+        if p.extension().is_some_and(|x| x == "parquet") {
+            count_ids(std::fs::read(&p).expect("read"), &mut ids);
+        }
+    }
+    ids
+}
+
+/// Every file below `dir`, at any depth.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-                continue;
+            } else {
+                files.push(p);
             }
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+        }
+    }
+    files
+}
+
+/// Every `.parquet` under `out` is listed in the manifest; no temp files.
+fn assert_no_orphans(out: &Path) {
+    let manifest = stream::manifest::read_local(out).expect("manifest");
+    let listed: std::collections::HashSet<String> =
+        manifest.files.iter().map(|f| f.path.clone()).collect();
+    for p in files_under(out) {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        assert!(
+            !name.ends_with(".tmp"),
+            "temp file left behind: {}",
+            p.display()
+        );
+        if name.ends_with(".parquet") {
+            let rel = p
+                .strip_prefix(out)
+                .expect("under out")
+                .to_string_lossy()
+                .into_owned();
             assert!(
-                !name.ends_with(".tmp"),
-                "temp file left behind: {}",
-                p.display()
+                listed.contains(&rel),
+                "orphan file not in the manifest: {rel}"
             );
-            if name.ends_with(".parquet") {
-                let rel = p
-                    .strip_prefix(out)
-                    .expect("under out")
-                    .to_string_lossy()
-                    .into_owned();
-                assert!(
-                    listed.contains(&rel),
-                    "orphan file not in the manifest: {rel}"
-                );
-            }
         }
     }
     // Per partition the committed ranges are contiguous and do not overlap.
@@ -191,6 +216,16 @@ fn assert_no_orphans(out: &Path) {
             );
         }
     }
+}
+
+/// The Prometheus exposition served at `addr`.
+async fn scrape(addr: &str) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body")
 }
 
 fn broker() -> (tempfile::TempDir, Tansu) {
@@ -268,12 +303,7 @@ async fn records_land_exactly_once_readable_by_pyarrow_and_poison_goes_to_the_dl
         assert_eq!(seen.get(*kind), Some(payload), "DLQ record for {kind}");
     }
     // Counted on /metrics.
-    let exposition = reqwest::get(format!("http://{metrics}/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body");
+    let exposition = scrape(&metrics).await;
     for (kind, _) in &poison {
         assert!(
             exposition.contains(&format!(
@@ -285,20 +315,15 @@ async fn records_land_exactly_once_readable_by_pyarrow_and_poison_goes_to_the_dl
     // Lag comes from librdkafka's statistics (every second), and only once the
     // group has a committed offset per partition: wait for it rather than
     // racing the first report on a loaded machine.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let mut exposition = exposition;
     while !exposition.contains("mlstack_ingest_consumer_lag{") {
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "no consumer lag metric within 30 s:\n{exposition}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
-        exposition = reqwest::get(format!("http://{metrics}/metrics"))
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("body");
+        exposition = scrape(&metrics).await;
     }
     assert!(
         ing.terminate(Duration::from_secs(20)).success(),
@@ -477,16 +502,13 @@ async fn kv_manifest_rows(endpoint: &str, prefix: &str) -> u64 {
         .sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_raft_kv_cluster_serves_as_the_manifest_across_restarts() {
-    let (dir, b) = broker();
-    b.create_topic("kvm", 3).expect("topic");
-    b.create_topic("kvm.dlq", 1).expect("dlq topic");
+/// A one-node Raft KV cluster (`mlstack kv serve --init`) under `dir`, and
+/// its address.
+fn spawn_kv(dir: &Path, cluster: &str) -> (Proc, String) {
     let kv_addr = format!("127.0.0.1:{}", tests::free_port());
-    let data = dir.path().join("kv");
-    let data_s = data.to_string_lossy().into_owned();
+    let data_s = dir.join("kv").to_string_lossy().into_owned();
     let peers = format!("1={kv_addr}");
-    let _kv = Proc::spawn_mlstack(
+    let kv = Proc::spawn_mlstack(
         &[
             "kv",
             "serve",
@@ -502,10 +524,28 @@ async fn the_raft_kv_cluster_serves_as_the_manifest_across_restarts() {
             "--metrics-listen",
             "127.0.0.1:0",
             "--cluster",
-            "ingest-test",
+            cluster,
         ],
         &[],
     );
+    (kv, kv_addr)
+}
+
+/// Waits until the KV manifest lists at least `want` rows under `prefix`.
+async fn wait_kv_rows(kv_addr: &str, prefix: &str, want: u64, within: Duration) {
+    let t0 = Instant::now();
+    while kv_manifest_rows(kv_addr, prefix).await < want {
+        assert!(t0.elapsed() < within, "KV manifest stuck below {want} rows");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_raft_kv_cluster_serves_as_the_manifest_across_restarts() {
+    let (dir, b) = broker();
+    b.create_topic("kvm", 3).expect("topic");
+    b.create_topic("kvm.dlq", 1).expect("dlq topic");
+    let (_kv, kv_addr) = spawn_kv(dir.path(), "ingest-test");
     let out = dir.path().join("out");
     let prefix = "ingest/mlstack-ingest/kvm/";
     for (round, count) in [(0, 500u64), (1, 200)] {
@@ -519,47 +559,13 @@ async fn the_raft_kv_cluster_serves_as_the_manifest_across_restarts() {
         .expect("produce");
         assert!(status.success());
         let want = if round == 0 { 500 } else { 700 };
-        let t0 = Instant::now();
-        while kv_manifest_rows(&kv_addr, prefix).await < want {
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "KV manifest stuck below {want} rows"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_kv_rows(&kv_addr, prefix, want, Duration::from_secs(60)).await;
         assert!(ing.terminate(Duration::from_secs(20)).success());
     }
     assert_eq!(kv_manifest_rows(&kv_addr, prefix).await, 700);
     // No local manifest was written, and every id is in exactly one file.
     assert!(!out.join(stream::manifest::LOCAL_MANIFEST).exists());
-    let mut ids = BTreeMap::new();
-    let mut stack = vec![out.clone()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                use arrow::array::{Array, StringArray};
-                let bytes = bytes::Bytes::from(std::fs::read(&p).expect("read"));
-                let reader =
-                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-                        .expect("parquet")
-                        .build()
-                        .expect("reader");
-                for batch in reader {
-                    let batch = batch.expect("batch");
-                    let col = batch
-                        .column_by_name("id")
-                        .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
-                        .expect("ids");
-                    for i in 0..col.len() {
-                        *ids.entry(col.value(i).to_string()).or_insert(0u32) += 1;
-                    }
-                }
-            }
-        }
-    }
+    let ids = ids_on_disk(&out);
     assert_eq!(ids.len(), 700);
     assert!(ids.values().all(|n| *n == 1));
 }
@@ -608,29 +614,7 @@ async fn a_rebalance_between_two_live_consumers_loses_and_duplicates_nothing() {
     let (dir, b) = broker();
     b.create_topic("rb", 3).expect("topic");
     b.create_topic("rb.dlq", 1).expect("dlq topic");
-    let kv_addr = format!("127.0.0.1:{}", tests::free_port());
-    let data_s = dir.path().join("kv").to_string_lossy().into_owned();
-    let peers = format!("1={kv_addr}");
-    let _kv = Proc::spawn_mlstack(
-        &[
-            "kv",
-            "serve",
-            "--id",
-            "1",
-            "--init",
-            "--listen",
-            &kv_addr,
-            "--peers",
-            &peers,
-            "--data-dir",
-            &data_s,
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--cluster",
-            "rebalance-test",
-        ],
-        &[],
-    );
+    let (_kv, kv_addr) = spawn_kv(dir.path(), "rebalance-test");
     let out = dir.path().join("out");
     let prefix = "ingest/mlstack-ingest/rb/";
     let mut a = ingest(&b.addr, "rb", &out, &["--kv", &kv_addr]);
@@ -646,20 +630,7 @@ async fn a_rebalance_between_two_live_consumers_loses_and_duplicates_nothing() {
             .expect("wait")
             .success()
     );
-    let wait = |want: u64| {
-        let kv = kv_addr.clone();
-        async move {
-            let t0 = Instant::now();
-            while kv_manifest_rows(&kv, prefix).await < want {
-                assert!(
-                    t0.elapsed() < Duration::from_secs(90),
-                    "KV manifest stuck below {want} rows"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
-    wait(2000).await;
+    wait_kv_rows(&kv_addr, prefix, 2000, Duration::from_secs(90)).await;
     let mut bb = ingest(&b.addr, "rb", &out, &["--kv", &kv_addr]);
     // Let the group rebalance, then produce more: both members consume.
     tokio::time::sleep(Duration::from_secs(8)).await;
@@ -670,12 +641,18 @@ async fn a_rebalance_between_two_live_consumers_loses_and_duplicates_nothing() {
             .expect("wait")
             .success()
     );
-    wait(4000).await;
+    wait_kv_rows(&kv_addr, prefix, 4000, Duration::from_secs(90)).await;
     assert!(a.terminate(Duration::from_secs(20)).success());
     assert!(bb.terminate(Duration::from_secs(20)).success());
     assert_eq!(
         kv_manifest_rows(&kv_addr, prefix).await,
         4000,
         "rows committed twice"
+    );
+    let ids = ids_on_disk(&out);
+    assert_eq!(ids.len(), 4000, "ids lost across the rebalance");
+    assert!(
+        ids.values().all(|n| *n == 1),
+        "an id is in two files after the rebalance"
     );
 }
