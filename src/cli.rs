@@ -335,7 +335,7 @@ pub struct InferServeArgs {
     #[arg(long, env = "MLSTACK_HTTP", default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
     /// /metrics, /healthz, /readyz listen address.
-    #[arg(long, env = "MLSTACK_METRICS_LISTEN", default_value = "127.0.0.1:9170")]
+    #[arg(long, env = "MLSTACK_METRICS_LISTEN", default_value = "127.0.0.1:9130")]
     pub metrics_listen: SocketAddr,
     /// KV cache budget in bytes (the block pool is what fits).
     #[arg(long, env = "MLSTACK_KV_CACHE_BYTES", default_value_t = 256 << 20)]

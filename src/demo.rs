@@ -277,19 +277,12 @@ pub async fn run(args: &DemoArgs, telemetry: &observe::Telemetry) -> Result<(), 
     let metrics_base = format!("http://{}", metrics.local_addr());
     let readyz_before = http_get(&format!("{metrics_base}/readyz")).await?.0;
 
-    // 2. proto + diag: two gRPC servers with health and reflection.
-    let a = crate::diag::spawn_server(
-        any_port,
-        telemetry.service(),
-        &format!("{}/a", telemetry.instance_id()),
-    )
-    .await?;
-    let b = crate::diag::spawn_server(
-        any_port,
-        telemetry.service(),
-        &format!("{}/b", telemetry.instance_id()),
-    )
-    .await?;
+    // 2. proto + diag: two gRPC servers with health, reflection and Diag.
+    let relay = Some(crate::diag::RELAY_TIMEOUT);
+    let service_a = format!("{}-a", telemetry.service());
+    let a = proto::server::GrpcServer::start(any_port, &service_a, relay, |_| {}).await?;
+    let service_b = format!("{}-b", telemetry.service());
+    let b = proto::server::GrpcServer::start(any_port, &service_b, relay, |_| {}).await?;
     readiness.set_ready(true);
     let readyz_after = http_get(&format!("{metrics_base}/readyz")).await?.0;
     let ep_a = a.addr.to_string();

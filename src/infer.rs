@@ -43,9 +43,9 @@ pub fn run(cmd: &InferCommand) -> Result<(), Error> {
         }
         InferCommand::BenchEngine(a) => {
             let (engine, model_path) = load(&a.model)?;
-            let report = ::infer::bench::run(
+            let report = bench::engine::run(
                 &engine,
-                &::infer::bench::BenchConfig {
+                &bench::engine::BenchConfig {
                     systems: a.systems.clone(),
                     decode_tokens: a.decode_tokens,
                     repeats: a.repeats.max(1),
@@ -54,10 +54,8 @@ pub fn run(cmd: &InferCommand) -> Result<(), Error> {
                 },
             )
             .map_err(|e| Error::Bench(e.to_string()))?;
-            print!("{}", report.table());
-            crate::write_bench_json(&a.out, &report.json())?;
-            println!("wrote {}", a.out.display());
-            Ok(())
+            print!("{}", bench::engine::table(&report));
+            crate::write_bench_report(&a.out, &report)
         }
     }
 }
@@ -142,35 +140,21 @@ pub async fn serve(args: &crate::cli::InferServeArgs) -> Result<(), Error> {
         },
         metrics,
     );
-    let readiness = observe::Readiness::new();
-    let metrics_server = observe::MetricsServer::start(
-        args.metrics_listen,
-        observe::registry().clone(),
-        readiness.clone(),
-    )
-    .await?;
+    let component = crate::component::Component::start(args.metrics_listen).await?;
     let servers = ::infer::server::start(handle.clone(), model_name, args.grpc, args.http)
         .await
         .map_err(|e| Error::Infer(e.to_string()))?;
-    readiness.set_ready(true);
-    // One machine-readable line so scripts and tests learn the bound ports.
-    println!(
-        "{}",
-        serde_json::json!({
-            "grpc": servers.grpc_addr.to_string(),
-            "http": servers.http_addr.to_string(),
-            "metrics": metrics_server.local_addr().to_string(),
-            "kv_blocks": handle.stats().blocks_total,
-            "kv_capacity_tokens": handle.capacity_tokens(),
-        })
-    );
-    observe::shutdown_signal().await;
-    readiness.set_ready(false);
-    tracing::info!("shutting down: draining the servers");
+    component.ready(serde_json::json!({
+        "grpc": servers.grpc_addr.to_string(),
+        "http": servers.http_addr.to_string(),
+        "kv_blocks": handle.stats().blocks_total,
+        "kv_capacity_tokens": handle.capacity_tokens(),
+    }));
+    component.wait_for_signal().await;
     servers.stop().await;
     handle.shutdown();
     let _ = tokio::task::spawn_blocking(move || engine_thread.join()).await;
-    metrics_server.stop().await;
+    component.stop().await;
     Ok(())
 }
 
@@ -244,7 +228,7 @@ pub async fn bench_serve(args: &crate::cli::InferBenchServeArgs) -> Result<(), E
         }
     }
     let (engine, model_path) = load_blocking(&args.model).await?;
-    let cfg = ::infer::bench_serve::ServeBenchConfig {
+    let cfg = bench::serve::ServeBenchConfig {
         concurrency: args.concurrency.clone(),
         systems: args.systems.clone(),
         seed: args.seed,
@@ -255,11 +239,9 @@ pub async fn bench_serve(args: &crate::cli::InferBenchServeArgs) -> Result<(), E
             ..Default::default()
         },
     };
-    let report = ::infer::bench_serve::run(std::sync::Arc::new(engine), &cfg)
+    let report = bench::serve::run(std::sync::Arc::new(engine), &cfg)
         .await
         .map_err(Error::Bench)?;
-    print!("{}", report.table());
-    crate::write_bench_json(&args.out, &report.json())?;
-    println!("wrote {}", args.out.display());
-    Ok(())
+    print!("{}", bench::serve::table(&report));
+    crate::write_bench_report(&args.out, &report)
 }

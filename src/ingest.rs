@@ -43,31 +43,14 @@ async fn ingest(a: &IngestRunArgs) -> Result<(), Error> {
     metrics
         .register()
         .map_err(|e| Error::Stream(stream::Error::Metrics(e.to_string())))?;
-    let readiness = observe::Readiness::new();
-    let server = observe::MetricsServer::start(
-        a.metrics_listen,
-        observe::registry().clone(),
-        readiness.clone(),
-    )
-    .await?;
-    println!(
-        "{}",
-        serde_json::json!({"metrics": server.local_addr().to_string(), "out": a.out.display().to_string(), "topic": a.topic})
-    );
-    readiness.set_ready(true);
-    // The manifest's KV client blocks on the runtime: run the loop on a
-    // blocking-capable thread of its own.
-    let summary = tokio::task::block_in_place(|| {
-        tokio::runtime::Handle::current().block_on(stream::ingest::run(
-            cfg,
-            manifest,
-            metrics,
-            observe::shutdown_signal(),
-        ))
-    })
-    .map_err(stream_err)?;
-    readiness.set_ready(false);
-    server.stop().await;
+    let component = crate::component::Component::start(a.metrics_listen).await?;
+    component.ready(serde_json::json!({"out": a.out.display().to_string(), "topic": a.topic}));
+    // Ingest commits what it holds when the signal comes, so the loop itself
+    // waits for it (not `Component::wait_for_signal`).
+    let summary = stream::ingest::run(cfg, manifest, metrics, observe::shutdown_signal())
+        .await
+        .map_err(stream_err)?;
+    component.stop().await;
     eprintln!("{}", serde_json::to_string(&summary).unwrap_or_default());
     Ok(())
 }
@@ -108,7 +91,7 @@ fn rand_u32() -> u32 {
 
 async fn bench(a: &IngestBenchArgs) -> Result<(), Error> {
     let dir = tempfile::tempdir().map_err(|e| Error::Bench(format!("temp dir: {e}")))?;
-    let cfg = stream::bench::BenchConfig {
+    let cfg = bench::ingest::BenchConfig {
         brokers: a.brokers.clone(),
         volume_bytes: a.volume_mb << 20,
         record_bytes: a.record_bytes.max(64),
@@ -117,9 +100,9 @@ async fn bench(a: &IngestBenchArgs) -> Result<(), Error> {
         latency_duration: a.latency_duration,
         dir: dir.path().to_path_buf(),
     };
-    let rows = stream::bench::run(&cfg, |m| eprintln!("[ingest bench] {m}"))
+    let rows = bench::ingest::run(&cfg, |m| eprintln!("[ingest bench] {m}"))
         .await
         .map_err(stream_err)?;
-    print!("{}", stream::bench::table(&rows));
-    crate::write_bench_report(&a.out, &stream::bench::to_json(&cfg, &rows))
+    print!("{}", bench::ingest::table(&rows));
+    crate::write_bench_report(&a.out, &bench::ingest::report(&cfg, rows))
 }

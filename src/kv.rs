@@ -2,16 +2,18 @@
 
 use crate::Error;
 use crate::cli::{ChaosArgs, KvCommand};
-use consensus::{Client, Node, NodeConfig, parse_peers};
+use crate::component::Component;
+use consensus::{Node, NodeConfig, parse_peers};
+use kvclient::Client;
 use proto::kv::v1 as pb;
 use std::net::SocketAddr;
 
 fn client(endpoints: &[String]) -> Result<Client, Error> {
-    Ok(Client::new(endpoints).map_err(consensus::Error::from)?)
+    Ok(Client::new(endpoints)?)
 }
 
-fn kv_err(e: consensus::ClientError) -> Error {
-    Error::Kv(e.into())
+fn kv_err(e: kvclient::ClientError) -> Error {
+    Error::KvClient(e)
 }
 
 /// Runs one `mlstack kv` subcommand.
@@ -187,29 +189,12 @@ async fn serve(a: &crate::cli::KvServeArgs) -> Result<(), Error> {
     cfg.snapshot_every = a.snapshot_every;
     cfg.keep_logs = a.keep_logs;
     cfg.inflight_batches = a.inflight_batches;
-    let readiness = observe::Readiness::new();
-    let metrics = observe::MetricsServer::start(
-        metrics_listen,
-        observe::registry().clone(),
-        readiness.clone(),
-    )
-    .await?;
+    let component = Component::start(metrics_listen).await?;
     let node = Node::start(cfg).await?;
-    readiness.set_ready(true);
-    // One machine-readable line so scripts and tests learn the bound ports.
-    println!(
-        "{}",
-        serde_json::json!({
-            "id": a.id,
-            "grpc": node.addr.to_string(),
-            "metrics": metrics.local_addr().to_string(),
-        })
-    );
-    observe::shutdown_signal().await;
-    readiness.set_ready(false);
-    tracing::info!("shutting down");
+    component.ready(serde_json::json!({"id": a.id, "grpc": node.addr.to_string()}));
+    component.wait_for_signal().await;
     node.shutdown().await;
-    metrics.stop().await;
+    component.stop().await;
     Ok(())
 }
 
@@ -219,7 +204,7 @@ fn exe() -> Result<std::path::PathBuf, Error> {
 
 async fn bench(a: &crate::cli::KvBenchArgs) -> Result<(), Error> {
     let dir = tempfile::tempdir().map_err(|e| Error::Bench(format!("temp dir: {e}")))?;
-    let cfg = consensus::bench::BenchConfig {
+    let cfg = bench::kv::BenchConfig {
         nodes: a.nodes,
         clients: a.clients.clone(),
         duration: a.duration,
@@ -230,17 +215,19 @@ async fn bench(a: &crate::cli::KvBenchArgs) -> Result<(), Error> {
         dir: dir.path().to_path_buf(),
         endpoints: a.endpoints.clone(),
     };
-    let rows = consensus::bench::run(&cfg, |m| eprintln!("[kv bench] {m}")).await?;
-    print!("{}", consensus::bench::table(&rows));
-    crate::write_bench_report(&a.out, &consensus::bench::to_json(&cfg, &rows))
+    let rows = bench::kv::run(&cfg, |m| eprintln!("[kv bench] {m}")).await?;
+    print!("{}", bench::kv::table(&rows));
+    crate::write_bench_report(&a.out, &bench::kv::report(&cfg, rows))
 }
 
 /// `mlstack chaos <drill>`.
 pub async fn chaos(a: &ChaosArgs) -> Result<(), Error> {
-    let drill: consensus::chaos::Drill = a
-        .drill
-        .parse()
-        .map_err(|reason| Error::Kv(consensus::Error::Config { reason }))?;
+    let drill: chaos::drills::Drill = a.drill.parse().map_err(|reason| {
+        Error::Chaos(chaos::Error::Drill {
+            drill: a.drill.clone(),
+            reason,
+        })
+    })?;
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -263,7 +250,7 @@ pub async fn chaos(a: &ChaosArgs) -> Result<(), Error> {
         drill.name(),
         dir.display()
     );
-    let report = consensus::chaos::run(consensus::chaos::ChaosConfig {
+    let report = chaos::drills::run(chaos::drills::ChaosConfig {
         drill,
         nodes: a.nodes,
         duration: a.duration,
@@ -278,7 +265,7 @@ pub async fn chaos(a: &ChaosArgs) -> Result<(), Error> {
     let json = serde_json::to_string_pretty(&report).unwrap_or_default();
     println!("{json}");
     if let Some(p) = &a.json {
-        crate::write_bench_json(p, &json)?;
+        std::fs::write(p, &json).map_err(|e| Error::Bench(format!("{}: {e}", p.display())))?;
     }
     if report.passed {
         if !keep {

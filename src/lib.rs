@@ -1,20 +1,25 @@
 //! # mlstack: the command-line front of a miniature ML systems stack
 //!
 //! One binary, `mlstack`, whose subcommands call into the component crates
-//! (`ARCHITECTURE.md`, "Conventions"). This crate stays thin: argument parsing,
+//! (`docs/ARCHITECTURE.md`, "Conventions"). This crate stays thin: argument parsing,
 //! process wiring (observability, signals, servers), and the end-to-end demo.
 //! The ideas live in the component crates.
 //!
 //! # Layout
 //! - [`cli`]: the clap command tree; every flag also reads `MLSTACK_<FLAG>`.
-//! - [`diag`]: the `mlstack.diag.v1.Diag` service every gRPC server mounts, and
-//!   `mlstack diag serve|ping`.
-//! - [`demo`]: `mlstack demo`, which drives whatever exists of the data path.
+//! - [`component`]: the life of a long-running command (metrics and readiness,
+//!   the JSON line of bound ports, SIGINT/SIGTERM, drain order).
+//! - [`diag`]: `mlstack diag serve|ping`.
+//! - [`kv`]: `mlstack kv ...` and `mlstack chaos ...`.
+//! - [`ingest`]: `mlstack ingest ...` and `mlstack produce`.
 //! - [`lsm`]: `mlstack lsm ...`: inspect and benchmark the storage engine.
-//! - [`infer`]: `mlstack infer ...`: generate text, benchmark the engine.
-//! - [`run`]: dispatch from a parsed command line to the component.
+//! - [`infer`]: `mlstack infer ...`: generate, serve, benchmark.
+//! - [`demo`]: `mlstack demo`, which drives whatever exists of the data path.
+//! - this file: the crate's [`Error`], and [`run`], which sets up
+//!   observability and dispatches a parsed command line.
 
 pub mod cli;
+pub mod component;
 pub mod demo;
 pub mod diag;
 pub mod infer;
@@ -22,7 +27,7 @@ pub mod ingest;
 pub mod kv;
 pub mod lsm;
 
-use cli::{Cli, Command, DiagCommand};
+use cli::{Cli, Command, DiagCommand, InferCommand, KvCommand};
 
 /// Errors the CLI reports; each component's own error is carried with context.
 #[derive(Debug, thiserror::Error)]
@@ -63,9 +68,16 @@ pub enum Error {
     Kv(#[from] consensus::Error),
     #[error(transparent)]
     Stream(#[from] stream::Error),
+    #[error(transparent)]
+    Chaos(#[from] chaos::Error),
+    #[error(transparent)]
+    KvClient(#[from] kvclient::ClientError),
     /// A chaos drill found a violation (the report says which).
     #[error("chaos drill {drill} failed: {reason}")]
     ChaosFailed { drill: String, reason: String },
+    /// A command's blocking task panicked or was cancelled.
+    #[error("{what} task failed: {reason}")]
+    Task { what: &'static str, reason: String },
     /// A key was not found (`mlstack lsm get`).
     #[error("key {0:?} not found")]
     KeyNotFound(String),
@@ -85,21 +97,14 @@ impl Error {
     }
 }
 
-/// Writes a benchmark's JSON report, creating its directory.
-pub(crate) fn write_bench_json(out: &std::path::Path, json: &str) -> Result<(), Error> {
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::Bench(format!("{}: {e}", dir.display())))?;
-    }
-    std::fs::write(out, json).map_err(|e| Error::Bench(format!("{}: {e}", out.display())))
-}
-
-/// Writes a benchmark report as pretty JSON and says where on stderr.
+/// Writes a benchmark's report in the JSON convention and says where on stderr.
 pub(crate) fn write_bench_report(
     out: &std::path::Path,
-    json: &serde_json::Value,
+    report: &bench::Report,
 ) -> Result<(), Error> {
-    write_bench_json(out, &serde_json::to_string_pretty(json).unwrap_or_default())?;
+    report
+        .write(out)
+        .map_err(|e| Error::Bench(format!("{}: {e}", out.display())))?;
     eprintln!("wrote {}", out.display());
     Ok(())
 }
@@ -111,95 +116,61 @@ pub fn init_observe(cli: &Cli, service: &str) -> Result<observe::Telemetry, Erro
     Ok(observe::init_with(config)?)
 }
 
-/// Runs one parsed command line to completion.
-pub async fn run(cli: Cli) -> Result<(), Error> {
-    match &cli.command {
-        Command::Demo(args) => {
-            let telemetry = init_observe(&cli, "demo")?;
-            let result = demo::run(args, &telemetry).await;
-            telemetry.shutdown().await?;
-            result
-        }
-        Command::Diag(DiagCommand::Serve(args)) => {
-            let telemetry = init_observe(&cli, "diag")?;
-            let result = diag::serve_until_signal(args, &telemetry).await;
-            // Flush even when serving failed: the spans explain the failure.
-            telemetry.shutdown().await?;
-            result
-        }
-        Command::Lsm(cmd) => {
-            let telemetry = init_observe(&cli, "lsm")?;
-            // Blocking file I/O and CPU-bound benchmark loops: off the runtime.
-            let cmd = cmd.clone();
-            let result = tokio::task::spawn_blocking(move || lsm::run(&cmd))
-                .await
-                .map_err(|e| Error::Bench(format!("lsm task failed: {e}")))
-                .and_then(|r| r);
-            telemetry.shutdown().await?;
-            result
-        }
-        Command::Infer(cli::InferCommand::Serve(args)) => {
-            let telemetry = init_observe(&cli, "infer")?;
-            let result = infer::serve(args).await;
-            telemetry.shutdown().await?;
-            result
-        }
-        Command::Infer(cli::InferCommand::BenchServe(args)) => {
-            let telemetry = init_observe(&cli, "infer-bench")?;
-            let result = infer::bench_serve(args).await;
-            telemetry.shutdown().await?;
-            result
-        }
-        Command::Infer(cli::InferCommand::Client(args)) => {
-            let telemetry = init_observe(&cli, "infer-client")?;
-            let result = infer::client(args).await;
-            telemetry.shutdown().await?;
-            result
-        }
-        Command::Infer(cmd) => {
-            let telemetry = init_observe(&cli, "infer")?;
-            // CPU-bound: off the async runtime's workers.
-            let cmd = cmd.clone();
-            let result = tokio::task::spawn_blocking(move || infer::run(&cmd))
-                .await
-                .map_err(|e| Error::Infer(format!("infer task failed: {e}")))
-                .and_then(|r| r);
-            telemetry.shutdown().await?;
-            result
-        }
-        Command::Kv(cmd) => {
-            let service = match cmd {
-                cli::KvCommand::Serve(a) => format!("kv-{}", a.id),
-                _ => "kv-client".into(),
-            };
-            let telemetry = init_observe(&cli, &service)?;
-            let result = kv::run(cmd).await;
-            telemetry.shutdown().await?;
-            result
-        }
-        Command::Ingest(cmd) => {
-            let telemetry = init_observe(&cli, "ingest")?;
-            let result = ingest::run(cmd).await;
-            telemetry.shutdown().await?;
-            result
-        }
-        Command::Produce(args) => {
-            let telemetry = init_observe(&cli, "produce")?;
-            let result = ingest::produce(args).await;
-            telemetry.shutdown().await?;
-            result
-        }
-        Command::Chaos(args) => {
-            let telemetry = init_observe(&cli, "chaos")?;
-            let result = kv::chaos(args).await;
-            telemetry.shutdown().await?;
-            result
-        }
-        Command::Diag(DiagCommand::Ping(args)) => {
-            let telemetry = init_observe(&cli, "diag-client")?;
-            let result = diag::ping_command(args).await;
-            telemetry.shutdown().await?;
-            result
-        }
+/// The service name a command reports its logs, spans and metrics under.
+fn service_name(command: &Command) -> String {
+    match command {
+        Command::Demo(_) => "demo".into(),
+        Command::Diag(DiagCommand::Serve(_)) => "diag".into(),
+        Command::Diag(DiagCommand::Ping(_)) => "diag-client".into(),
+        Command::Lsm(_) => "lsm".into(),
+        Command::Infer(InferCommand::BenchServe(_)) => "infer-bench".into(),
+        Command::Infer(InferCommand::Client(_)) => "infer-client".into(),
+        Command::Infer(_) => "infer".into(),
+        Command::Kv(KvCommand::Serve(a)) => format!("kv-{}", a.id),
+        Command::Kv(_) => "kv-client".into(),
+        Command::Ingest(_) => "ingest".into(),
+        Command::Produce(_) => "produce".into(),
+        Command::Chaos(_) => "chaos".into(),
     }
+}
+
+/// Runs one parsed command line to completion: observability up, the
+/// command, then a flush of its spans even when it failed (they explain why).
+pub async fn run(cli: Cli) -> Result<(), Error> {
+    let telemetry = init_observe(&cli, &service_name(&cli.command))?;
+    let result = dispatch(&cli.command, &telemetry).await;
+    telemetry.shutdown().await?;
+    result
+}
+
+async fn dispatch(command: &Command, telemetry: &observe::Telemetry) -> Result<(), Error> {
+    match command {
+        Command::Demo(a) => demo::run(a, telemetry).await,
+        Command::Diag(DiagCommand::Serve(a)) => diag::serve_until_signal(a, telemetry).await,
+        Command::Diag(DiagCommand::Ping(a)) => diag::ping_command(a).await,
+        // Blocking file I/O and CPU-bound loops: off the runtime's workers.
+        Command::Lsm(cmd) => off_runtime("lsm", cmd.clone(), |c| lsm::run(&c)).await,
+        Command::Infer(InferCommand::Serve(a)) => infer::serve(a).await,
+        Command::Infer(InferCommand::BenchServe(a)) => infer::bench_serve(a).await,
+        Command::Infer(InferCommand::Client(a)) => infer::client(a).await,
+        Command::Infer(cmd) => off_runtime("infer", cmd.clone(), |c| infer::run(&c)).await,
+        Command::Kv(cmd) => kv::run(cmd).await,
+        Command::Ingest(cmd) => ingest::run(cmd).await,
+        Command::Produce(a) => ingest::produce(a).await,
+        Command::Chaos(a) => kv::chaos(a).await,
+    }
+}
+
+/// Runs a synchronous command on a blocking thread.
+async fn off_runtime<T: Send + 'static>(
+    what: &'static str,
+    arg: T,
+    f: fn(T) -> Result<(), Error>,
+) -> Result<(), Error> {
+    tokio::task::spawn_blocking(move || f(arg))
+        .await
+        .map_err(|e| Error::Task {
+            what,
+            reason: e.to_string(),
+        })?
 }

@@ -143,7 +143,7 @@ fn scan(a: &LsmScanArgs) -> Result<(), Error> {
 }
 
 fn bench(a: &LsmBenchArgs) -> Result<(), Error> {
-    let cfg = storage::bench::Config {
+    let cfg = bench::lsm::Config {
         dir: a.dir.clone().unwrap_or_else(|| {
             std::env::temp_dir().join(format!("mlstack-lsm-bench-{}", std::process::id()))
         }),
@@ -156,13 +156,9 @@ fn bench(a: &LsmBenchArgs) -> Result<(), Error> {
         seed: a.seed,
         systems: a.systems.clone(),
     };
-    let rows = storage::bench::run(&cfg, |p| eprintln!("lsm bench: {p}")).map_err(Error::Bench)?;
-    print!("{}", storage::bench::table(&rows));
-    let json = storage::bench::to_json(&cfg, &rows);
-    let text = serde_json::to_string_pretty(&json).map_err(|e| Error::Bench(e.to_string()))?;
-    crate::write_bench_json(&a.out, &text)?;
-    eprintln!("lsm bench: wrote {}", a.out.display());
-    Ok(())
+    let rows = bench::lsm::run(&cfg, |p| eprintln!("lsm bench: {p}")).map_err(Error::Bench)?;
+    print!("{}", bench::lsm::table(&rows));
+    crate::write_bench_report(&a.out, &bench::lsm::report(&cfg, rows))
 }
 
 #[cfg(test)]

@@ -8,10 +8,9 @@
 //! tonic carries both the client API and the Raft transport. It is the stack's
 //! metadata store, as etcd is Kubernetes'.
 //!
-//! The chaos drills ([`chaos`]) start a real cluster of child processes behind
-//! fault-injecting TCP proxies, record every client operation, and check the
-//! history with a linearizability checker ([`linearizability`], Porcupine's
-//! algorithm).
+//! The chaos drills (crate `chaos`) start a real cluster of child processes
+//! behind fault-injecting TCP proxies, record every client operation, and check
+//! the history with a linearizability checker (Porcupine's algorithm).
 //!
 //! # Layout
 //! - [`types`]: the replicated commands, responses and openraft's type config.
@@ -19,30 +18,30 @@
 //!   commit, atomic apply, snapshots from an LSM snapshot, deduplication).
 //! - [`network`]: the Raft transport over gRPC (streamed snapshots).
 //! - [`service`]: the client API `mlstack.kv.v1.KV` (read index, leader hints).
+//! - [`batcher`]: proposal batching (many client writes, one log entry).
+//! - [`config`]: a node's configuration and `--peers` parsing.
 //! - [`node`]: starting a node from its configuration.
-//! - [`client`]: the Rust client (leader following, retries with request ids).
 //! - [`metrics`]: `mlstack_kv_*` Prometheus metrics.
-//! - [`linearizability`]: the history checker.
-//! - [`proxy`]: the fault-injecting TCP proxy.
-//! - [`cluster`]: a local cluster of `mlstack kv serve` child processes.
-//! - [`chaos`]: the drills and their workload.
-//! - [`bench`]: `mlstack kv bench`.
 //! - [`error`]: the crate's errors.
+//!
+//! Outside this crate: the client in `kvclient` (it depends only on `proto`,
+//! so components link it without linking Raft), the chaos drills, the local
+//! process cluster and the linearizability checker in `chaos`, and
+//! `mlstack kv bench` in `bench`.
 
-pub mod bench;
-pub mod chaos;
-pub mod client;
-pub mod cluster;
+pub mod batcher;
+pub mod config;
 pub mod error;
-pub mod linearizability;
 pub mod metrics;
 pub mod network;
 pub mod node;
-pub mod proxy;
 pub mod service;
 pub mod store;
 pub mod types;
 
-pub use client::Client;
-pub use error::{ClientError, Error};
-pub use node::{Node, NodeConfig, parse_peers};
+pub use config::{NodeConfig, parse_peers};
+pub use error::Error;
+/// The client lives in `kvclient` (it depends only on `proto`); re-exported
+/// for callers that already link the server.
+pub use kvclient::{Client, ClientError};
+pub use node::Node;

@@ -1,148 +1,21 @@
 //! A running KV node: storage, openraft, the gRPC server (client API + Raft
 //! transport on one port) and the metrics watcher.
 
+use crate::batcher::{MAX_BATCH, batcher};
+use crate::config::NodeConfig;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::network::{NetworkFactory, RaftService};
 use crate::service::KvService;
 use crate::store::{Identity, LogStore, Shared, StateMachine, open_db};
 use crate::types::*;
+use proto::server::GrpcServer;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-/// Everything `mlstack kv serve` configures.
-#[derive(Clone, Debug)]
-pub struct NodeConfig {
-    pub id: NodeId,
-    /// Where to listen (client API and Raft transport share the port).
-    pub listen: SocketAddr,
-    pub data_dir: PathBuf,
-    /// The initial members and their advertised addresses (`--peers`).
-    pub peers: BTreeMap<NodeId, String>,
-    /// Dial overrides for peer links (`--route`), used by the chaos proxies.
-    pub routes: BTreeMap<NodeId, String>,
-    /// Initialize the cluster with `peers` as voters if it never was.
-    pub init: bool,
-    /// Cluster name: stored in the data directory and checked on every peer
-    /// message.
-    pub cluster: String,
-    pub heartbeat_ms: u64,
-    pub election_min_ms: u64,
-    pub election_max_ms: u64,
-    /// Build a snapshot after this many applied entries since the last one.
-    pub snapshot_every: u64,
-    /// Entries kept in the log behind the snapshot (lagging followers catch up
-    /// from the log while they are within this distance).
-    pub keep_logs: u64,
-    /// A proposal not committed within this answers `DEADLINE_EXCEEDED`
-    /// (outcome unknown; the client retries with the same request id).
-    pub proposal_timeout: Duration,
-    /// Proposal batches in flight at once (see [`crate::service::batcher`]).
-    pub inflight_batches: usize,
-    /// Register metrics in the process-wide registry (off for in-process
-    /// multi-node tests, where names would collide).
-    pub register_metrics: bool,
-}
-
-impl NodeConfig {
-    /// Defaults for node `id` of `peers`.
-    pub fn new(
-        id: NodeId,
-        listen: SocketAddr,
-        data_dir: PathBuf,
-        peers: BTreeMap<NodeId, String>,
-    ) -> Self {
-        Self {
-            id,
-            listen,
-            data_dir,
-            peers,
-            routes: BTreeMap::new(),
-            init: false,
-            cluster: "mlstack-kv".into(),
-            heartbeat_ms: 50,
-            election_min_ms: 150,
-            election_max_ms: 300,
-            snapshot_every: 10_000,
-            keep_logs: 1_000,
-            proposal_timeout: Duration::from_secs(5),
-            inflight_batches: 1,
-            register_metrics: true,
-        }
-    }
-
-    fn validate(&self) -> Result<(), Error> {
-        let bad = |reason: String| Err(Error::Config { reason });
-        if self.id == 0 {
-            return bad("node id 0 is reserved; ids start at 1".into());
-        }
-        if self.init && !self.peers.contains_key(&self.id) {
-            return bad(format!(
-                "--init needs this node ({}) in --peers (got ids {:?})",
-                self.id,
-                self.peers.keys().collect::<Vec<_>>()
-            ));
-        }
-        for (id, addr) in self.routes.iter() {
-            if !self.peers.contains_key(id) && !self.peers.is_empty() {
-                return bad(format!(
-                    "--route names node {id} ({addr}), which is not in --peers"
-                ));
-            }
-        }
-        if self.election_min_ms <= self.heartbeat_ms || self.election_max_ms <= self.election_min_ms
-        {
-            return bad(format!(
-                "timeouts must satisfy heartbeat < election-min < election-max (got {} < {} < {})",
-                self.heartbeat_ms, self.election_min_ms, self.election_max_ms
-            ));
-        }
-        if self.cluster.is_empty() {
-            return bad("cluster name is empty".into());
-        }
-        Ok(())
-    }
-}
-
-/// Parses `1=host:port,2=host:port` into ids and addresses.
-pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, String>, Error> {
-    let mut out = BTreeMap::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let Some((id, addr)) = part.split_once('=') else {
-            return Err(Error::Config {
-                reason: format!("peer {part:?} is not ID=HOST:PORT"),
-            });
-        };
-        let id: NodeId = id.trim().parse().map_err(|_| Error::Config {
-            reason: format!("peer {part:?}: {id:?} is not a node id (a positive integer)"),
-        })?;
-        if id == 0 {
-            return Err(Error::Config {
-                reason: format!("peer {part:?}: node id 0 is reserved"),
-            });
-        }
-        let addr = addr.trim();
-        let hostport = addr.rsplit("://").next().unwrap_or(addr);
-        let valid = hostport
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-        if !valid {
-            return Err(Error::Config {
-                reason: format!("peer {part:?}: {addr:?} is not HOST:PORT"),
-            });
-        }
-        if out.insert(id, addr.to_string()).is_some() {
-            return Err(Error::Config {
-                reason: format!("node id {id} appears twice in the peer list"),
-            });
-        }
-    }
-    Ok(out)
-}
 
 /// A started node. Drop or [`Node::shutdown`] to stop it.
 pub struct Node {
@@ -152,6 +25,7 @@ pub struct Node {
     pub shared: Arc<Shared>,
     pub metrics: Arc<Metrics>,
     stop: CancellationToken,
+    grpc: Option<GrpcServer>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -216,22 +90,8 @@ impl Node {
                 reason: e.to_string(),
             })?;
 
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: cfg.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| Error::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
-        let stop = CancellationToken::new();
-        let (mut routes, health) = proto::server::standard_routes().map_err(|e| Error::Config {
-            reason: format!("gRPC routes: {e}"),
-        })?;
-        let (batch_tx, batch_rx) = tokio::sync::mpsc::channel(4 * crate::service::MAX_BATCH);
-        let mut tasks = vec![tokio::spawn(crate::service::batcher(
+        let (batch_tx, batch_rx) = tokio::sync::mpsc::channel(4 * MAX_BATCH);
+        let mut tasks = vec![tokio::spawn(batcher(
             raft.clone(),
             batch_rx,
             cfg.inflight_batches,
@@ -244,30 +104,30 @@ impl Node {
             metrics: metrics.clone(),
             proposal_timeout: cfg.proposal_timeout,
         };
-        routes.add_service(proto::kv::v1::kv_server::KvServer::new(kv));
-        routes.add_service(
-            proto::raft::v1::raft_server::RaftServer::new(RaftService {
-                raft: raft.clone(),
-                cluster: cfg.cluster.clone(),
-            })
-            .max_decoding_message_size(64 << 20),
-        );
-        health
+        let raft_service = RaftService {
+            raft: raft.clone(),
+            cluster: cfg.cluster.clone(),
+        };
+        let grpc = GrpcServer::start(cfg.listen, &format!("kv-{}", cfg.id), None, |routes| {
+            routes.add_service(proto::kv::v1::kv_server::KvServer::new(kv));
+            routes.add_service(
+                proto::raft::v1::raft_server::RaftServer::new(raft_service)
+                    .max_decoding_message_size(64 << 20),
+            );
+        })
+        .await
+        .map_err(|e| match e {
+            proto::Error::Bind { addr, source } => Error::Bind { addr, source },
+            other => Error::Config {
+                reason: format!("gRPC server: {other}"),
+            },
+        })?;
+        grpc.health
             .set_serving::<proto::kv::v1::kv_server::KvServer<KvService>>()
             .await;
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let grpc_stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let r = tonic::transport::Server::builder()
-                .trace_fn(observe::grpc::server_span)
-                .add_routes(routes.routes())
-                .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled_owned())
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "KV gRPC server failed");
-            }
-        }));
+        let addr = grpc.addr;
+        // One token stops the gRPC server and the node's own tasks.
+        let stop = grpc.stop_token();
         tasks.push(tokio::spawn(watch_metrics(
             raft.clone(),
             metrics.clone(),
@@ -300,6 +160,7 @@ impl Node {
             shared,
             metrics,
             stop,
+            grpc: Some(grpc),
             tasks,
         })
     }
@@ -308,6 +169,11 @@ impl Node {
     pub async fn shutdown(mut self) {
         self.stop.cancel();
         let _ = self.raft.shutdown().await;
+        if let Some(grpc) = self.grpc.take()
+            && let Err(e) = grpc.stop().await
+        {
+            tracing::error!(error = %e, "KV gRPC server failed");
+        }
         for t in self.tasks.drain(..) {
             let _ = t.await;
         }

@@ -17,9 +17,11 @@
 //! meaning *unknown*: it may still commit. Clients retry it with the same
 //! request id, which the state machine deduplicates.
 
+use crate::batcher::Proposal;
 use crate::metrics::Metrics;
 use crate::store::Shared;
 use crate::types::{self, limits, *};
+use kvclient::{LEADER_ADDR_HEADER, LEADER_ID_HEADER};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use proto::kv::v1 as pb;
 use std::pin::Pin;
@@ -31,123 +33,13 @@ use tonic::{Request, Response, Status};
 #[derive(Clone)]
 pub struct KvService {
     pub id: NodeId,
-    /// Proposals go through the batcher ([`batcher`]), not straight to Raft.
+    /// Proposals go through the batcher ([`crate::batcher`]), not straight to Raft.
     pub batcher: tokio::sync::mpsc::Sender<Proposal>,
     pub raft: Raft,
     pub shared: Arc<Shared>,
     pub metrics: Arc<Metrics>,
     pub proposal_timeout: Duration,
 }
-
-type WriteResult =
-    Result<types::Response, RaftError<NodeId, ClientWriteError<NodeId, types::Node>>>;
-
-/// A command waiting to be proposed, with where its answer goes.
-pub type Proposal = (Command, tokio::sync::oneshot::Sender<WriteResult>);
-
-/// Most commands packed into one log entry.
-pub const MAX_BATCH: usize = 256;
-/// Most key + value bytes packed into one log entry.
-pub const MAX_BATCH_BYTES: usize = 64 << 10;
-
-fn command_bytes(c: &Command) -> usize {
-    match &c.op {
-        Op::Put { key, value, .. } => key.len() + value.len(),
-        Op::Delete { key } => key.len(),
-        Op::Txn {
-            success, failure, ..
-        } => success
-            .iter()
-            .chain(failure)
-            .map(|t| match t {
-                TxnOp::Put { key, value, .. } => key.len() + value.len(),
-                TxnOp::Delete { key } | TxnOp::Get { key } => key.len(),
-            })
-            .sum(),
-        Op::Batch(cmds) => cmds.iter().map(command_bytes).sum(),
-    }
-}
-
-/// Proposal batching: every command queued while the previous proposal was
-/// being handed to Raft goes into the next log entry together.
-///
-/// Under load the queue fills while Raft's core is busy, so batches grow by
-/// themselves; with one client a batch is one command and adds no wait (no
-/// timer: the batcher never holds a command back to fill a batch). Each batch
-/// is proposed from its own task, so up to `max_inflight` batches pipeline;
-/// while they are all in flight, arrivals queue and the next batch grows (on a
-/// CPU-bound 2-core machine one in flight measured best: fewer, larger
-/// entries). One entry per batch means one append,
-/// one fsync and one replication round for up to [`MAX_BATCH`] client writes,
-/// the difference between thousands and tens of thousands of writes/s on a
-/// small machine.
-pub async fn batcher(
-    raft: Raft,
-    mut rx: tokio::sync::mpsc::Receiver<Proposal>,
-    max_inflight: usize,
-) {
-    let inflight = std::sync::Arc::new(tokio::sync::Semaphore::new(max_inflight.max(1)));
-    loop {
-        // Wait for a free pipeline slot *before* taking commands: while every
-        // slot is busy, arrivals queue up and the next batch grows.
-        let Ok(permit) = inflight.clone().acquire_owned().await else {
-            return;
-        };
-        let Some(first) = rx.recv().await else {
-            return;
-        };
-        let mut bytes = command_bytes(&first.0);
-        let mut batch = vec![first];
-        // Bounded by count and bytes: one entry must replicate (and fsync on
-        // the follower) within openraft's AppendEntries timeout.
-        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(p) => {
-                    bytes += command_bytes(&p.0);
-                    batch.push(p);
-                }
-                Err(_) => break,
-            }
-        }
-        let raft = raft.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            if batch.len() == 1 {
-                let Some((cmd, tx)) = batch.pop() else { return };
-                let _ = tx.send(raft.client_write(cmd).await.map(|r| r.data));
-                return;
-            }
-            let (cmds, txs): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
-            let cmd = Command {
-                request_id: None,
-                op: Op::Batch(cmds),
-                trace: Vec::new(),
-            };
-            match raft.client_write(cmd).await {
-                Ok(r) => match r.data.result {
-                    OpResult::Batch(results) => {
-                        for (tx, res) in txs.into_iter().zip(results) {
-                            let _ = tx.send(Ok(res));
-                        }
-                    }
-                    other => {
-                        tracing::error!(?other, "a batch applied to a non-batch answer");
-                    }
-                },
-                Err(e) => {
-                    for tx in txs {
-                        let _ = tx.send(Err(e.clone()));
-                    }
-                }
-            }
-        });
-    }
-}
-
-/// Metadata key carrying the leader's address on `UNAVAILABLE`.
-pub const LEADER_ADDR_HEADER: &str = "x-mlstack-leader";
-/// Metadata key carrying the leader's node id on `UNAVAILABLE`.
-pub const LEADER_ID_HEADER: &str = "x-mlstack-leader-id";
 
 fn not_leader(id: NodeId, f: &ForwardToLeader<NodeId, types::Node>) -> Status {
     let mut s = Status::unavailable(match (f.leader_id, &f.leader_node) {
@@ -292,7 +184,7 @@ impl KvService {
         let span = tracing::info_span!("kv.propose");
         // Only a sampled trace rides in the log entry: an unsampled one would
         // make every node build a non-recording `kv.apply` span per command.
-        let trace = observe::kafka::inject_sampled(&span);
+        let trace = observe::carrier::inject_sampled(&span);
         let cmd = Command {
             request_id: id,
             op,
@@ -477,15 +369,7 @@ impl pb::kv_server::Kv for KvService {
         };
         let (start, end) = if !r.prefix.is_empty() {
             check_key("scan prefix", &r.prefix)?;
-            let mut end = r.prefix.clone();
-            // Prefix successor: the smallest key greater than every key with
-            // the prefix (empty = unbounded when the prefix is all 0xff).
-            while let Some(last) = end.pop() {
-                if last < 0xff {
-                    end.push(last + 1);
-                    break;
-                }
-            }
+            let end = kvclient::client::prefix_end(&r.prefix);
             // With `start`/`end` set as well, they narrow the prefix range (paging).
             let start = if r.start > r.prefix {
                 r.start
@@ -729,7 +613,7 @@ impl pb::kv_server::Kv for KvService {
                 "add learner: node id 0 is reserved",
             ));
         }
-        crate::node::parse_peers(&format!("{}={}", r.id, r.address))
+        crate::config::parse_peers(&format!("{}={}", r.id, r.address))
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         // Blocking: returns once the learner has caught up with the log.
         let res = self

@@ -394,7 +394,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 && !cmd.trace.is_empty()
                 && traces.len() < 32
             {
-                traces.push(observe::propagation::kafka::extract(
+                traces.push(observe::propagation::carrier::extract(
                     cmd.trace.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
                 ));
             }
@@ -879,7 +879,7 @@ fn apply_command(
     } else {
         let span = tracing::info_span!("kv.apply", revision = rev);
         use tracing_opentelemetry::OpenTelemetrySpanExt;
-        let _ = span.set_parent(observe::propagation::kafka::extract(
+        let _ = span.set_parent(observe::propagation::carrier::extract(
             cmd.trace.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
         ));
         span

@@ -489,7 +489,7 @@ async fn quorum_loss_blocks_writes_and_linearizable_reads_not_serializable_ones(
     for f in &followers {
         c.stop_node(*f).await;
     }
-    let short = consensus::client::Timeouts {
+    let short = kvclient::Timeouts {
         attempt: Duration::from_millis(400),
         overall: Duration::from_millis(1500),
         backoff: Duration::from_millis(20),

@@ -25,11 +25,7 @@
 //!   preemption.
 //! - [`serve`]: the engine thread, request channels, metrics.
 //! - [`server`]: gRPC `mlstack.infer.v1.Inference` and OpenAI-compatible HTTP.
-//! - [`bench`]: `mlstack infer bench-engine`, against llama.cpp.
-//! - [`bench_serve`]: `mlstack infer bench-serve`, against llama.cpp's server.
 
-pub mod bench;
-pub mod bench_serve;
 pub mod generate;
 pub mod gguf;
 pub mod model;

@@ -16,6 +16,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use proto::infer::v1 as pb;
+use proto::server::GrpcServer;
 use tokio_util::sync::CancellationToken;
 
 use crate::sampling::SamplingParams;
@@ -557,17 +558,19 @@ async fn models(State(st): State<HttpState>) -> Json<serde_json::Value> {
 pub struct Servers {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
-    stop: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    grpc: GrpcServer,
+    http_stop: CancellationToken,
+    http_task: tokio::task::JoinHandle<()>,
 }
 
 impl Servers {
     /// Stops accepting, lets in-flight responses finish, and waits.
     pub async fn stop(self) {
-        self.stop.cancel();
-        for t in self.tasks {
-            let _ = t.await;
+        self.http_stop.cancel();
+        if let Err(e) = self.grpc.stop().await {
+            tracing::error!(error = %e, "gRPC server failed");
         }
+        let _ = self.http_task.await;
     }
 }
 
@@ -579,38 +582,31 @@ pub async fn start(
     http: SocketAddr,
 ) -> Result<Servers, ServerError> {
     let bind = |what, addr| move |source| ServerError::Bind { what, addr, source };
-    let grpc_listener = tokio::net::TcpListener::bind(grpc)
-        .await
-        .map_err(bind("gRPC", grpc))?;
-    let grpc_addr = grpc_listener.local_addr().map_err(bind("gRPC", grpc))?;
     let http_listener = tokio::net::TcpListener::bind(http)
         .await
         .map_err(bind("HTTP", http))?;
     let http_addr = http_listener.local_addr().map_err(bind("HTTP", http))?;
-    let stop = CancellationToken::new();
 
-    let (mut routes, health) = proto::server::standard_routes()?;
     let svc = pb::inference_server::InferenceServer::new(InferenceService {
         handle: handle.clone(),
         model_name: model_name.clone(),
     });
-    routes.add_service(svc);
-    health
+    let grpc = GrpcServer::start(grpc, "infer", None, |routes| {
+        routes.add_service(svc);
+    })
+    .await
+    .map_err(|e| match e {
+        proto::Error::Bind { addr, source } => ServerError::Bind {
+            what: "gRPC",
+            addr,
+            source,
+        },
+        other => ServerError::Proto(other),
+    })?;
+    grpc.health
         .set_serving::<pb::inference_server::InferenceServer<InferenceService>>()
         .await;
-    let incoming =
-        tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-    let grpc_stop = stop.clone();
-    let grpc_task = tokio::spawn(async move {
-        let r = tonic::transport::Server::builder()
-            .trace_fn(observe::grpc::server_span)
-            .add_routes(routes.routes())
-            .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled_owned())
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "gRPC server failed");
-        }
-    });
+    let grpc_addr = grpc.addr;
 
     let app = axum::Router::new()
         .route("/v1/completions", axum::routing::post(completions))
@@ -620,10 +616,11 @@ pub async fn start(
         )
         .route("/v1/models", axum::routing::get(models))
         .with_state(HttpState { handle, model_name });
-    let http_stop = stop.clone();
+    let http_stop = CancellationToken::new();
+    let stopped = http_stop.clone();
     let http_task = tokio::spawn(async move {
         let r = axum::serve(http_listener, app)
-            .with_graceful_shutdown(http_stop.cancelled_owned())
+            .with_graceful_shutdown(stopped.cancelled_owned())
             .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "HTTP server failed");
@@ -633,7 +630,8 @@ pub async fn start(
     Ok(Servers {
         grpc_addr,
         http_addr,
-        stop,
-        tasks: vec![grpc_task, http_task],
+        grpc,
+        http_stop,
+        http_task,
     })
 }

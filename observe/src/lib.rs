@@ -34,8 +34,8 @@
 //!   OTLP/gRPC exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and the
 //!   [`Telemetry`] handle that flushes on shutdown.
 //! - [`propagation`]: W3C trace context across gRPC ([`grpc::InjectContext`],
-//!   [`grpc::server_span`]) and Kafka message headers ([`kafka::inject`],
-//!   [`kafka::extract`]).
+//!   [`grpc::server_span`]) and Kafka message headers ([`carrier::inject`],
+//!   [`carrier::extract`]).
 //! - [`metrics`]: the process-wide Prometheus [`registry`] (with process metrics)
 //!   and the HTTP [`MetricsServer`] serving `/metrics`, `/healthz` and `/readyz`.
 //! - [`shutdown`]: [`shutdown_signal`] for SIGINT/SIGTERM.
@@ -48,9 +48,9 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use metrics::{MetricsServer, Readiness, registry};
-pub use propagation::{current_span_id, current_trace_id, grpc, kafka};
+pub use propagation::{carrier, current_span_id, current_trace_id, grpc};
 pub use shutdown::shutdown_signal;
-pub use telemetry::{Config, LogFormat, Telemetry, init, init_with};
+pub use telemetry::{Config, LogFormat, Telemetry, init, init_with, instance_id};
 
 /// Errors from setting up or tearing down observability.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,5 @@
 //! What machine a benchmark ran on, for the `machine` object of every
-//! benchmark report (`ARCHITECTURE.md`, "Benchmarks").
+//! benchmark report (`docs/ARCHITECTURE.md`, "Benchmarks").
 
 /// `{"cores", "cpu", "memory_bytes"}` from the OS (`/proc` on Linux; empty or
 /// zero where unavailable).

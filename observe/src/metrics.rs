@@ -1,7 +1,7 @@
 //! Prometheus metrics: one process-wide registry and the HTTP endpoint a
 //! Prometheus server scrapes.
 //!
-//! Naming follows `ARCHITECTURE.md`: `mlstack_<component>_<what>_<unit>`, with
+//! Naming follows `docs/ARCHITECTURE.md`: `mlstack_<component>_<what>_<unit>`, with
 //! `_total` for counters and base units (`_seconds`, `_bytes`). Process metrics
 //! (`process_cpu_seconds_total`, `process_resident_memory_bytes`, open fds, ...)
 //! are registered on first use of [`registry`].

@@ -150,16 +150,18 @@ pub mod grpc {
     }
 }
 
-/// Kafka: trace context in message headers, so a consumer's processing span can
-/// link to (or continue) the producer's trace.
+/// Trace context in a carrier of `(name, bytes)` pairs: Kafka message headers
+/// (so a consumer's processing span can link to or continue the producer's
+/// trace) and records stored on the way, such as a Raft log entry (so each
+/// node's apply joins the client's trace).
 ///
-/// The helpers take and return plain `(name, bytes)` pairs so this crate does not
-/// depend on a Kafka client; `stream` adapts them to `rdkafka`'s `OwnedHeaders`.
-pub mod kafka {
+/// Plain pairs keep this crate free of a Kafka client; `stream` adapts them to
+/// `rdkafka`'s `OwnedHeaders`, `consensus` stores them in its log entries.
+pub mod carrier {
     use super::*;
     use std::collections::HashMap;
 
-    /// The current span's context as Kafka headers (`traceparent`, and
+    /// The current span's context as carrier pairs (`traceparent`, and
     /// `tracestate` when set). Empty when no valid context is active.
     pub fn inject() -> Vec<(String, Vec<u8>)> {
         inject_context(&tracing::Span::current().context())
@@ -179,7 +181,7 @@ pub mod kafka {
         }
     }
 
-    /// `cx` as Kafka headers.
+    /// `cx` as carrier pairs.
     pub fn inject_context(cx: &Context) -> Vec<(String, Vec<u8>)> {
         let mut map: HashMap<String, String> = HashMap::new();
         TraceContextPropagator::new().inject_context(cx, &mut map);
@@ -188,7 +190,7 @@ pub mod kafka {
         headers
     }
 
-    /// The context carried by a message's headers. Header values that are not
+    /// The context carried by a carrier's pairs. Header values that are not
     /// UTF-8 are ignored; with no valid `traceparent` the result is empty.
     pub fn extract<'a, I>(headers: I) -> Context
     where
@@ -231,7 +233,7 @@ mod tests {
     #[test]
     fn kafka_headers_round_trip_the_w3c_context() {
         let (cx, trace_id, span_id) = remote_cx();
-        let headers = kafka::inject_context(&cx);
+        let headers = carrier::inject_context(&cx);
         let tp = headers
             .iter()
             .find(|(k, _)| k == "traceparent")
@@ -240,7 +242,7 @@ mod tests {
             tp.as_deref(),
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
         );
-        let back = kafka::extract(headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+        let back = carrier::extract(headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
         let sc = back.span().span_context().clone();
         assert!(sc.is_remote());
         assert_eq!(sc.trace_id(), trace_id);
@@ -253,10 +255,10 @@ mod tests {
             ("traceparent", b"not-a-traceparent"),
             ("other", &[0xff, 0xfe]),
         ];
-        let cx = kafka::extract(garbage);
+        let cx = carrier::extract(garbage);
         assert!(!cx.span().span_context().is_valid());
         assert!(
-            kafka::extract(Vec::<(&str, &[u8])>::new())
+            carrier::extract(Vec::<(&str, &[u8])>::new())
                 .span()
                 .span_context()
                 .trace_id()
@@ -279,6 +281,6 @@ mod tests {
     fn no_active_span_means_no_ids() {
         // No subscriber in this unit-test process: nothing to report.
         assert_eq!(current_trace_id(), None);
-        assert!(kafka::inject().is_empty());
+        assert!(carrier::inject().is_empty());
     }
 }

@@ -73,7 +73,7 @@ impl Config {
         let non_empty = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         Self {
             service: service.to_string(),
-            instance_id: uuid::Uuid::new_v4().to_string(),
+            instance_id: instance_id().to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             log_format: non_empty("MLSTACK_LOG_FORMAT")
                 .and_then(|v| v.parse().ok())
@@ -83,6 +83,16 @@ impl Config {
         }
     }
 }
+
+/// This process's instance id: the one [`init_with`] exported with its spans,
+/// or, before (or without) it, a random one fixed for the process's life.
+/// Servers report it in `Diag.Ping` replies, so a hop names the process that
+/// answered.
+pub fn instance_id() -> &'static str {
+    INSTANCE_ID.get_or_init(|| uuid::Uuid::new_v4().to_string())
+}
+
+static INSTANCE_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// The live observability state of a process. Call [`Telemetry::shutdown`] before
 /// exit: the batching exporter holds up to one batch of spans in memory.
@@ -223,6 +233,7 @@ pub fn init_with(config: Config) -> Result<Telemetry, Error> {
         reason: e.to_string(),
     })?;
 
+    let _ = INSTANCE_ID.set(config.instance_id.clone());
     tracing::debug!(
         service = %config.service,
         instance = %config.instance_id,

@@ -1,7 +1,7 @@
 //! # proto: mlstack's wire contracts
 //!
 //! Every component talks to another only through a gRPC API defined here, so each
-//! can run as its own process or container (see `ARCHITECTURE.md`, "Who depends on
+//! can run as its own process or container (see `docs/ARCHITECTURE.md`, "Crates, and who depends on
 //! whom"). Packages are versioned (`mlstack.kv.v1`, `mlstack.infer.v1`, ...): a
 //! breaking change gets a new package, never an edit in place.
 //!
@@ -9,9 +9,12 @@
 //! compiler, and `tonic-prost-build` (see `build.rs`): building mlstack needs no
 //! system `protoc`.
 //!
-//! Every mlstack gRPC server mounts the standard services from [`server`]:
-//! gRPC health checking (`grpc.health.v1`) and server reflection (v1 and v1alpha),
-//! so `grpcurl`, `grpcio` and other clients work without the `.proto` files.
+//! Every mlstack gRPC server starts through [`server::GrpcServer`], which mounts
+//! the standard services beside the component's own: gRPC health checking
+//! (`grpc.health.v1`), server reflection (v1 and v1alpha), so `grpcurl`,
+//! `grpcio` and other clients work without the `.proto` files, and `Diag`
+//! ([`diag_service`]), a relayable ping that checks a chain of servers and the
+//! trace propagation between them in one call.
 //!
 //! # Layout
 //! - [`diag::v1`]: `Diag.Ping`, a relayable ping every server mounts (liveness and
@@ -19,7 +22,10 @@
 //! - [`kv::v1`]: the Raft KV client API (`consensus`).
 //! - [`raft::v1`]: the Raft peer transport between KV nodes (`consensus`).
 //! - [`infer::v1`]: the inference API (`infer`).
-//! - [`server`]: health + reflection wiring shared by every server.
+//! - [`server`]: [`server::GrpcServer`], the one gRPC server start-up (health,
+//!   reflection, `Diag`, trace context, drain on stop), and the client
+//!   [`server::channel`].
+//! - [`diag_service`]: the `Diag` service every server mounts.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors of all the above.
 
 pub mod diag {
@@ -54,6 +60,7 @@ pub mod infer {
     }
 }
 
+pub mod diag_service;
 pub mod server;
 
 /// Encoded `FileDescriptorSet` of every mlstack `.proto`, for server reflection.
@@ -79,4 +86,17 @@ pub enum Error {
     /// An endpoint string is not a valid URI.
     #[error("invalid endpoint {endpoint:?}: {reason}")]
     InvalidEndpoint { endpoint: String, reason: String },
+    /// A server could not bind its address.
+    #[error("binding gRPC on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A server stopped with an error.
+    #[error("gRPC server on {addr}: {reason}")]
+    Serve {
+        addr: std::net::SocketAddr,
+        reason: String,
+    },
 }

@@ -37,7 +37,6 @@
 //! - [`io`]: the file layer with its fault-injection hook.
 //! - [`stats`], [`metrics`]: counters and their Prometheus collector.
 //! - [`coding`], [`options`], [`error`].
-//! - `bench` (feature `bench`): the side-by-side benchmark against fjall.
 
 pub mod batch;
 pub mod coding;
@@ -60,6 +59,3 @@ pub use error::{Error, Result};
 pub use iter::DbIter;
 pub use options::{Compression, Options, SyncPolicy, WriteOptions};
 pub use stats::DbStats;
-
-#[cfg(feature = "bench")]
-pub mod bench;

@@ -1,6 +1,6 @@
 //! Prometheus export of [`crate::DbStats`].
 //!
-//! `storage` does not depend on `observe` (`ARCHITECTURE.md`: storage sits at the
+//! `storage` does not depend on `observe` (`docs/ARCHITECTURE.md`: storage sits at the
 //! bottom of the graph); instead it offers a `prometheus` collector that reads
 //! the engine's counters at scrape time, and the process registers it in
 //! `observe::registry()`:

@@ -49,6 +49,7 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-pub(crate) fn kafka(op: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> Error {
+/// Wraps a librdkafka error with the operation that failed (`.map_err(kafka("subscribe"))`).
+pub fn kafka(op: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> Error {
     move |source| Error::Kafka { op, source }
 }

@@ -613,7 +613,7 @@ fn finish_record(
             && let Some(h) = m.headers()
         {
             use opentelemetry::trace::TraceContextExt;
-            let cx = observe::propagation::kafka::extract(
+            let cx = observe::propagation::carrier::extract(
                 h.iter().filter_map(|x| x.value.map(|v| (x.key, v))),
             );
             let sc = cx.span().span_context().clone();

@@ -17,11 +17,9 @@
 //! - [`ingest`]: the consume → validate → write → commit loop, rebalances, DLQ.
 //! - [`produce`]: the load generator / corpus feeder (`mlstack produce`).
 //! - [`broker`]: a local `tansu` broker for tests and benchmarks.
-//! - [`bench`]: `mlstack ingest bench`.
 //! - [`metrics`]: the `mlstack_ingest_*` metrics.
 //! - [`error`]: the crate's errors.
 
-pub mod bench;
 pub mod broker;
 pub mod error;
 pub mod ingest;

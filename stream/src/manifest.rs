@@ -227,88 +227,32 @@ impl Manifest for LocalManifest {
 pub struct KvManifest {
     endpoints: Vec<String>,
     prefix: String,
-    /// A runtime of its own: `Manifest` is a blocking interface, called from
-    /// inside the ingest loop and librdkafka's rebalance callbacks, where
-    /// blocking on the caller's runtime would panic.
-    rt: Option<tokio::runtime::Runtime>,
+    /// The KV client, blocking: `Manifest` is a synchronous interface, called
+    /// from inside the ingest loop and librdkafka's rebalance callbacks. It
+    /// follows the leader, retries, and gives each commit one request id for
+    /// all its retries (the cluster applies a retried commit once).
+    client: kvclient::blocking::Client,
     /// Per partition: (version of its key, its commits).
     parts: BTreeMap<i32, (u64, Vec<FileCommit>)>,
-    preferred: usize,
-    /// Request ids: one client id per process, one seq per commit (the
-    /// cluster deduplicates retries of a commit and keeps a bounded window).
-    client_id: u64,
-    seq: u64,
+}
+
+/// Keys per page when the manifest is loaded.
+const LOAD_PAGE: u32 = 1_000;
+
+fn kv_err(what: &str) -> impl FnOnce(kvclient::ClientError) -> Error + '_ {
+    move |e| Error::Manifest {
+        reason: format!("{what}: {e}"),
+    }
 }
 
 impl KvManifest {
     pub fn new(endpoints: Vec<String>, group: &str, topic: &str) -> Result<Self, Error> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Manifest {
-                reason: format!("starting the KV client runtime: {e}"),
-            })?;
+        let client = kvclient::blocking::Client::new(&endpoints).map_err(kv_err("KV client"))?;
         Ok(Self {
-            rt: Some(rt),
             endpoints,
             prefix: format!("ingest/{group}/{topic}/"),
+            client,
             parts: BTreeMap::new(),
-            preferred: 0,
-            client_id: rand::random::<u64>() | 1,
-            seq: 0,
-        })
-    }
-
-    fn call<T, F, Fut>(&mut self, what: &str, f: F) -> Result<T, Error>
-    where
-        F: Fn(proto::kv::v1::kv_client::KvClient<tonic::transport::Channel>) -> Fut + Sync,
-        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-        T: Send,
-    {
-        // Follow the leader: try each endpoint, starting with the last good one.
-        let n = self.endpoints.len();
-        let mut last = String::new();
-        for attempt in 0..(3 * n.max(1)) {
-            let i = (self.preferred + attempt) % n.max(1);
-            let Some(ep) = self.endpoints.get(i) else {
-                break;
-            };
-            let Some(rt) = self.rt.as_ref() else { break };
-            let f = &f;
-            // On a thread of its own: the caller may be inside a runtime.
-            let outcome = std::thread::scope(|s| {
-                s.spawn(move || {
-                    rt.block_on(async {
-                        let ch = proto::server::channel(ep).map_err(|e| e.to_string())?;
-                        let client = proto::kv::v1::kv_client::KvClient::new(ch);
-                        tokio::time::timeout(std::time::Duration::from_secs(5), f(client))
-                            .await
-                            .map_err(|_| "timed out".to_string())
-                            .map(|r| r.map(|r| r.into_inner()))
-                    })
-                })
-                .join()
-                .unwrap_or_else(|_| Err("KV client thread panicked".to_string()))
-            });
-            match outcome {
-                Ok(Ok(r)) => {
-                    self.preferred = i;
-                    return Ok(r);
-                }
-                Ok(Err(s)) if s.code() == tonic::Code::Unavailable => {
-                    last = format!("{ep}: {}", s.message());
-                }
-                Ok(Err(s)) => {
-                    return Err(Error::Manifest {
-                        reason: format!("{what} at {ep}: {:?}: {}", s.code(), s.message()),
-                    });
-                }
-                Err(e) => last = format!("{ep}: {e}"),
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        Err(Error::Manifest {
-            reason: format!("{what}: no KV endpoint answered ({last})"),
         })
     }
 }
@@ -317,20 +261,16 @@ impl Manifest for KvManifest {
     fn load(&mut self) -> Result<ManifestState, Error> {
         use proto::kv::v1 as pb;
         let prefix = self.prefix.clone().into_bytes();
-        let resp = self.call("scan manifest", |mut c| {
-            let prefix = prefix.clone();
-            async move {
-                c.scan(pb::ScanRequest {
-                    prefix,
-                    limit: 10_000,
-                    ..Default::default()
-                })
-                .await
-            }
-        })?;
+        let kvs = self
+            .client
+            .call(|c| async move {
+                c.scan_all(&prefix, LOAD_PAGE, pb::ReadConsistency::Linearizable)
+                    .await
+            })
+            .map_err(kv_err("scan manifest"))?;
         let mut state = ManifestState::default();
         self.parts.clear();
-        for kv in resp.kvs {
+        for kv in kvs {
             let key = String::from_utf8_lossy(&kv.key).into_owned();
             let partition: i32 = key
                 .rsplit('/')
@@ -369,7 +309,6 @@ impl Manifest for KvManifest {
         commits.push(c.clone());
         let key = format!("{}{}", self.prefix, c.partition).into_bytes();
         let value = serde_json::to_vec(&commits).unwrap_or_default();
-        self.seq += 1;
         let req = pb::TxnRequest {
             compare: vec![pb::Compare {
                 key: key.clone(),
@@ -396,15 +335,12 @@ impl Manifest for KvManifest {
             ],
             failure: vec![],
             // One id for every retry of this commit: the cluster applies it once.
-            request_id: Some(pb::RequestId {
-                client_id: self.client_id,
-                seq: self.seq,
-            }),
+            request_id: Some(self.client.inner().next_request_id()),
         };
-        let resp = self.call("commit to manifest", |mut kv| {
-            let req = req.clone();
-            async move { kv.txn(req).await }
-        })?;
+        let resp = self
+            .client
+            .call(|c| async move { c.txn(req).await })
+            .map_err(kv_err("commit to manifest"))?;
         if !resp.succeeded {
             return Err(Error::Conflict {
                 partition: c.partition,
@@ -430,15 +366,6 @@ impl Manifest for KvManifest {
             self.prefix,
             self.endpoints.join(",")
         )
-    }
-}
-
-impl Drop for KvManifest {
-    fn drop(&mut self) {
-        // Dropping a runtime blocks, which panics inside another runtime.
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
     }
 }
 

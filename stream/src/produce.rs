@@ -102,7 +102,7 @@ pub fn producer(brokers: &str) -> Result<FutureProducer> {
 /// 10,000 at a time); returns when all are acknowledged.
 pub async fn run(cfg: &ProduceConfig) -> Result<ProduceSummary> {
     let p = producer(&cfg.brokers)?;
-    let trace = observe::kafka::inject();
+    let trace = observe::carrier::inject();
     let mut rng = rand::rng();
     let mut summary = ProduceSummary::default();
     let t0 = Instant::now();

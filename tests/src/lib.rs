@@ -7,9 +7,14 @@
 //!
 //! # Layout
 //! - [`mlstack_bin`]: the path of the `mlstack` binary under test.
+//! - [`run_mlstack`]: one command to completion, with its status and output.
 //! - [`Proc`]: a child process killed on drop, with its first stdout line parsed.
+//! - [`free_port`]: a loopback port for tests that must name one.
 //! - [`otlp`]: an in-test OTLP `TraceService` receiver that records spans.
-//! - Tests: `tests/trace_propagation.rs`, `tests/prometheus_scrape.rs`.
+//! - [`prometheus`]: a real Prometheus server on a generated scrape config.
+//! - Tests (`tests/`): `cli.rs`, `trace_propagation.rs`, `prometheus_scrape.rs`,
+//!   `storage_metrics.rs`, `kv_cluster.rs`, `ingest.rs`, `infer_cli.rs`,
+//!   `infer_python_clients.rs`; the README says what each runs.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

@@ -163,27 +163,30 @@ fn bench_engine_writes_every_row() {
     assert!(out.contains("decode floor"), "{out}");
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&out_path).expect("json written")).expect("json");
+    assert_eq!(v["component"], "infer");
+    assert_eq!(v["bench"], "engine");
+    let rows = v["results"].as_array().expect("results");
+    let value = |system: &str, workload: &str, metric: &str| {
+        rows.iter()
+            .find(|r| r["system"] == system && r["workload"] == workload && r["metric"] == metric)
+            .unwrap_or_else(|| panic!("no {system}/{workload}/{metric} row in {v}"))["value"]
+            .as_f64()
+            .expect("number")
+    };
     for w in [
         "prefill_128",
         "prefill_1024",
         "decode_ctx128",
         "decode_ctx1024",
     ] {
-        let row = v["rows"]
-            .as_array()
-            .expect("rows")
-            .iter()
-            .find(|r| r["system"] == "mlstack" && r["workload"] == w)
-            .unwrap_or_else(|| panic!("no row for {w}"));
-        assert!(
-            row["tokens_per_sec"].as_f64().expect("number") > 0.0,
-            "{row}"
-        );
-        assert!(row["peak_rss_mb"].as_f64().expect("number") > 50.0, "{row}");
+        assert!(value("mlstack", w, "tokens_per_sec") > 0.0, "{w}");
     }
-    assert!(v["memory_bandwidth_gb_per_sec"].as_f64().expect("bw") > 0.1);
+    assert!(value("mlstack", "process", "peak_rss_mb") > 50.0);
+    assert!(value("machine", "memory_read", "bandwidth_gb_per_sec") > 0.1);
     // 210 Q4_1 matrices + the Q8_0 head + norms: about 96.6 MB per token.
-    let bytes = v["weight_bytes_per_token"].as_u64().expect("bytes");
+    let bytes = v["config"]["weight_bytes_per_token"]
+        .as_u64()
+        .expect("bytes");
     assert!((90_000_000..100_000_000).contains(&bytes), "{bytes}");
     let (ok, _, err) = run(&["infer", "bench-engine", "--systems", "vllm"]);
     assert!(!ok);

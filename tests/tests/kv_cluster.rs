@@ -312,9 +312,10 @@ fn bench_command_writes_its_table_and_json() {
     assert_eq!(json["component"], "kv");
     let rows = json["results"].as_array().expect("results");
     for (workload, metric) in [
-        ("put", "ops_per_sec"),
-        ("get_linearizable", "latency_p99_ms"),
-        ("get_serializable", "latency_p999_ms"),
+        ("put_c1", "ops_per_sec"),
+        ("put_c4", "ops_per_sec"),
+        ("get_linearizable_c4", "latency_p99_ms"),
+        ("get_serializable_c4", "latency_p999_ms"),
         ("failover", "failover_ms"),
     ] {
         let row = rows

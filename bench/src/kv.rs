@@ -9,10 +9,10 @@
 //! - `failover`: SIGKILL the leader, time to the first successful write
 //!   (median of `failover_trials`), with 150–300 ms election timeouts.
 
-use crate::Client;
-use crate::client::Timeouts;
-use crate::cluster::{ClusterSpec, LocalCluster};
-use crate::error::Error;
+use crate::report::{self, Report, Row};
+use chaos::Error;
+use chaos::cluster::{ClusterSpec, LocalCluster};
+use kvclient::{Client, Timeouts};
 use proto::kv::v1 as pb;
 use rand::Rng;
 use std::path::PathBuf;
@@ -35,23 +35,17 @@ pub struct BenchConfig {
     pub endpoints: Vec<String>,
 }
 
-/// One figure.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Row {
-    pub system: String,
-    pub workload: String,
-    pub clients: usize,
-    pub metric: String,
-    pub value: f64,
-    pub unit: String,
+/// The workload name of `work` at `clients` concurrent clients (`put_c64`):
+/// the client count is part of what was run, so it is part of the name.
+pub fn workload_name(work: &str, clients: usize) -> String {
+    format!("{work}_c{clients}")
 }
 
+/// The `p`-quantile of latencies in µs, as ms; 0 when nothing succeeded.
 fn pct(sorted_us: &[u32], p: f64) -> f64 {
-    if sorted_us.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted_us.len() as f64 - 1.0) * p).round() as usize;
-    sorted_us[i] as f64 / 1000.0
+    let ms: Vec<f64> = sorted_us.iter().map(|&us| f64::from(us) / 1000.0).collect();
+    let v = report::percentile(&ms, p);
+    if v.is_nan() { 0.0 } else { v }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -167,13 +161,8 @@ pub async fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Ve
         None => cfg.endpoints.clone(),
     };
     let mut rows = Vec::new();
-    let row = |workload: &str, clients: usize, metric: &str, value: f64, unit: &str| Row {
-        system: "mlstack".into(),
-        workload: workload.into(),
-        clients,
-        metric: metric.into(),
-        value,
-        unit: unit.into(),
+    let row = |workload: &str, metric: &str, value: f64, unit: &str| {
+        Row::new("mlstack", workload, metric, value, unit)
     };
     // Preload the key space so reads find values.
     {
@@ -188,7 +177,7 @@ pub async fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Ve
                 for k in (t..keys).step_by(16) {
                     c.put(format!("key{k:06}").as_bytes(), &value).await?;
                 }
-                Ok::<(), crate::ClientError>(())
+                Ok::<(), kvclient::ClientError>(())
             }));
         }
         for t in tasks {
@@ -206,12 +195,12 @@ pub async fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Ve
                 cfg.duration
             ));
             let (ops, lat, errors) = run_workload(&endpoints, work, clients, cfg).await?;
-            let w = work.name();
-            rows.push(row(w, clients, "ops_per_sec", ops, "ops/s"));
-            rows.push(row(w, clients, "latency_p50_ms", pct(&lat, 0.5), "ms"));
-            rows.push(row(w, clients, "latency_p99_ms", pct(&lat, 0.99), "ms"));
-            rows.push(row(w, clients, "latency_p999_ms", pct(&lat, 0.999), "ms"));
-            rows.push(row(w, clients, "errors", errors as f64, "count"));
+            let w = &workload_name(work.name(), clients);
+            rows.push(row(w, "ops_per_sec", ops, "ops/s"));
+            rows.push(row(w, "latency_p50_ms", pct(&lat, 0.5), "ms"));
+            rows.push(row(w, "latency_p99_ms", pct(&lat, 0.99), "ms"));
+            rows.push(row(w, "latency_p999_ms", pct(&lat, 0.999), "ms"));
+            rows.push(row(w, "errors", errors as f64, "count"));
         }
     }
     // Failover: kill the leader, time the first successful write.
@@ -249,14 +238,12 @@ pub async fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Ve
         times.sort_by(f64::total_cmp);
         rows.push(row(
             "failover",
-            1,
             "failover_ms",
-            times[times.len() / 2],
+            report::median(times.clone()),
             "ms",
         ));
         rows.push(row(
             "failover",
-            1,
             "failover_max_ms",
             times[times.len() - 1],
             "ms",
@@ -274,59 +261,45 @@ pub fn table(rows: &[Row]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<18} {:>7} {:>12} {:>9} {:>9} {:>9}",
-        "workload", "clients", "ops/s", "p50 ms", "p99 ms", "p999 ms"
+        "{:<22} {:>12} {:>9} {:>9} {:>9} {:>7}",
+        "workload", "ops/s", "p50 ms", "p99 ms", "p999 ms", "errors"
     );
-    let mut keys: Vec<(String, usize)> = Vec::new();
-    for r in rows {
-        if r.workload != "failover" && !keys.contains(&(r.workload.clone(), r.clients)) {
-            keys.push((r.workload.clone(), r.clients));
-        }
-    }
-    let get = |w: &str, c: usize, m: &str| {
-        rows.iter()
-            .find(|r| r.workload == w && r.clients == c && r.metric == m)
-            .map(|r| r.value)
-            .unwrap_or(0.0)
-    };
-    for (w, c) in keys {
+    let get = |w: &str, m: &str| report::find(rows, "mlstack", w, m).unwrap_or(0.0);
+    for r in rows.iter().filter(|r| r.metric == "ops_per_sec") {
+        let w = &r.workload;
         let _ = writeln!(
             s,
-            "{:<18} {:>7} {:>12.0} {:>9.2} {:>9.2} {:>9.2}",
+            "{:<22} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>7}",
             w,
-            c,
-            get(&w, c, "ops_per_sec"),
-            get(&w, c, "latency_p50_ms"),
-            get(&w, c, "latency_p99_ms"),
-            get(&w, c, "latency_p999_ms")
+            r.value,
+            get(w, "latency_p50_ms"),
+            get(w, "latency_p99_ms"),
+            get(w, "latency_p999_ms"),
+            get(w, "errors")
         );
     }
-    if let Some(r) = rows.iter().find(|r| r.metric == "failover_ms") {
+    if let Some(median) = report::find(rows, "mlstack", "failover", "failover_ms") {
         let _ = writeln!(
             s,
-            "failover (kill -9 leader → first successful write): median {:.0} ms, max {:.0} ms",
-            r.value,
-            get("failover", 1, "failover_max_ms")
+            "failover (kill -9 leader → first successful write): median {median:.0} ms, max {:.0} ms",
+            get("failover", "failover_max_ms")
         );
     }
     s
 }
 
-/// The benchmark JSON (`ARCHITECTURE.md`, "Benchmarks").
-pub fn to_json(cfg: &BenchConfig, rows: &[Row]) -> serde_json::Value {
-    serde_json::json!({
-        "component": "kv",
-        "bench": "cluster",
-        "machine": observe::machine::describe(),
-        "config": {
+/// The report in the benchmark JSON convention.
+pub fn report(cfg: &BenchConfig, rows: Vec<Row>) -> Report {
+    Report {
+        component: "kv",
+        bench: "cluster",
+        config: serde_json::json!({
             "nodes": cfg.nodes, "existing_cluster": !cfg.endpoints.is_empty(), "clients": cfg.clients, "duration_s": cfg.duration.as_secs_f64(),
             "value_bytes": cfg.value_bytes, "keys": cfg.keys, "failover_trials": cfg.failover_trials,
             "election_timeout_ms": [150, 300], "heartbeat_ms": 50, "fsync": "group commit per append",
             "transport": "loopback gRPC, nodes and clients on the same machine",
-        },
-        "results": rows.iter().map(|r| serde_json::json!({
-            "system": r.system, "workload": r.workload, "metric": r.metric,
-            "value": r.value, "unit": r.unit, "config": {"clients": r.clients},
-        })).collect::<Vec<_>>(),
-    })
+            "workload_names": "<operation>_c<concurrent clients>",
+        }),
+        results: rows,
+    }
 }

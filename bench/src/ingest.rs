@@ -11,17 +11,18 @@
 //!    delivery floor); then ingest running at the same rate, measuring record
 //!    timestamp → file commit for every record.
 
-use crate::broker::Tansu;
-use crate::error::{Result, kafka};
-use crate::ingest::{self, FETCH_WAIT_MAX_MS, IngestConfig};
-use crate::manifest::LocalManifest;
-use crate::metrics::Metrics;
-use crate::produce::{self, ProduceConfig, Source};
+use crate::report::{self, Report, Row};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use stream::broker::Tansu;
+use stream::error::{Result, kafka};
+use stream::ingest::{self, FETCH_WAIT_MAX_MS, IngestConfig};
+use stream::manifest::LocalManifest;
+use stream::metrics::Metrics;
+use stream::produce::{self, ProduceConfig, Source};
 
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
@@ -35,23 +36,8 @@ pub struct BenchConfig {
     pub dir: PathBuf,
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Row {
-    pub system: String,
-    pub workload: String,
-    pub metric: String,
-    pub value: f64,
-    pub unit: String,
-}
-
 fn row(system: &str, workload: &str, metric: &str, value: f64, unit: &str) -> Row {
-    Row {
-        system: system.into(),
-        workload: workload.into(),
-        metric: metric.into(),
-        value,
-        unit: unit.into(),
-    }
+    Row::new(system, workload, metric, value, unit)
 }
 
 /// A consumer that does nothing but read: the same fetch settings as ingest's,
@@ -122,11 +108,10 @@ async fn ingest_until(cfg: IngestConfig, records: u64) -> Result<(f64, ingest::S
     Ok((t0.elapsed().as_secs_f64(), summary))
 }
 
+/// The `p`-quantile of `sorted`; 0 when there were no samples.
 fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+    let v = report::percentile(sorted, p);
+    if v.is_nan() { 0.0 } else { v }
 }
 
 /// `<metric>_p50_ms` and `<metric>_p99_ms` rows of `samples_ms`.
@@ -172,7 +157,7 @@ async fn at_fixed_rate<T>(
         id_prefix: id_prefix.into(),
     })
     .await?;
-    let t = consumer.await.map_err(|e| crate::Error::Config {
+    let t = consumer.await.map_err(|e| stream::Error::Config {
         reason: e.to_string(),
     })??;
     Ok((p, t))
@@ -374,36 +359,23 @@ pub async fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Ve
     Ok(rows)
 }
 
+/// The human table: one line per figure.
 pub fn table(rows: &[Row]) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{:<14} {:<18} {:<24} {:>12}",
-        "system", "workload", "metric", "value"
-    );
-    for r in rows {
-        let _ = writeln!(
-            s,
-            "{:<14} {:<18} {:<24} {:>12.2} {}",
-            r.system, r.workload, r.metric, r.value, r.unit
-        );
-    }
-    s
+    report::listing(rows)
 }
 
-pub fn to_json(cfg: &BenchConfig, rows: &[Row]) -> serde_json::Value {
-    serde_json::json!({
-        "component": "stream",
-        "bench": "ingest",
-        "machine": observe::machine::describe(),
-        "config": {
+/// The report in the benchmark JSON convention.
+pub fn report(cfg: &BenchConfig, rows: Vec<Row>) -> Report {
+    Report {
+        component: "stream",
+        bench: "ingest",
+        config: serde_json::json!({
             "volume_bytes": cfg.volume_bytes, "record_bytes": cfg.record_bytes,
             "partitions": cfg.partitions, "latency_rate_bytes_per_sec": cfg.latency_rate_bytes_per_sec,
             "latency_duration_s": cfg.latency_duration.as_secs_f64(),
             "broker": if cfg.brokers.is_some() { "external" } else { "tansu 0.6.0 (sqlite), same machine" },
             "parquet": "zstd, 65,536-row groups, roll at 1,000,000 rows / 128 MiB / age (5 s throughput, 1 s latency)",
-        },
-        "results": rows,
-    })
+        }),
+        results: rows,
+    }
 }

@@ -12,10 +12,10 @@
 //! keeps the nodes' real addresses. Cutting P(i→j) and P(j→i) partitions the
 //! pair; cutting every link of *i* plus C(i) isolates it.
 
+use crate::NodeId;
 use crate::error::Error;
 use crate::proxy::Proxy;
-use crate::types::NodeId;
-use crate::{Client, client::Timeouts};
+use kvclient::{Client, Timeouts};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;

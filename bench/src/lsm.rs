@@ -29,7 +29,9 @@ use hdrhistogram::Histogram;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::{Db, Options, ReadOptions, WriteBatch, WriteOptions};
+use storage::{Db, Options, ReadOptions, WriteBatch, WriteOptions};
+
+use crate::report::{self, Report, Row, cell};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -63,16 +65,6 @@ impl Default for Config {
 
 pub const KEY_BYTES: usize = 16;
 pub const VALUE_BYTES: usize = 100;
-
-/// One figure.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Row {
-    pub system: String,
-    pub workload: String,
-    pub metric: String,
-    pub value: f64,
-    pub unit: String,
-}
 
 trait Engine: Sync {
     fn put(&self, k: &[u8], v: &[u8], sync: bool) -> Result<(), String>;
@@ -463,18 +455,13 @@ fn bloom_rows(cfg: &Config, vals: &Values) -> Result<Vec<Row>, String> {
     let useful = after.bloom_useful - before.bloom_useful;
     drop(db);
     fresh(&dir)?;
-    Ok(vec![Row {
-        system: "mlstack".into(),
-        workload: "readmissing".into(),
-        metric: "bloom_false_positive_rate".into(),
-        value: fp as f64 / (fp + useful).max(1) as f64,
-        unit: "fraction".into(),
-    }])
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    Ok(vec![Row::new(
+        "mlstack",
+        "readmissing",
+        "bloom_false_positive_rate",
+        fp as f64 / (fp + useful).max(1) as f64,
+        "fraction",
+    )])
 }
 
 /// Runs every workload for every system `repeats` times and returns medians,
@@ -494,26 +481,7 @@ pub fn run(cfg: &Config, mut progress: impl FnMut(&str)) -> Result<Vec<Row>, Str
             all.extend(run_system(system, cfg, &vals, &perm)?);
         }
     }
-    let mut out: Vec<Row> = Vec::new();
-    for row in &all {
-        if out
-            .iter()
-            .any(|o| o.system == row.system && o.workload == row.workload && o.metric == row.metric)
-        {
-            continue;
-        }
-        let vals: Vec<f64> = all
-            .iter()
-            .filter(|o| {
-                o.system == row.system && o.workload == row.workload && o.metric == row.metric
-            })
-            .map(|o| o.value)
-            .collect();
-        out.push(Row {
-            value: median(vals),
-            ..row.clone()
-        });
-    }
+    let mut out = report::medians(&all);
     for peer in cfg.systems.iter().filter(|s| *s != "mlstack") {
         let ratios: Vec<Row> = out
             .iter()
@@ -541,46 +509,21 @@ pub fn run(cfg: &Config, mut progress: impl FnMut(&str)) -> Result<Vec<Row>, Str
     Ok(out)
 }
 
-/// The benchmark JSON (`ARCHITECTURE.md`, "Benchmarks").
-pub fn to_json(cfg: &Config, rows: &[Row]) -> serde_json::Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-            })
-        })
-        .unwrap_or_default();
-    let mem_kb: u64 = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("MemTotal:")
-                    .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-            })
-        })
-        .unwrap_or(0);
-    serde_json::json!({
-        "component": "storage",
-        "bench": "lsm",
-        "machine": {
-            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            "cpu": cpu,
-            "memory_bytes": mem_kb * 1024,
-        },
-        "config": {
+/// The report in the benchmark JSON convention.
+pub fn report(cfg: &Config, rows: Vec<Row>) -> Report {
+    Report {
+        component: "storage",
+        bench: "lsm",
+        config: serde_json::json!({
             "num_keys": cfg.num_keys, "key_bytes": KEY_BYTES, "value_bytes": VALUE_BYTES,
             "num_reads": cfg.num_reads, "num_seeks": cfg.num_seeks, "seek_nexts": 100,
             "num_sync_writes": cfg.num_sync_writes, "mixed_ops_per_thread": cfg.mixed_ops_per_thread,
             "mixed_threads": 2, "repeats": cfg.repeats, "seed": cfg.seed, "statistic": "median",
             "durability": "every write reaches the OS (no fsync) except fillsync (fsync per write)",
             "fjall_version": "3.1.13",
-        },
-        "results": rows.iter().map(|r| serde_json::json!({
-            "system": r.system, "workload": r.workload, "metric": r.metric, "value": r.value, "unit": r.unit,
-        })).collect::<Vec<_>>(),
-    })
+        }),
+        results: rows,
+    }
 }
 
 /// The human table: one line per workload, systems side by side.
@@ -595,15 +538,8 @@ pub fn table(rows: &[Row]) -> String {
         "seekrandom",
         "readwhilewriting",
     ];
-    let get = |sys: &str, w: &str, m: &str| {
-        rows.iter()
-            .find(|r| r.system == sys && r.workload == w && r.metric == m)
-            .map(|r| r.value)
-    };
-    let fmt = |v: Option<f64>, prec: usize| {
-        v.map(|v| format!("{v:.prec$}"))
-            .unwrap_or_else(|| "-".into())
-    };
+    let get = |sys: &str, w: &str, m: &str| report::find(rows, sys, w, m);
+    let fmt = cell;
     s.push_str(&format!(
         "{:<17} {:>12} {:>12} {:>7} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}\n",
         "workload",

@@ -16,8 +16,7 @@
 //! operations as *unknown* in the history.
 
 use crate::error::ClientError;
-use crate::service::{LEADER_ADDR_HEADER, LEADER_ID_HEADER};
-use crate::types::NodeId;
+use crate::{LEADER_ADDR_HEADER, LEADER_ID_HEADER, NodeId};
 use proto::kv::v1 as pb;
 use proto::kv::v1::kv_client::KvClient;
 use std::collections::HashMap;
@@ -317,6 +316,36 @@ impl Client {
         .await
     }
 
+    /// Every key with `prefix`, page by page (each page one [`Client::scan`] of
+    /// up to `page` keys, continuing at the previous page's `next_key`), so a
+    /// caller never depends on the server's per-response limit.
+    pub async fn scan_all(
+        &self,
+        prefix: &[u8],
+        page: u32,
+        consistency: pb::ReadConsistency,
+    ) -> Result<Vec<pb::KeyValue>, ClientError> {
+        let mut out = Vec::new();
+        let mut start = Vec::new();
+        loop {
+            // With a prefix, `start` narrows the prefix's range (the server's
+            // paging rule): the next page begins at the last page's `next_key`.
+            let req = pb::ScanRequest {
+                prefix: prefix.to_vec(),
+                start: start.clone(),
+                limit: page,
+                consistency: consistency as i32,
+                ..Default::default()
+            };
+            let r = self.scan(req).await?;
+            out.extend(r.kvs);
+            if !r.more || r.next_key.is_empty() {
+                return Ok(out);
+            }
+            start = r.next_key;
+        }
+    }
+
     /// A transaction; a request id is filled in when absent.
     pub async fn txn(&self, mut req: pb::TxnRequest) -> Result<pb::TxnResponse, ClientError> {
         if req.request_id.is_none() {
@@ -472,5 +501,33 @@ impl Client {
             async move { c.put(req).await }
         })
         .await
+    }
+}
+
+/// The first key after every key that starts with `prefix` (etcd's
+/// `GetPrefixRangeEnd`); empty (= the end of the key space) when no such key
+/// exists (an empty prefix, or one of only `0xff` bytes).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    Vec::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_is_the_successor_of_every_key_with_the_prefix() {
+        assert_eq!(prefix_end(b"ab"), b"ac".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff\xff"), Vec::<u8>::new());
+        assert_eq!(prefix_end(b""), Vec::<u8>::new());
+        assert!(b"abzzz".as_slice() < prefix_end(b"ab").as_slice());
     }
 }

@@ -14,11 +14,11 @@
 //!    acknowledged ack-key write is readable; (c) all nodes converge to the
 //!    same applied index and state hash.
 
-use crate::client::Timeouts;
+use crate::NodeId;
 use crate::cluster::{ClusterSpec, LocalCluster};
 use crate::error::Error;
 use crate::linearizability::{self, Op, Operation, Verdict};
-use crate::types::NodeId;
+use kvclient::Timeouts;
 use proto::kv::v1 as pb;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -238,7 +238,7 @@ fn ns(start: Instant) -> u64 {
 }
 
 async fn client_loop(
-    client: crate::Client,
+    client: kvclient::Client,
     cid: u64,
     keys: usize,
     seed: u64,
@@ -351,7 +351,7 @@ async fn client_loop(
 fn record_write(
     rec: &mut Recorded,
     kind: &'static str,
-    r: &Result<(), &crate::ClientError>,
+    r: &Result<(), &kvclient::ClientError>,
     call: u64,
     start: Instant,
     make: impl FnOnce() -> Operation,

@@ -10,9 +10,11 @@ use std::io::Write;
 use std::process::Command;
 use std::time::Instant;
 
-use crate::generate::Engine;
-use crate::model::{KvCache, Logits};
-use crate::sampling::argmax;
+use infer::generate::Engine;
+use infer::model::{KvCache, Logits};
+use infer::sampling::argmax;
+
+use crate::report::{self, Report, Row, cell};
 
 const LLAMACPP_SCRIPT: &str = include_str!("../../scripts/reference/llamacpp_bench.py");
 
@@ -38,40 +40,12 @@ pub struct BenchConfig {
     pub model_path: std::path::PathBuf,
 }
 
-/// One (system, workload) measurement.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Row {
-    pub system: String,
-    pub workload: String,
-    pub tokens_per_sec: f64,
-    pub peak_rss_mb: f64,
-}
-
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Report {
-    pub model: String,
-    pub threads: usize,
-    pub decode_tokens: usize,
-    pub repeats: usize,
-    pub weight_bytes_per_token: usize,
-    pub memory_bandwidth_gb_per_sec: f64,
-    /// weight bytes per token ÷ bandwidth, as tokens/s: decode's ceiling.
-    pub decode_floor_tokens_per_sec: f64,
-    pub rows: Vec<Row>,
-    pub peer_version: Option<String>,
-}
-
 const WORKLOADS: [&str; 4] = [
     "prefill_128",
     "prefill_1024",
     "decode_ctx128",
     "decode_ctx1024",
 ];
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// This process's peak resident set (VmHWM), MiB.
 pub fn peak_rss_mb() -> f64 {
@@ -121,7 +95,7 @@ fn prompt_ids(engine: &Engine) -> Result<Vec<u32>, BenchError> {
 
 fn run_mlstack(engine: &Engine, ids: &[u32], cfg: &BenchConfig) -> Result<Vec<Row>, BenchError> {
     let m = &engine.model;
-    let err = |e: crate::model::ModelError| BenchError::Engine(e.to_string());
+    let err = |e: infer::model::ModelError| BenchError::Engine(e.to_string());
     let mut rows = Vec::new();
     for n in [128usize, 1024] {
         let (mut pre, mut dec) = (Vec::new(), Vec::new());
@@ -139,19 +113,21 @@ fn run_mlstack(engine: &Engine, ids: &[u32], cfg: &BenchConfig) -> Result<Vec<Ro
             }
             dec.push(cfg.decode_tokens as f64 / t.elapsed().as_secs_f64());
         }
-        rows.push((format!("prefill_{n}"), median(pre)));
-        rows.push((format!("decode_ctx{n}"), median(dec)));
+        rows.push((format!("prefill_{n}"), report::median(pre)));
+        rows.push((format!("decode_ctx{n}"), report::median(dec)));
     }
-    let rss = peak_rss_mb();
-    Ok(rows
+    let mut rows: Vec<Row> = rows
         .into_iter()
-        .map(|(workload, tps)| Row {
-            system: "mlstack".into(),
-            workload,
-            tokens_per_sec: tps,
-            peak_rss_mb: rss,
-        })
-        .collect())
+        .map(|(workload, tps)| Row::new("mlstack", &workload, "tokens_per_sec", tps, "tokens/s"))
+        .collect();
+    rows.push(Row::new(
+        "mlstack",
+        "process",
+        "peak_rss_mb",
+        peak_rss_mb(),
+        "MiB",
+    ));
+    Ok(rows)
 }
 
 fn run_llamacpp(ids: &[u32], cfg: &BenchConfig) -> Result<(Vec<Row>, String), BenchError> {
@@ -185,15 +161,14 @@ fn run_llamacpp(ids: &[u32], cfg: &BenchConfig) -> Result<(Vec<Row>, String), Be
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| BenchError::Peer(format!("bad JSON from the script: {e}")))?;
     let rss = v["peak_rss_mb"].as_f64().unwrap_or(f64::NAN);
-    let rows = WORKLOADS
+    let mut rows: Vec<Row> = WORKLOADS
         .iter()
-        .map(|w| Row {
-            system: "llama.cpp".into(),
-            workload: w.to_string(),
-            tokens_per_sec: v[*w].as_f64().unwrap_or(f64::NAN),
-            peak_rss_mb: rss,
+        .map(|w| {
+            let tps = v[*w].as_f64().unwrap_or(f64::NAN);
+            Row::new("llama.cpp", w, "tokens_per_sec", tps, "tokens/s")
         })
         .collect();
+    rows.push(Row::new("llama.cpp", "process", "peak_rss_mb", rss, "MiB"));
     Ok((
         rows,
         v["llama_cpp_python"].as_str().unwrap_or("?").to_string(),
@@ -222,80 +197,92 @@ pub fn run(engine: &Engine, cfg: &BenchConfig) -> Result<Report, BenchError> {
     }
     let bw = memory_bandwidth_gbps();
     let bytes = engine.model.weight_bytes();
+    // Decode's ceiling: every weight is read once per token, so at most
+    // bandwidth ÷ weight bytes per token.
+    let floor = bw * 1e9 / bytes as f64;
+    rows.push(Row::new(
+        "machine",
+        "memory_read",
+        "bandwidth_gb_per_sec",
+        bw,
+        "GB/s",
+    ));
+    rows.push(Row::new(
+        "bandwidth_floor",
+        "decode",
+        "tokens_per_sec",
+        floor,
+        "tokens/s",
+    ));
+    let model = cfg
+        .model_path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     Ok(Report {
-        model: cfg
-            .model_path
-            .file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-        threads: cfg.threads,
-        decode_tokens: cfg.decode_tokens,
-        repeats: cfg.repeats,
-        weight_bytes_per_token: bytes,
-        memory_bandwidth_gb_per_sec: bw,
-        decode_floor_tokens_per_sec: bw * 1e9 / bytes as f64,
-        rows,
-        peer_version,
+        component: "infer",
+        bench: "engine",
+        config: serde_json::json!({
+            "model": model,
+            "threads": cfg.threads,
+            "decode_tokens": cfg.decode_tokens,
+            "repeats": cfg.repeats,
+            "statistic": "median",
+            "weight_bytes_per_token": bytes,
+            "llama_cpp_python": peer_version,
+        }),
+        results: rows,
     })
 }
 
-impl Report {
-    fn get(&self, system: &str, workload: &str) -> Option<f64> {
-        self.rows
-            .iter()
-            .find(|r| r.system == system && r.workload == workload)
-            .map(|r| r.tokens_per_sec)
-    }
-
-    /// The human table.
-    pub fn table(&self) -> String {
-        let mut s = format!(
-            "model {} | {} threads | {} decode steps | median of {}\n\n{:<16} {:>12} {:>12} {:>10}\n",
-            self.model,
-            self.threads,
-            self.decode_tokens,
-            self.repeats,
-            "workload",
-            "mlstack t/s",
-            "llama.cpp",
-            "ratio"
+/// The human table.
+pub fn table(r: &Report) -> String {
+    let get = |system: &str, workload: &str, metric: &str| r.get(system, workload, metric);
+    let c = &r.config;
+    let mut s = format!(
+        "model {} | {} threads | {} decode steps | median of {}\n\n{:<16} {:>12} {:>12} {:>10}\n",
+        c["model"].as_str().unwrap_or("?"),
+        c["threads"],
+        c["decode_tokens"],
+        c["repeats"],
+        "workload",
+        "mlstack t/s",
+        "llama.cpp",
+        "ratio"
+    );
+    for w in WORKLOADS {
+        let (a, b) = (
+            get("mlstack", w, "tokens_per_sec"),
+            get("llama.cpp", w, "tokens_per_sec"),
         );
-        for w in WORKLOADS {
-            let (a, b) = (self.get("mlstack", w), self.get("llama.cpp", w));
-            let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
-            let ratio = match (a, b) {
-                (Some(a), Some(b)) => format!("{:.2}x", a / b),
-                _ => "-".into(),
-            };
-            s += &format!("{w:<16} {:>12} {:>12} {:>10}\n", f(a), f(b), ratio);
-        }
-        let rss = |sys: &str| {
-            self.rows
-                .iter()
-                .find(|r| r.system == sys)
-                .map_or("-".into(), |r| format!("{:.0}", r.peak_rss_mb))
+        let ratio = match (a, b) {
+            (Some(a), Some(b)) => format!("{:.2}x", a / b),
+            _ => "-".into(),
         };
         s += &format!(
-            "{:<16} {:>12} {:>12}\n",
-            "peak_rss_mb",
-            rss("mlstack"),
-            rss("llama.cpp")
+            "{w:<16} {:>12} {:>12} {:>10}\n",
+            cell(a, 1),
+            cell(b, 1),
+            ratio
         );
+    }
+    s += &format!(
+        "{:<16} {:>12} {:>12}\n",
+        "peak_rss_mb",
+        cell(get("mlstack", "process", "peak_rss_mb"), 0),
+        cell(get("llama.cpp", "process", "peak_rss_mb"), 0)
+    );
+    let floor = get("bandwidth_floor", "decode", "tokens_per_sec").unwrap_or(f64::NAN);
+    s += &format!(
+        "\ndecode floor: {:.1} MB of weights per token / {:.1} GB/s measured read bandwidth = {:.0} tokens/s at most\n",
+        c["weight_bytes_per_token"].as_f64().unwrap_or(f64::NAN) / 1e6,
+        get("machine", "memory_read", "bandwidth_gb_per_sec").unwrap_or(f64::NAN),
+        floor
+    );
+    if let Some(d) = get("mlstack", "decode_ctx128", "tokens_per_sec") {
         s += &format!(
-            "\ndecode floor: {:.1} MB of weights per token / {:.1} GB/s measured read bandwidth = {:.0} tokens/s at most\n",
-            self.weight_bytes_per_token as f64 / 1e6,
-            self.memory_bandwidth_gb_per_sec,
-            self.decode_floor_tokens_per_sec
+            "mlstack decode_ctx128 reaches {:.0}% of that floor\n",
+            100.0 * d / floor
         );
-        if let Some(d) = self.get("mlstack", "decode_ctx128") {
-            s += &format!(
-                "mlstack decode_ctx128 reaches {:.0}% of that floor\n",
-                100.0 * d / self.decode_floor_tokens_per_sec
-            );
-        }
-        s
     }
-
-    pub fn json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("report serializes")
-    }
+    s
 }

@@ -12,8 +12,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::generate::Engine;
-use crate::serve::{ServeConfig, ServeMetrics};
+use infer::generate::Engine;
+use infer::serve::{ServeConfig, ServeMetrics};
+
+use crate::report::{self, Report, Row, cell};
 
 const WORDS: &[&str] = &[
     "storage",
@@ -67,32 +69,6 @@ pub struct ServeBenchConfig {
     pub serve: ServeConfig,
 }
 
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct LevelRow {
-    pub system: String,
-    pub workload: String,
-    pub requests: usize,
-    /// Requests that failed (HTTP error or a broken stream); not in the figures.
-    pub errors: usize,
-    pub output_tokens_per_sec: f64,
-    pub requests_per_sec: f64,
-    pub ttft_p50_ms: f64,
-    pub ttft_p99_ms: f64,
-    pub itl_p50_ms: f64,
-    pub itl_p99_ms: f64,
-    /// Mean over the level of token slots used / slots allocated (mlstack).
-    pub kv_utilization: Option<f64>,
-}
-
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct ServeReport {
-    pub model: String,
-    pub threads: usize,
-    pub seed: u64,
-    pub rows: Vec<LevelRow>,
-    pub notes: Vec<String>,
-}
-
 /// The seeded request mix: (prompt text, max_tokens).
 pub fn workload(seed: u64, n: usize) -> Vec<(String, usize)> {
     let mut s = seed | 1;
@@ -114,11 +90,8 @@ pub fn workload(seed: u64, n: usize) -> Vec<(String, usize)> {
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
     v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * p).round() as usize]
+    report::percentile(v, p)
 }
 
 /// One streamed request: (ttft, inter-token gaps, output tokens).
@@ -181,8 +154,8 @@ async fn level(
     base: &str,
     c: usize,
     reqs: &[(String, usize)],
-    util: Option<&crate::serve::ServingHandle>,
-) -> Result<LevelRow, String> {
+    util: Option<&infer::serve::ServingHandle>,
+) -> Result<Vec<Row>, String> {
     let client = reqwest::Client::new();
     let queue = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(
         reqs.to_vec(),
@@ -229,23 +202,42 @@ async fn level(
     let mut ttft: Vec<f64> = results.iter().map(|r| r.0).collect();
     let mut itl: Vec<f64> = results.iter().flat_map(|r| r.1.iter().copied()).collect();
     let tokens: usize = results.iter().map(|r| r.2).sum();
-    Ok(LevelRow {
-        system: system.into(),
-        workload: format!("concurrency_{c}"),
-        requests: results.len(),
-        errors,
-        output_tokens_per_sec: tokens as f64 / secs,
-        requests_per_sec: results.len() as f64 / secs,
-        ttft_p50_ms: pct(&mut ttft, 0.5),
-        ttft_p99_ms: pct(&mut ttft, 0.99),
-        itl_p50_ms: pct(&mut itl, 0.5),
-        itl_p99_ms: pct(&mut itl, 0.99),
-        kv_utilization: util.map(|_| samples.iter().sum::<f64>() / samples.len().max(1) as f64),
-    })
+    let workload = format!("concurrency_{c}");
+    let row =
+        |metric: &str, value: f64, unit: &str| Row::new(system, &workload, metric, value, unit);
+    let attempted = results.len() + errors;
+    let mut rows = vec![
+        row("requests", results.len() as f64, "count"),
+        // Failed requests (HTTP error or a broken stream) are counted here and
+        // in the error rate; the latency and throughput figures are goodput,
+        // over the requests that succeeded.
+        row("errors", errors as f64, "count"),
+        row(
+            "error_rate",
+            errors as f64 / attempted.max(1) as f64,
+            "fraction",
+        ),
+        row("output_tokens_per_sec", tokens as f64 / secs, "tokens/s"),
+        row(
+            "requests_per_sec",
+            results.len() as f64 / secs,
+            "requests/s",
+        ),
+        row("ttft_p50_ms", pct(&mut ttft, 0.5), "ms"),
+        row("ttft_p99_ms", pct(&mut ttft, 0.99), "ms"),
+        row("itl_p50_ms", pct(&mut itl, 0.5), "ms"),
+        row("itl_p99_ms", pct(&mut itl, 0.99), "ms"),
+    ];
+    if util.is_some() {
+        // Mean over the level of token slots used / slots allocated.
+        let mean = samples.iter().sum::<f64>() / samples.len().max(1) as f64;
+        rows.push(row("kv_utilization", mean, "fraction"));
+    }
+    Ok(rows)
 }
 
 /// Runs the benchmark.
-pub async fn run(engine: Arc<Engine>, cfg: &ServeBenchConfig) -> Result<ServeReport, String> {
+pub async fn run(engine: Arc<Engine>, cfg: &ServeBenchConfig) -> Result<Report, String> {
     let mut rows = Vec::new();
     let mut notes = vec![
         "llama-cpp-python's server (0.3.x) has no parallel-slots option: it serves one request at a time; \
@@ -257,9 +249,9 @@ pub async fn run(engine: Arc<Engine>, cfg: &ServeBenchConfig) -> Result<ServeRep
     if cfg.systems.iter().any(|s| s == "mlstack") {
         let registry = prometheus::Registry::new();
         let metrics = ServeMetrics::new(&registry).map_err(|e| e.to_string())?;
-        let (handle, _thread) = crate::serve::start(engine.clone(), cfg.serve.clone(), metrics);
+        let (handle, _thread) = infer::serve::start(engine.clone(), cfg.serve.clone(), metrics);
         let any = "127.0.0.1:0".parse().expect("addr");
-        let servers = crate::server::start(handle.clone(), "bench".into(), any, any)
+        let servers = infer::server::start(handle.clone(), "bench".into(), any, any)
             .await
             .map_err(|e| e.to_string())?;
         let base = format!("http://{}", servers.http_addr);
@@ -267,11 +259,20 @@ pub async fn run(engine: Arc<Engine>, cfg: &ServeBenchConfig) -> Result<ServeRep
         one(&reqwest::Client::new(), &base, "warm up", 4).await?;
         for &c in &cfg.concurrency {
             let reqs = workload(cfg.seed ^ c as u64, n_for(c));
-            rows.push(level("mlstack", &base, c, &reqs, Some(&handle)).await?);
+            let level_rows = level("mlstack", &base, c, &reqs, Some(&handle)).await?;
             eprintln!(
-                "mlstack concurrency {c}: {:.1} tokens/s",
-                rows.last().map_or(0.0, |r| r.output_tokens_per_sec)
+                "mlstack concurrency {c}: {} tokens/s",
+                cell(
+                    report::find(
+                        &level_rows,
+                        "mlstack",
+                        &format!("concurrency_{c}"),
+                        "output_tokens_per_sec"
+                    ),
+                    1
+                )
             );
+            rows.extend(level_rows);
         }
         servers.stop().await;
         handle.shutdown();
@@ -330,11 +331,20 @@ pub async fn run(engine: Arc<Engine>, cfg: &ServeBenchConfig) -> Result<ServeRep
         one(&client, &base, "warm up", 4).await?;
         for &c in &cfg.concurrency {
             let reqs = workload(cfg.seed ^ c as u64, n_for(c));
-            rows.push(level("llama.cpp-server", &base, c, &reqs, None).await?);
+            let level_rows = level("llama.cpp-server", &base, c, &reqs, None).await?;
             eprintln!(
-                "llama.cpp-server concurrency {c}: {:.1} tokens/s",
-                rows.last().map_or(0.0, |r| r.output_tokens_per_sec)
+                "llama.cpp-server concurrency {c}: {} tokens/s",
+                cell(
+                    report::find(
+                        &level_rows,
+                        "llama.cpp-server",
+                        &format!("concurrency_{c}"),
+                        "output_tokens_per_sec"
+                    ),
+                    1
+                )
             );
+            rows.extend(level_rows);
         }
         let _ = child.kill().await;
     }
@@ -342,59 +352,68 @@ pub async fn run(engine: Arc<Engine>, cfg: &ServeBenchConfig) -> Result<ServeRep
         "{} threads; requests per level = max(2 x concurrency, 8)",
         cfg.threads
     ));
-    Ok(ServeReport {
-        model: cfg
-            .model_path
-            .file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-        threads: cfg.threads,
-        seed: cfg.seed,
-        rows,
-        notes,
+    let model = cfg
+        .model_path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    Ok(Report {
+        component: "infer",
+        bench: "serve",
+        config: serde_json::json!({
+            "model": model,
+            "threads": cfg.threads,
+            "seed": cfg.seed,
+            "concurrency": cfg.concurrency,
+            "requests_per_level": "max(2 x concurrency, 8)",
+            "request": "streaming /v1/completions, greedy, 16-64-word prompts, 32-128 output tokens",
+            "notes": notes,
+        }),
+        results: rows,
     })
 }
 
-impl ServeReport {
-    pub fn table(&self) -> String {
-        let mut s = format!(
-            "model {} | {} threads | seed {}\n\n{:<18} {:<16} {:>6} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9} {:>8}\n",
-            self.model,
-            self.threads,
-            self.seed,
-            "system",
-            "workload",
-            "errors",
-            "out t/s",
-            "req/s",
-            "ttft p50",
-            "ttft p99",
-            "itl p50",
-            "itl p99",
-            "kv util"
+/// The human table: one line per (system, concurrency level).
+pub fn table(r: &Report) -> String {
+    let c = &r.config;
+    let mut s = format!(
+        "model {} | {} threads | seed {}\n\n{:<18} {:<16} {:>6} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9} {:>8}\n",
+        c["model"].as_str().unwrap_or("?"),
+        c["threads"],
+        c["seed"],
+        "system",
+        "workload",
+        "errors",
+        "out t/s",
+        "req/s",
+        "ttft p50",
+        "ttft p99",
+        "itl p50",
+        "itl p99",
+        "kv util"
+    );
+    for row in r
+        .results
+        .iter()
+        .filter(|x| x.metric == "output_tokens_per_sec")
+    {
+        let get = |m: &str| r.get(&row.system, &row.workload, m).unwrap_or(f64::NAN);
+        s += &format!(
+            "{:<18} {:<16} {:>6} {:>9.1} {:>9.2} {:>8.0}ms {:>8.0}ms {:>7.1}ms {:>7.1}ms {:>8}\n",
+            row.system,
+            row.workload,
+            get("errors"),
+            row.value,
+            get("requests_per_sec"),
+            get("ttft_p50_ms"),
+            get("ttft_p99_ms"),
+            get("itl_p50_ms"),
+            get("itl_p99_ms"),
+            r.get(&row.system, &row.workload, "kv_utilization")
+                .map_or("-".into(), |u| format!("{:.1}%", u * 100.0))
         );
-        for r in &self.rows {
-            s += &format!(
-                "{:<18} {:<16} {:>6} {:>9.1} {:>9.2} {:>8.0}ms {:>8.0}ms {:>7.1}ms {:>7.1}ms {:>8}\n",
-                r.system,
-                r.workload,
-                r.errors,
-                r.output_tokens_per_sec,
-                r.requests_per_sec,
-                r.ttft_p50_ms,
-                r.ttft_p99_ms,
-                r.itl_p50_ms,
-                r.itl_p99_ms,
-                r.kv_utilization
-                    .map_or("-".into(), |u| format!("{:.1}%", u * 100.0))
-            );
-        }
-        for n in &self.notes {
-            s += &format!("note: {n}\n");
-        }
-        s
     }
-
-    pub fn json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("report serializes")
+    for n in c["notes"].as_array().into_iter().flatten() {
+        s += &format!("note: {}\n", n.as_str().unwrap_or_default());
     }
+    s
 }

@@ -1,0 +1,27 @@
+//! # bench: every component measured against what a user would pick instead
+//!
+//! In the spirit of RocksDB's `tools/db_bench`: the benchmarks live outside the
+//! libraries they measure (so no library links a peer or a load generator),
+//! each drives its component through the interface a user has, runs the peer
+//! on the same work in the same run, and reports in one shape ([`report`]).
+//! The `mlstack <component> bench` subcommands call these.
+//!
+//! # Layout
+//! - [`report`]: [`report::Row`], [`report::Report`] (the JSON convention),
+//!   medians with the spread, percentiles, table cells.
+//! - [`lsm`]: `mlstack lsm bench`, the storage engine against fjall.
+//! - [`kv`]: `mlstack kv bench`, the Raft KV cluster: puts, linearizable and
+//!   serializable gets, leader failover.
+//! - [`ingest`]: `mlstack ingest bench`, Kafka → Parquet against a raw consumer.
+//! - [`engine`]: `mlstack infer bench-engine`, prefill and decode against llama.cpp.
+//! - [`serve`]: `mlstack infer bench-serve`, the serving load generator against
+//!   llama.cpp's server.
+
+pub mod engine;
+pub mod ingest;
+pub mod kv;
+pub mod lsm;
+pub mod report;
+pub mod serve;
+
+pub use report::{Report, Row};

@@ -1,0 +1,138 @@
+//! A node's configuration (`mlstack kv serve`'s flags) and its validation.
+
+use crate::error::Error;
+use crate::types::NodeId;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything `mlstack kv serve` configures.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    /// Where to listen (client API and Raft transport share the port).
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// The initial members and their advertised addresses (`--peers`).
+    pub peers: BTreeMap<NodeId, String>,
+    /// Dial overrides for peer links (`--route`), used by the chaos proxies.
+    pub routes: BTreeMap<NodeId, String>,
+    /// Initialize the cluster with `peers` as voters if it never was.
+    pub init: bool,
+    /// Cluster name: stored in the data directory and checked on every peer
+    /// message.
+    pub cluster: String,
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind the snapshot (lagging followers catch up
+    /// from the log while they are within this distance).
+    pub keep_logs: u64,
+    /// A proposal not committed within this answers `DEADLINE_EXCEEDED`
+    /// (outcome unknown; the client retries with the same request id).
+    pub proposal_timeout: Duration,
+    /// Proposal batches in flight at once (see [`crate::batcher`]).
+    pub inflight_batches: usize,
+    /// Register metrics in the process-wide registry (off for in-process
+    /// multi-node tests, where names would collide).
+    pub register_metrics: bool,
+}
+
+impl NodeConfig {
+    /// Defaults for node `id` of `peers`.
+    pub fn new(
+        id: NodeId,
+        listen: SocketAddr,
+        data_dir: PathBuf,
+        peers: BTreeMap<NodeId, String>,
+    ) -> Self {
+        Self {
+            id,
+            listen,
+            data_dir,
+            peers,
+            routes: BTreeMap::new(),
+            init: false,
+            cluster: "mlstack-kv".into(),
+            heartbeat_ms: 50,
+            election_min_ms: 150,
+            election_max_ms: 300,
+            snapshot_every: 10_000,
+            keep_logs: 1_000,
+            proposal_timeout: Duration::from_secs(5),
+            inflight_batches: 1,
+            register_metrics: true,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        let bad = |reason: String| Err(Error::Config { reason });
+        if self.id == 0 {
+            return bad("node id 0 is reserved; ids start at 1".into());
+        }
+        if self.init && !self.peers.contains_key(&self.id) {
+            return bad(format!(
+                "--init needs this node ({}) in --peers (got ids {:?})",
+                self.id,
+                self.peers.keys().collect::<Vec<_>>()
+            ));
+        }
+        for (id, addr) in self.routes.iter() {
+            if !self.peers.contains_key(id) && !self.peers.is_empty() {
+                return bad(format!(
+                    "--route names node {id} ({addr}), which is not in --peers"
+                ));
+            }
+        }
+        if self.election_min_ms <= self.heartbeat_ms || self.election_max_ms <= self.election_min_ms
+        {
+            return bad(format!(
+                "timeouts must satisfy heartbeat < election-min < election-max (got {} < {} < {})",
+                self.heartbeat_ms, self.election_min_ms, self.election_max_ms
+            ));
+        }
+        if self.cluster.is_empty() {
+            return bad("cluster name is empty".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parses `1=host:port,2=host:port` into ids and addresses.
+pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, String>, Error> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((id, addr)) = part.split_once('=') else {
+            return Err(Error::Config {
+                reason: format!("peer {part:?} is not ID=HOST:PORT"),
+            });
+        };
+        let id: NodeId = id.trim().parse().map_err(|_| Error::Config {
+            reason: format!("peer {part:?}: {id:?} is not a node id (a positive integer)"),
+        })?;
+        if id == 0 {
+            return Err(Error::Config {
+                reason: format!("peer {part:?}: node id 0 is reserved"),
+            });
+        }
+        let addr = addr.trim();
+        let hostport = addr.rsplit("://").next().unwrap_or(addr);
+        let valid = hostport
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if !valid {
+            return Err(Error::Config {
+                reason: format!("peer {part:?}: {addr:?} is not HOST:PORT"),
+            });
+        }
+        if out.insert(id, addr.to_string()).is_some() {
+            return Err(Error::Config {
+                reason: format!("node id {id} appears twice in the peer list"),
+            });
+        }
+    }
+    Ok(out)
+}
