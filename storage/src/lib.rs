@@ -25,8 +25,9 @@
 //! ```
 //!
 //! # Layout
-//! - [`db`]: [`Db`]: open and recovery, group commit, reads, snapshots, flush
-//!   and compaction threads, write stalls.
+//! - [`db`]: [`Db`]: the API, reads, snapshots; `db/write.rs` group commit,
+//!   memtable rotation and write stalls; `db/recovery.rs` manifest and WAL
+//!   replay; `db/compaction.rs` the flush and compaction threads.
 //! - [`batch`]: [`WriteBatch`] and its WAL encoding.
 //! - [`wal`]: the write-ahead log (framing, torn-tail vs corruption).
 //! - [`memtable`]: the concurrent skiplist memtable.

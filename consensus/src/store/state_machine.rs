@@ -1,0 +1,554 @@
+//! The KV state machine: atomic apply of committed entries (state changes and
+//! the applied index in one batch), request-id deduplication, watches.
+
+use super::snapshot::*;
+use super::*;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(super) struct Applied {
+    pub(super) last_applied: Option<LogId<NodeId>>,
+    pub(super) membership: StoredMembership<NodeId, Node>,
+}
+
+/// State shared between the state machine, its snapshot builder and the gRPC
+/// read path.
+#[derive(Debug)]
+pub struct Shared {
+    pub db: Arc<Db>,
+    pub(super) applied: Mutex<Applied>,
+    /// Per client: retained seqs (for pruning) and the lowest retained seq.
+    pub(super) dedup: Mutex<HashMap<u64, BTreeSet<u64>>>,
+    pub(super) watch_tx: broadcast::Sender<WatchEvent>,
+    pub(super) history: Mutex<VecDeque<WatchEvent>>,
+    pub(super) snapshot_dir: PathBuf,
+    pub(super) current_snapshot: Mutex<Option<StoredSnapshot>>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) snapshot_seq: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    pub(super) fn applied(&self) -> std::sync::MutexGuard<'_, Applied> {
+        self.applied.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Last applied log index (the revision reads are served at).
+    pub fn applied_index(&self) -> u64 {
+        self.applied().last_applied.map(|l| l.index).unwrap_or(0)
+    }
+
+    /// Reads a key from the applied state.
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, std::io::Error> {
+        match self.db.get(data_key(key)).map_err(io_err)? {
+            Some(b) => Ok(Some(decode("key record", &b)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Entries in `[start, end)` (empty `end` = unbounded), at most `limit`;
+    /// the bool says whether more remain.
+    pub fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<(Vec<KeyValue>, bool), std::io::Error> {
+        let lo = data_key(start);
+        let hi = if end.is_empty() {
+            b"s0".to_vec() // the byte after '/'
+        } else {
+            data_key(end)
+        };
+        let it = self
+            .db
+            .range(
+                Bound::Included(&lo[..]),
+                Bound::Excluded(&hi[..]),
+                reverse,
+                &ReadOptions::default(),
+            )
+            .map_err(io_err)?;
+        let mut out = Vec::new();
+        for kv in it {
+            let (_, v) = kv.map_err(io_err)?;
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push(decode("key record", &v)?);
+        }
+        Ok((out, false))
+    }
+
+    /// Subscribes to applied changes plus the retained recent history.
+    pub fn watch(&self) -> (broadcast::Receiver<WatchEvent>, Vec<WatchEvent>) {
+        // Subscribe under the history lock (apply pushes history under it and
+        // sends after): every event is either in the copy or on the channel.
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let rx = self.watch_tx.subscribe();
+        (rx, h.iter().cloned().collect())
+    }
+
+    /// Hash of the applied state (every `s/` record) with the applied index,
+    /// read from one LSM snapshot so the two agree.
+    pub fn state_hash(&self) -> Result<(u64, String), std::io::Error> {
+        use std::hash::{Hash, Hasher};
+        let snap = self.db.snapshot();
+        let ro = ReadOptions {
+            snapshot: Some(&snap),
+        };
+        let applied: Applied = match self.db.get_opt(KEY_APPLIED, &ro).map_err(io_err)? {
+            Some(b) => decode("applied state", &b)?,
+            None => Applied::default(),
+        };
+        // SipHash with fixed zero keys: the same in every process of this build.
+        let mut h = std::hash::DefaultHasher::new();
+        for kv in self.db.prefix(DATA_PREFIX, false, &ro).map_err(io_err)? {
+            let (k, v) = kv.map_err(io_err)?;
+            k.hash(&mut h);
+            v.hash(&mut h);
+        }
+        Ok((
+            applied.last_applied.map(|l| l.index).unwrap_or(0),
+            format!("{:016x}", h.finish()),
+        ))
+    }
+
+    pub fn membership(&self) -> StoredMembership<NodeId, Node> {
+        self.applied().membership.clone()
+    }
+}
+
+/// The KV state machine (`RaftStateMachine`).
+#[derive(Clone, Debug)]
+pub struct StateMachine {
+    pub shared: Arc<Shared>,
+}
+
+impl StateMachine {
+    pub fn open(
+        db: Arc<Db>,
+        snapshot_dir: PathBuf,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, std::io::Error> {
+        std::fs::create_dir_all(&snapshot_dir)?;
+        let applied: Applied = match db.get(KEY_APPLIED).map_err(io_err)? {
+            Some(b) => decode("applied state", &b)?,
+            None => Applied::default(),
+        };
+        let mut dedup: HashMap<u64, BTreeSet<u64>> = HashMap::new();
+        for kv in db
+            .prefix(DEDUP_PREFIX, false, &ReadOptions::default())
+            .map_err(io_err)?
+        {
+            let (k, _) = kv.map_err(io_err)?;
+            if k.len() == 18 {
+                let c = u64::from_be_bytes(k[2..10].try_into().unwrap_or_default());
+                let s = u64::from_be_bytes(k[10..18].try_into().unwrap_or_default());
+                dedup.entry(c).or_default().insert(s);
+            }
+        }
+        let current_snapshot = load_snapshot_file(&snapshot_dir)?;
+        let (watch_tx, _) = broadcast::channel(4096);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                db,
+                applied: Mutex::new(applied),
+                dedup: Mutex::new(dedup),
+                watch_tx,
+                history: Mutex::new(VecDeque::new()),
+                snapshot_dir,
+                current_snapshot: Mutex::new(current_snapshot),
+                metrics,
+                snapshot_seq: Default::default(),
+            }),
+        })
+    }
+}
+
+/// Applies one command to the overlay + batch; returns the result and the
+/// watch events it produced.
+pub(super) struct Applier<'a> {
+    pub(super) shared: &'a Shared,
+    pub(super) overlay: HashMap<Vec<u8>, Option<KeyValue>>,
+    pub(super) batch: WriteBatch,
+    pub(super) events: Vec<WatchEvent>,
+}
+
+impl Applier<'_> {
+    pub(super) fn read(&mut self, key: &[u8]) -> Result<Option<KeyValue>, std::io::Error> {
+        if let Some(v) = self.overlay.get(key) {
+            return Ok(v.clone());
+        }
+        let v = self.shared.get(key)?;
+        self.overlay.insert(key.to_vec(), v.clone());
+        Ok(v)
+    }
+
+    pub(super) fn put(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        rev: u64,
+    ) -> Result<Option<KeyValue>, std::io::Error> {
+        let prev = self.read(key)?;
+        let kv = KeyValue {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            version: prev.as_ref().map(|p| p.version + 1).unwrap_or(1),
+            create_revision: prev.as_ref().map(|p| p.create_revision).unwrap_or(rev),
+            mod_revision: rev,
+        };
+        self.batch.put(data_key(key), encode(&kv));
+        self.overlay.insert(key.to_vec(), Some(kv.clone()));
+        self.events.push(WatchEvent::Put(kv));
+        Ok(prev)
+    }
+
+    pub(super) fn delete(&mut self, key: &[u8], rev: u64) -> Result<bool, std::io::Error> {
+        let prev = self.read(key)?;
+        if prev.is_none() {
+            return Ok(false);
+        }
+        self.batch.delete(data_key(key));
+        self.overlay.insert(key.to_vec(), None);
+        self.events.push(WatchEvent::Delete {
+            key: key.to_vec(),
+            revision: rev,
+        });
+        Ok(true)
+    }
+
+    pub(super) fn compare(&mut self, c: &Compare) -> Result<bool, std::io::Error> {
+        let cur = self.read(&c.key)?;
+        Ok(match c.target {
+            CompareTarget::Version => {
+                c.op.holds(&cur.as_ref().map(|k| k.version).unwrap_or(0), &c.number)
+            }
+            CompareTarget::ModRevision => c.op.holds(
+                &cur.as_ref().map(|k| k.mod_revision).unwrap_or(0),
+                &c.number,
+            ),
+            // A missing key has no value: every value comparison on it fails.
+            CompareTarget::Value => match &cur {
+                Some(kv) => c.op.holds(kv.value.as_slice(), c.value.as_slice()),
+                None => false,
+            },
+        })
+    }
+
+    pub(super) fn apply_op(&mut self, op: &Op, rev: u64) -> Result<OpResult, std::io::Error> {
+        Ok(match op {
+            Op::Put {
+                key,
+                value,
+                prev_kv,
+            } => {
+                let prev = self.put(key, value, rev)?;
+                OpResult::Put {
+                    prev: prev.filter(|_| *prev_kv),
+                }
+            }
+            Op::Delete { key } => OpResult::Delete {
+                deleted: self.delete(key, rev)?,
+            },
+            // Batches are unpacked by `apply_command`, never reach here.
+            Op::Batch(_) => OpResult::None,
+            Op::Txn {
+                compare,
+                success,
+                failure,
+            } => {
+                let mut ok = true;
+                for c in compare {
+                    if !self.compare(c)? {
+                        ok = false;
+                        break;
+                    }
+                }
+                let branch = if ok { success } else { failure };
+                let mut results = Vec::with_capacity(branch.len());
+                for t in branch {
+                    results.push(match t {
+                        TxnOp::Put {
+                            key,
+                            value,
+                            prev_kv,
+                        } => {
+                            let prev = self.put(key, value, rev)?;
+                            TxnOpResult::Put {
+                                prev: prev.filter(|_| *prev_kv),
+                            }
+                        }
+                        TxnOp::Delete { key } => TxnOpResult::Delete {
+                            deleted: self.delete(key, rev)?,
+                        },
+                        TxnOp::Get { key } => TxnOpResult::Get {
+                            kv: self.read(key)?,
+                        },
+                    });
+                }
+                OpResult::Txn {
+                    succeeded: ok,
+                    results,
+                }
+            }
+        })
+    }
+}
+
+/// Applies one client command (or each command of a proposal batch), with
+/// request-id deduplication.
+// The error is openraft's `StorageError`, which the trait methods return as is.
+#[allow(clippy::result_large_err)]
+pub(super) fn apply_command(
+    shared: &Shared,
+    ap: &mut Applier<'_>,
+    dedup: &mut HashMap<u64, BTreeSet<u64>>,
+    fresh: &mut HashMap<RequestId, Response>,
+    cmd: Command,
+    log_id: LogId<NodeId>,
+) -> Result<Response, SE> {
+    let rev = log_id.index;
+    let err = |e: std::io::Error| StorageIOError::apply(log_id, &e);
+    if let Op::Batch(cmds) = cmd.op {
+        // Commands the leader batched into one entry: each keeps its own
+        // request id, answer and trace.
+        let mut results = Vec::with_capacity(cmds.len());
+        for c in cmds {
+            results.push(apply_command(shared, ap, dedup, fresh, c, log_id)?);
+        }
+        return Ok(Response {
+            revision: rev,
+            result: OpResult::Batch(results),
+        });
+    }
+    let span = if cmd.trace.is_empty() {
+        tracing::Span::none()
+    } else {
+        let span = tracing::info_span!("kv.apply", revision = rev);
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let _ = span.set_parent(observe::propagation::carrier::extract(
+            cmd.trace.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+        ));
+        span
+    };
+    let _g = span.enter();
+    let Some(id) = cmd.request_id else {
+        return Ok(Response {
+            revision: rev,
+            result: ap.apply_op(&cmd.op, rev).map_err(err)?,
+        });
+    };
+    if let Some(r) = fresh.get(&id) {
+        return Ok(r.clone());
+    }
+    let seen = dedup.get(&id.client_id);
+    if seen.is_some_and(|q| q.contains(&id.seq)) {
+        // A retry of an applied write: answer what the first application
+        // answered.
+        shared.metrics.dedup_hits.inc();
+        return Ok(
+            match shared.db.get(dedup_key(id)).map_err(|e| err(io_err(e)))? {
+                Some(b) => decode("dedup response", &b).map_err(err)?,
+                None => Response::default(),
+            },
+        );
+    }
+    let floor = seen.and_then(|q| q.first().copied());
+    if floor.is_some_and(|f| id.seq < f) && seen.is_some_and(|q| q.len() >= DEDUP_WINDOW) {
+        return Ok(Response {
+            revision: rev,
+            result: OpResult::Expired { request_id: id },
+        });
+    }
+    let r = Response {
+        revision: rev,
+        result: ap.apply_op(&cmd.op, rev).map_err(err)?,
+    };
+    ap.batch.put(dedup_key(id), encode(&r));
+    let q = dedup.entry(id.client_id).or_default();
+    q.insert(id.seq);
+    if q.len() > DEDUP_WINDOW
+        && let Some(old) = q.pop_first()
+    {
+        ap.batch.delete(dedup_key(RequestId {
+            client_id: id.client_id,
+            seq: old,
+        }));
+    }
+    fresh.insert(id, r.clone());
+    Ok(r)
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Node>), SE> {
+        let a = self.shared.applied();
+        Ok((a.last_applied, a.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, SE>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let t0 = Instant::now();
+        let shared = &*self.shared;
+        let mut ap = Applier {
+            shared,
+            overlay: HashMap::new(),
+            batch: WriteBatch::new(),
+            events: Vec::new(),
+        };
+        let mut applied = shared.applied().clone();
+        let mut out = Vec::new();
+        let mut dedup = shared.dedup.lock().unwrap_or_else(|p| p.into_inner());
+        // Responses decided in this batch, for duplicates within the batch.
+        let mut fresh: HashMap<RequestId, Response> = HashMap::new();
+        for entry in entries {
+            applied.last_applied = Some(entry.log_id);
+            let resp = match entry.payload {
+                EntryPayload::Blank => Response::default(),
+                EntryPayload::Membership(m) => {
+                    applied.membership = StoredMembership::new(Some(entry.log_id), m);
+                    Response::default()
+                }
+                EntryPayload::Normal(cmd) => {
+                    apply_command(shared, &mut ap, &mut dedup, &mut fresh, cmd, entry.log_id)?
+                }
+            };
+            out.push(resp);
+        }
+        drop(dedup);
+        // The applied pointer goes in the same batch as the changes it covers:
+        // after a crash either both are there or neither.
+        ap.batch.put(KEY_APPLIED, encode(&applied));
+        let Applier { batch, events, .. } = ap;
+        shared
+            .db
+            .write(batch, &WriteOptions::default())
+            .map_err(|e| StorageIOError::write_state_machine(&io_err(e)))?;
+        *shared.applied() = applied.clone();
+        {
+            let mut h = shared.history.lock().unwrap_or_else(|p| p.into_inner());
+            for ev in &events {
+                if h.len() == WATCH_HISTORY {
+                    h.pop_front();
+                }
+                h.push_back(ev.clone());
+            }
+        }
+        for ev in events {
+            // No receivers is fine.
+            let _ = shared.watch_tx.send(ev);
+        }
+        let m = &shared.metrics;
+        m.apply_seconds.observe(t0.elapsed().as_secs_f64());
+        m.applied_entries.inc_by(out.len() as u64);
+        m.applied_index
+            .set(applied.last_applied.map(|l| l.index).unwrap_or(0) as i64);
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SE> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, Node>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), SE> {
+        let t0 = Instant::now();
+        let data = snapshot.into_inner();
+        let sig = Some(meta.signature());
+        let body: SnapshotBody = decode("snapshot", &data)
+            .map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
+        let shared = &*self.shared;
+        let werr = |e: std::io::Error| StorageIOError::write_snapshot(sig.clone(), &e);
+        // One batch: delete the old state, write the new one and the applied
+        // pointer. The WAL makes it atomic, so a crash mid-install leaves the
+        // old state (and openraft will send the snapshot again).
+        let mut b = WriteBatch::new();
+        for prefix in [DATA_PREFIX, DEDUP_PREFIX] {
+            for kv in shared
+                .db
+                .prefix(prefix, false, &ReadOptions::default())
+                .map_err(|e| werr(io_err(e)))?
+            {
+                let (k, _) = kv.map_err(|e| werr(io_err(e)))?;
+                b.delete(k);
+            }
+        }
+        let mut dedup: HashMap<u64, BTreeSet<u64>> = HashMap::new();
+        for (k, v) in &body.entries {
+            if !(k.starts_with(DATA_PREFIX) || k.starts_with(DEDUP_PREFIX)) {
+                return Err(werr(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("snapshot holds a key outside the state key spaces: {k:?}"),
+                ))
+                .into());
+            }
+            if k.starts_with(DEDUP_PREFIX) && k.len() == 18 {
+                let c = u64::from_be_bytes(k[2..10].try_into().unwrap_or_default());
+                let s = u64::from_be_bytes(k[10..18].try_into().unwrap_or_default());
+                dedup.entry(c).or_default().insert(s);
+            }
+            b.put(k, v);
+        }
+        let applied = Applied {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        };
+        b.put(KEY_APPLIED, encode(&applied));
+        // Big snapshots may exceed the per-batch limit of the LSM: write in the
+        // LSM's own max batch size is 64 MiB by default, ample for a metadata
+        // store; a larger state is refused with the engine's typed error.
+        shared
+            .db
+            .write(b, &WriteOptions { sync: true })
+            .map_err(|e| werr(io_err(e)))?;
+        save_snapshot_file(&shared.snapshot_dir, meta, &data).map_err(werr)?;
+        *shared.applied() = applied;
+        *shared.dedup.lock().unwrap_or_else(|p| p.into_inner()) = dedup;
+        *shared
+            .current_snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), Arc::new(data)));
+        {
+            let mut h = shared.history.lock().unwrap_or_else(|p| p.into_inner());
+            h.clear();
+        }
+        let _ = shared.watch_tx.send(WatchEvent::Reset);
+        shared.metrics.snapshots_installed.inc();
+        shared
+            .metrics
+            .snapshot_install_seconds
+            .observe(t0.elapsed().as_secs_f64());
+        shared
+            .metrics
+            .applied_index
+            .set(meta.last_log_id.map(|l| l.index).unwrap_or(0) as i64);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SE> {
+        let cur = self
+            .shared
+            .current_snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Ok(cur.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data.as_ref().clone())),
+        }))
+    }
+}
