@@ -192,12 +192,12 @@ async fn infer_step() -> Result<InferReport, Error> {
         .map_err(|e| Error::DemoCheck(format!("loading the model: {e}")))??;
     // The process registry, so /metrics shows mlstack_infer_*; a second demo
     // in one process (tests) gets a private one.
-    let metrics = ::infer::serve::ServeMetrics::new(observe::registry())
-        .or_else(|_| ::infer::serve::ServeMetrics::new(&prometheus::Registry::new()))
+    let metrics = ::infer::engine_loop::ServeMetrics::new(observe::registry())
+        .or_else(|_| ::infer::engine_loop::ServeMetrics::new(&prometheus::Registry::new()))
         .map_err(|e| Error::DemoCheck(format!("infer metrics: {e}")))?;
-    let (handle, _engine_thread) = ::infer::serve::start(
+    let (handle, _engine_thread) = ::infer::engine_loop::start(
         std::sync::Arc::new(engine),
-        ::infer::serve::ServeConfig {
+        ::infer::engine_loop::ServeConfig {
             kv_cache_bytes: 64 << 20,
             ..Default::default()
         },
@@ -207,7 +207,7 @@ async fn infer_step() -> Result<InferReport, Error> {
     let model = path
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    let servers = ::infer::server::start(handle.clone(), model.clone(), any, any)
+    let servers = ::infer::api::start(handle.clone(), model.clone(), any, any)
         .await
         .map_err(|e| Error::Infer(e.to_string()))?;
     let endpoint = servers.grpc_addr.to_string();

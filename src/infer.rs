@@ -2,7 +2,8 @@
 
 use std::io::Write;
 
-use ::infer::generate::{Engine, Request};
+use ::infer::generate::Engine;
+use ::infer::request::Request;
 use ::infer::sampling::SamplingParams;
 use model::tokenizer::ChatMessage;
 
@@ -99,7 +100,7 @@ fn generate(a: &InferGenerateArgs) -> Result<(), Error> {
             ..SamplingParams::default()
         },
         stop: a.stop.clone(),
-        ignore_eos: false,
+        ..Request::default()
     };
     let mut stdout = std::io::stdout().lock();
     let out = engine.generate(&req, |text| {
@@ -127,11 +128,11 @@ pub async fn serve(args: &crate::cli::InferServeArgs) -> Result<(), Error> {
     let model_name = path
         .file_name()
         .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
-    let metrics = ::infer::serve::ServeMetrics::new(observe::registry())
+    let metrics = ::infer::engine_loop::ServeMetrics::new(observe::registry())
         .map_err(|e| Error::Infer(format!("registering metrics: {e}")))?;
-    let (handle, engine_thread) = ::infer::serve::start(
+    let (handle, engine_thread) = ::infer::engine_loop::start(
         std::sync::Arc::new(engine),
-        ::infer::serve::ServeConfig {
+        ::infer::engine_loop::ServeConfig {
             kv_cache_bytes: args.kv_cache_bytes,
             block_tokens: args.kv_block_tokens.max(1),
             max_batched_tokens: args.max_batched_tokens.max(1),
@@ -141,7 +142,7 @@ pub async fn serve(args: &crate::cli::InferServeArgs) -> Result<(), Error> {
         metrics,
     );
     let component = crate::component::Component::start(args.metrics_listen).await?;
-    let servers = ::infer::server::start(handle.clone(), model_name, args.grpc, args.http)
+    let servers = ::infer::api::start(handle.clone(), model_name, args.grpc, args.http)
         .await
         .map_err(|e| Error::Infer(e.to_string()))?;
     component.ready(serde_json::json!({
@@ -234,7 +235,7 @@ pub async fn bench_serve(args: &crate::cli::InferBenchServeArgs) -> Result<(), E
         seed: args.seed,
         threads: rayon::current_num_threads(),
         model_path,
-        serve: ::infer::serve::ServeConfig {
+        serve: ::infer::engine_loop::ServeConfig {
             kv_cache_bytes: args.kv_cache_bytes,
             ..Default::default()
         },

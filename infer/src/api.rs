@@ -1,7 +1,7 @@
 //! The edges: `mlstack.infer.v1.Inference` over gRPC (tonic, with health and
 //! reflection) and an OpenAI-compatible HTTP API (axum: `/v1/completions`,
 //! `/v1/chat/completions`, `/v1/models`, with SSE streaming). Both turn
-//! requests into [`GenRequest`]s for the [`ServingHandle`] and map its
+//! requests into [`Request`]s for the [`ServingHandle`] and map its
 //! errors to status codes: invalid input → INVALID_ARGUMENT / 400, a full
 //! waiting queue → RESOURCE_EXHAUSTED / 429.
 
@@ -19,8 +19,8 @@ use proto::infer::v1 as pb;
 use proto::server::GrpcServer;
 use tokio_util::sync::CancellationToken;
 
+use crate::engine_loop::{Event, Finish, Request, ServingHandle, SubmitError, Usage};
 use crate::sampling::SamplingParams;
-use crate::serve::{Event, Finish, GenRequest, ServingHandle, SubmitError, Usage};
 use model::tokenizer::ChatMessage;
 
 /// Errors starting the servers.
@@ -178,7 +178,7 @@ impl pb::inference_server::Inference for InferenceService {
             )),
         }
         .map_err(status)?;
-        let req = GenRequest {
+        let req = Request {
             prompt,
             max_tokens: if r.max_tokens == 0 {
                 256
@@ -338,14 +338,6 @@ struct HttpState {
     model_name: String,
 }
 
-fn finish_str(f: Finish) -> &'static str {
-    match f {
-        Finish::Stop => "stop",
-        Finish::Length => "length",
-        Finish::Cancelled => "cancelled",
-    }
-}
-
 async fn completions(
     state: State<HttpState>,
     body: Result<Json<CompletionBody>, axum::extract::rejection::JsonRejection>,
@@ -417,7 +409,7 @@ async fn handle_completion(
             );
         }
     };
-    let req = GenRequest {
+    let req = Request {
         prompt,
         max_tokens: b.max_completion_tokens.or(b.max_tokens).unwrap_or(256),
         // OpenAI's default temperature is 1.0.
@@ -474,9 +466,9 @@ async fn handle_completion(
                     text.push_str(&t);
                     let choice = if chat {
                         serde_json::json!({"index": 0, "message": {"role": "assistant", "content": text},
-                                           "finish_reason": finish_str(reason)})
+                                           "finish_reason": Finish::as_str(reason)})
                     } else {
-                        serde_json::json!({"index": 0, "text": text, "finish_reason": finish_str(reason),
+                        serde_json::json!({"index": 0, "text": text, "finish_reason": Finish::as_str(reason),
                                            "logprobs": null})
                     };
                     return Json(
@@ -519,7 +511,7 @@ async fn handle_completion(
                 text,
                 usage,
             } => {
-                let mut v = delta(&text, Some(finish_str(reason)));
+                let mut v = delta(&text, Some(Finish::as_str(reason)));
                 v["usage"] = usage_json(&usage);
                 Some(v)
             }

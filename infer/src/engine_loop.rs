@@ -1,6 +1,6 @@
-//! The serving engine: one thread runs the model step after step for every
+//! The engine loop: one thread runs the model step after step for every
 //! request in flight, under the [`Scheduler`]; gRPC and HTTP handlers
-//! ([`crate::server`]) submit requests and read their token streams through
+//! ([`crate::api`]) submit requests and read their token streams through
 //! channels.
 //!
 //! ```text
@@ -24,10 +24,11 @@ use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
-use crate::generate::{Engine, StopFilter};
+use crate::generate::Engine;
 use crate::model::{Logits, SeqInput};
 use crate::paged::PagedKvCache;
-use crate::sampling::{Sampler, SamplingParams};
+pub use crate::request::{Finish, Request};
+use crate::request::{Next, TokenStep};
 use crate::scheduler::{Scheduler, SchedulerConfig, SeqId};
 
 /// Server-side limits.
@@ -53,26 +54,6 @@ impl Default for ServeConfig {
             max_waiting: 256,
         }
     }
-}
-
-/// A generation request, already tokenized.
-#[derive(Clone, Debug)]
-pub struct GenRequest {
-    pub prompt: Vec<u32>,
-    pub max_tokens: usize,
-    pub sampling: SamplingParams,
-    pub stop: Vec<String>,
-    pub priority: i32,
-    /// Keep generating past EOS (benchmarks, tests).
-    pub ignore_eos: bool,
-}
-
-/// Why a sequence ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Finish {
-    Stop,
-    Length,
-    Cancelled,
 }
 
 /// Counts and timings reported with the last event.
@@ -119,7 +100,7 @@ pub enum SubmitError {
 enum Command {
     Add {
         id: SeqId,
-        req: GenRequest,
+        req: Request,
         tx: tokio::sync::mpsc::UnboundedSender<Event>,
         span: tracing::Span,
         submitted: Instant,
@@ -295,7 +276,7 @@ impl ServingHandle {
     /// Dropping the receiver cancels the request within one step.
     pub fn submit(
         &self,
-        req: GenRequest,
+        req: Request,
     ) -> Result<(SeqId, tokio::sync::mpsc::UnboundedReceiver<Event>), SubmitError> {
         let context = self.engine.model.config.context_length;
         if req.prompt.is_empty() {
@@ -380,11 +361,9 @@ impl ServingHandle {
 
 /// Per-request state the engine keeps beside the scheduler's.
 struct Live<'a> {
-    req: GenRequest,
+    req: Request,
     tx: tokio::sync::mpsc::UnboundedSender<Event>,
-    sampler: Sampler,
-    decoder: model::tokenizer::StreamDecoder<'a>,
-    filter: StopFilter,
+    step: TokenStep<'a>,
     text: String,
     generated: usize,
     submitted: Instant,
@@ -472,18 +451,16 @@ fn run(
                     span,
                     submitted,
                 } => {
-                    let sampler = Sampler::new(req.sampling.clone()).expect("validated at submit");
+                    let step = TokenStep::new(tok, &req).expect("validated at submit");
                     let queue_span = tracing::info_span!(parent: &span, "infer.queue").entered();
                     sched.add(id, req.prompt.clone(), req.priority);
                     m.prompt_tokens.inc_by(req.prompt.len() as u64);
                     live.insert(
                         id,
                         Live {
-                            filter: StopFilter::new(req.stop.clone()),
                             req,
                             tx,
-                            sampler,
-                            decoder: tok.stream(),
+                            step,
                             text: String::new(),
                             generated: 0,
                             submitted,
@@ -591,7 +568,16 @@ fn run(
                 continue;
             };
             let history = &sched.get(b.id).expect("sequence").tokens;
-            let next = l.sampler.sample(&logits, history);
+            // A decoder error (an id the vocabulary cannot render) streams
+            // no text for the token rather than failing the request.
+            let next = l
+                .step
+                .next(&logits, history)
+                .unwrap_or_else(|e| Next::Token {
+                    id: e.id,
+                    text: String::new(),
+                    stopped: false,
+                });
             let now = Instant::now();
             if l.first_token.is_none() {
                 l.first_token = Some(now);
@@ -601,15 +587,18 @@ fn run(
                 m.itl.observe((now - prev).as_secs_f64());
             }
             l.last_token = Some(now);
-            if !l.req.ignore_eos && tok.eos_ids().contains(&next) {
+            let Next::Token {
+                id: next,
+                text: out,
+                stopped,
+            } = next
+            else {
                 end(&mut sched, &mut live, b.id, Finish::Stop, &m, &pending);
                 continue;
-            }
+            };
             l.generated += 1;
             m.generated_tokens.inc();
             sched.append(b.id, next);
-            let delta = l.decoder.push(next).ok().flatten().unwrap_or_default();
-            let (out, stopped) = l.filter.push(&delta);
             l.text.push_str(&out);
             if l.tx
                 .send(Event::Token {
@@ -688,8 +677,7 @@ fn end(
     let rest = if reason == Finish::Cancelled {
         String::new()
     } else {
-        let tail = l.decoder.finish().ok().flatten().unwrap_or_default();
-        l.filter.push(&tail).0 + &l.filter.flush()
+        l.step.finish().unwrap_or_default()
     };
     l.text.push_str(&rest);
     let now = Instant::now();
@@ -704,11 +692,7 @@ fn end(
         preemptions: state.as_ref().map_or(0, |s| s.preemptions),
     };
     m.e2e.observe(usage.total_ms / 1e3);
-    let outcome = match reason {
-        Finish::Stop => "stop",
-        Finish::Length => "length",
-        Finish::Cancelled => "cancelled",
-    };
+    let outcome = reason.as_str();
     m.requests.with_label_values(&[outcome]).inc();
     l.span.record("gen_ai.usage.output_tokens", l.generated);
     l.span.record("gen_ai.response.finish_reasons", outcome);
