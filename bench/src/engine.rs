@@ -214,10 +214,7 @@ pub fn run(engine: &Engine, cfg: &BenchConfig) -> Result<Report, BenchError> {
         floor,
         "tokens/s",
     ));
-    let model = cfg
-        .model_path
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let model = report::file_name(&cfg.model_path);
     Ok(Report {
         component: "infer",
         bench: "engine",

@@ -75,6 +75,12 @@ pub fn find(rows: &[Row], system: &str, workload: &str, metric: &str) -> Option<
         .map(|r| r.value)
 }
 
+/// The last component of `path` (a model file's name in a report's config).
+pub fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
 /// `v` with `prec` decimals, or `-` when it was not measured.
 pub fn cell(v: Option<f64>, prec: usize) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.prec$}"))

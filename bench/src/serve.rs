@@ -353,10 +353,7 @@ pub async fn run(engine: Arc<Engine>, cfg: &ServeBenchConfig) -> Result<Report, 
         "{} threads; requests per level = max(2 x concurrency, 8)",
         cfg.threads
     ));
-    let model = cfg
-        .model_path
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let model = report::file_name(&cfg.model_path);
     Ok(Report {
         component: "infer",
         bench: "serve",

@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use tests::Proc;
+use tests::{Proc, run_mlstack};
 
 #[test]
 fn grpcio_and_openai_clients_get_llama_cpps_answers() {
@@ -23,6 +23,19 @@ fn grpcio_and_openai_clients_get_llama_cpps_answers() {
         ],
         &[],
     );
+    // The inference server mounts Diag too (proto::server::GrpcServer).
+    let (ok, out, err) = run_mlstack(
+        &[
+            "diag",
+            "ping",
+            "--endpoint",
+            &server.field("grpc"),
+            "--json",
+        ],
+        &[],
+    );
+    assert!(ok, "diag ping to the inference server failed: {err}");
+    assert!(out.contains("\"service\":\"infer\""), "{out}");
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let out = Command::new("python3")
         .arg(format!("{root}/tests/python/infer_clients.py"))

@@ -137,6 +137,27 @@ async fn cli_metrics_and_a_traced_write_across_three_processes() {
     assert_eq!(out.trim(), "hello");
     let (ok, _, err) = run_mlstack(&["kv", "get", "--endpoints", &eps, "missing"], &[]);
     assert!(!ok && err.contains("not found"), "{err}");
+
+    // Every server mounts Diag (proto::server::GrpcServer): a ping relayed
+    // from node 1 through node 2 names both nodes, in one trace.
+    let (ok, out, err) = run_mlstack(
+        &[
+            "diag",
+            "ping",
+            "--endpoint",
+            &c.endpoints[0],
+            "--via",
+            &c.endpoints[1],
+            "--json",
+        ],
+        &[],
+    );
+    assert!(ok, "diag ping through two KV nodes failed: {err}");
+    let ping: serde_json::Value = serde_json::from_str(out.trim()).expect("ping json");
+    let hops = ping["hops"].as_array().expect("hops");
+    let services: Vec<&str> = hops.iter().filter_map(|h| h["service"].as_str()).collect();
+    assert_eq!(services, ["kv-1", "kv-2"], "{ping}");
+    assert_eq!(hops[0]["trace_id"], hops[1]["trace_id"], "{ping}");
     let (ok, out, _) = run_mlstack(
         &["kv", "scan", "--endpoints", &eps, "--prefix", "gree"],
         &[],

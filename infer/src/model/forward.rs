@@ -155,7 +155,7 @@ impl Model {
         }
         assert_eq!(cache.kv_dim(), c.kv_dim(), "cache built for another model");
         let (d, qd, kvd, hd) = (c.d_model, c.q_dim(), c.kv_dim(), c.head_dim);
-        // (sequence, position) of every token row of the batch.
+        // rows: (n,) of (sequence index, position): every token row of the batch.
         let rows: Vec<(usize, usize)> = seqs
             .iter()
             .enumerate()
@@ -171,15 +171,22 @@ impl Model {
         {
             self.embed.row_into(tok as usize, row);
         }
-        let mut h = vec![0f32; n * d]; // normed input of each block
+        // h: (n, d_model), the normed input of each block
+        let mut h = vec![0f32; n * d];
+        // q: (n, n_heads · head_dim)
         let mut q = vec![0f32; n * qd];
+        // k, v: (n, n_kv_heads · head_dim), this call's keys and values
         let mut k = vec![0f32; n * kvd];
         let mut v = vec![0f32; n * kvd];
+        // att: (n, n_heads · head_dim), the heads' weighted sums of values
         let mut att = vec![0f32; n * qd];
+        // proj: (n, d_model), a block's output before the residual add
         let mut proj = vec![0f32; n * d];
+        // gate, up, swiglu: (n, d_ff)
         let mut gate = vec![0f32; n * c.d_ff];
         let mut up = vec![0f32; n * c.d_ff];
         let mut swiglu = vec![0f32; n * c.d_ff];
+        // q8: the activations quantized to Q8 blocks, (n, d_in / 32), reused
         let mut q8: Vec<BlockQ8> = Vec::new();
         let quantized = self.weight_type() != GgmlType::F32;
 
@@ -263,6 +270,7 @@ impl Model {
         if want.is_empty() {
             return Ok(out);
         }
+        // last: (n_want, d_model), the final norm of the rows that want logits
         let mut last = vec![0f32; want.len() * d];
         for (i, &t) in want.iter().enumerate() {
             vec::rms_norm(
@@ -273,6 +281,7 @@ impl Model {
             );
         }
         let head = self.output.as_ref().unwrap_or(&self.embed);
+        // logits: (n_want, vocab)
         let mut logits = vec![0f32; want.len() * c.vocab_size];
         let acts = Activations::new(&last, want.len(), head.ty != GgmlType::F32, &mut q8);
         matmul::matmul(&mut [(head.weights(), &mut logits[..])], &acts);
@@ -317,6 +326,7 @@ impl Model {
             let (t, head) = (i / c.n_heads, i % c.n_heads);
             let (si, pos) = rows[t];
             let kvh = head / group;
+            // qh: (head_dim,), this head's query rounded to f16 (head_dim <= 256)
             let mut qh = [0f32; 256];
             let qh = &mut qh[..hd];
             for (a, &b) in qh.iter_mut().zip(&q[i * hd..(i + 1) * hd]) {
@@ -325,6 +335,7 @@ impl Model {
             let n_keys = pos + 1; // causal: up to and including itself
             let table = seqs[si].table;
             SCORES.with_borrow_mut(|scores| {
+                // scores: (n_keys,), then the softmax weights over them
                 scores.resize(n_keys, 0.0);
                 let mut done = 0;
                 cache.segments(table, layer, n_keys, &mut |k, _, n| {
