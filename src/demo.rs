@@ -278,11 +278,11 @@ pub async fn run(args: &DemoArgs, telemetry: &observe::Telemetry) -> Result<(), 
     let readyz_before = http_get(&format!("{metrics_base}/readyz")).await?.0;
 
     // 2. proto + diag: two gRPC servers with health, reflection and Diag.
+    // Both report this process's service name: the hops differ by address.
     let relay = Some(crate::diag::RELAY_TIMEOUT);
-    let service_a = format!("{}-a", telemetry.service());
-    let a = proto::server::GrpcServer::start(any_port, &service_a, relay, |_| {}).await?;
-    let service_b = format!("{}-b", telemetry.service());
-    let b = proto::server::GrpcServer::start(any_port, &service_b, relay, |_| {}).await?;
+    let service = telemetry.service();
+    let a = proto::server::GrpcServer::start(any_port, service, relay, |_| {}).await?;
+    let b = proto::server::GrpcServer::start(any_port, service, relay, |_| {}).await?;
     readiness.set_ready(true);
     let readyz_after = http_get(&format!("{metrics_base}/readyz")).await?.0;
     let ep_a = a.addr.to_string();
