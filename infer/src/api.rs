@@ -112,21 +112,34 @@ pub struct InferenceService {
     model_name: String,
 }
 
-/// The `grpc-timeout` header as a duration (gRPC's wire format: digits and a
-/// unit H, M, S, m, u, n).
-fn grpc_timeout(meta: &tonic::metadata::MetadataMap) -> Option<Duration> {
-    let v = meta.get("grpc-timeout")?.to_str().ok()?;
-    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
-    let n: u64 = num.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+/// The `grpc-timeout` header as a duration. gRPC's wire format is at most 8
+/// digits and a unit (H, M, S, m, u, n); anything else is refused rather than
+/// parsed, and the arithmetic is checked, so a hostile header cannot overflow.
+fn grpc_timeout(meta: &tonic::metadata::MetadataMap) -> Result<Option<Duration>, tonic::Status> {
+    let Some(raw) = meta.get("grpc-timeout") else {
+        return Ok(None);
+    };
+    let bad = || {
+        tonic::Status::invalid_argument(format!(
+            "grpc-timeout {raw:?} is not a gRPC timeout (1 to 8 digits and a unit H, M, S, m, u or n)"
+        ))
+    };
+    let v = raw.to_str().map_err(|_| bad())?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1).ok_or_else(bad)?);
+    if num.is_empty() || num.len() > 8 || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "H" => n.checked_mul(3600).map(Duration::from_secs),
+        "M" => n.checked_mul(60).map(Duration::from_secs),
+        "S" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_millis(n)),
+        "u" => Some(Duration::from_micros(n)),
+        "n" => Some(Duration::from_nanos(n)),
+        _ => None,
+    };
+    d.map(Some).ok_or_else(bad)
 }
 
 type GenStream = Pin<Box<dyn Stream<Item = Result<pb::GenerateResponse, tonic::Status>> + Send>>;
@@ -139,7 +152,9 @@ impl pb::inference_server::Inference for InferenceService {
         &self,
         request: tonic::Request<pb::GenerateRequest>,
     ) -> Result<tonic::Response<GenStream>, tonic::Status> {
-        let deadline = grpc_timeout(request.metadata()).map(|d| tokio::time::Instant::now() + d);
+        // A deadline too far to represent is no deadline (checked, not a panic).
+        let deadline = grpc_timeout(request.metadata())?
+            .and_then(|d| tokio::time::Instant::now().checked_add(d));
         let r = request.into_inner();
         let span = tracing::info_span!(
             "infer.request",
@@ -626,4 +641,46 @@ pub async fn start(
         http_stop,
         http_task,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grpc_timeout;
+    use std::time::Duration;
+
+    fn parse(v: &str) -> Result<Option<Duration>, tonic::Code> {
+        let mut meta = tonic::metadata::MetadataMap::new();
+        meta.insert("grpc-timeout", v.parse().expect("ascii"));
+        grpc_timeout(&meta).map_err(|s| s.code())
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_and_hostile_ones_are_refused_without_overflow() {
+        assert_eq!(parse("300m"), Ok(Some(Duration::from_millis(300))));
+        assert_eq!(parse("2S"), Ok(Some(Duration::from_secs(2))));
+        assert_eq!(
+            parse("99999999H"),
+            Ok(Some(Duration::from_secs(99_999_999 * 3600)))
+        );
+        for hostile in [
+            "18446744073709551615S",
+            "999999999H",
+            "",
+            "S",
+            "12",
+            "1x",
+            "-1S",
+            "1.5S",
+        ] {
+            assert_eq!(
+                parse(hostile),
+                Err(tonic::Code::InvalidArgument),
+                "{hostile:?}"
+            );
+        }
+        assert_eq!(
+            grpc_timeout(&tonic::metadata::MetadataMap::new()).ok(),
+            Some(None)
+        );
+    }
 }

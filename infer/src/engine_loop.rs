@@ -287,7 +287,13 @@ impl ServingHandle {
         if req.max_tokens == 0 {
             return Err(SubmitError::Invalid("max_tokens must be at least 1".into()));
         }
-        let total = req.prompt.len() + req.max_tokens;
+        // Checked: max_tokens is the client's number (usize::MAX over HTTP).
+        let Some(total) = req.prompt.len().checked_add(req.max_tokens) else {
+            return Err(SubmitError::Invalid(format!(
+                "max_tokens {} is beyond the context length of {context} tokens",
+                req.max_tokens
+            )));
+        };
         if total > context {
             return Err(SubmitError::Invalid(format!(
                 "prompt of {} tokens + max_tokens {} = {total} exceeds the context length of {context} tokens",

@@ -94,7 +94,12 @@ impl Engine {
             return Err(GenerateError::EmptyPrompt);
         }
         let context = self.model.config.context_length;
-        if req.prompt.len() + req.max_tokens > context {
+        if req
+            .prompt
+            .len()
+            .checked_add(req.max_tokens)
+            .is_none_or(|total| total > context)
+        {
             return Err(GenerateError::TooLong {
                 prompt: req.prompt.len(),
                 max_tokens: req.max_tokens,

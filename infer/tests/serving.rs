@@ -513,5 +513,40 @@ async fn overload_bad_input_deadlines_and_cancellation() {
             .contains("8192"),
         "{body}"
     );
+    // max_tokens at usize::MAX once wrapped prompt + max_tokens in release
+    // builds (and panicked in debug ones): now 400 naming the limit.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/completions", server.http))
+        .json(&serde_json::json!({"prompt": "x", "max_tokens": u64::MAX}))
+        // A wrapped sum admits the request and generates "forever": fail, not hang.
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .expect("http");
+    assert_eq!(r.status().as_u16(), 400);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("8192"),
+        "{body}"
+    );
+    // A hostile grpc-timeout (u64::MAX seconds) is INVALID_ARGUMENT, not a panic.
+    let mut req = tonic::Request::new(prompt_req("hi", 4));
+    req.metadata_mut().insert(
+        "grpc-timeout",
+        "18446744073709551615S".parse().expect("ascii"),
+    );
+    let e = server
+        .grpc
+        .clone()
+        .generate(req)
+        .await
+        .expect_err("hostile timeout");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("grpc-timeout"), "{}", e.message());
+    let ok = run(server.grpc.clone(), prompt_req("hi", 2)).await;
+    assert!(ok.is_ok(), "the server still serves: {ok:?}");
     server.stop().await;
 }
