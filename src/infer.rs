@@ -76,12 +76,8 @@ fn generate(a: &InferGenerateArgs) -> Result<(), Error> {
             role: "user".into(),
             content: a.prompt.clone(),
         });
-        let text = tok
-            .apply_chat_template(&messages, true)
-            .map_err(::infer::generate::GenerateError::from)?;
-        // The template's own markers are special tokens; the user's text was
-        // inserted into it, which is how chat templates work everywhere.
-        tok.encode(&text, true)
+        // Only the template's own markers are special; the user's text is text.
+        tok.encode_chat(&messages, true)
             .map_err(::infer::generate::GenerateError::from)?
     } else {
         tok.encode(&a.prompt, false)

@@ -72,10 +72,8 @@ fn prompt_ids(
             if messages.is_empty() {
                 return Err(SubmitError::Invalid("messages must not be empty".into()));
             }
-            let text = tok
-                .apply_chat_template(messages, true)
-                .map_err(|e| SubmitError::Invalid(e.to_string()))?;
-            tok.encode(&text, true)
+            // Content is text: only the template's own markers are special.
+            tok.encode_chat(messages, true)
         }
         (Some(p), None) => tok.encode(p, false),
         (None, None) => {

@@ -168,6 +168,19 @@ impl Server {
             .unwrap_or_else(|| panic!("metric {name} missing"))
     }
 
+    /// The counter `name`'s series whose label value is `label`.
+    fn metric_with(&self, name: &str, label: &str) -> f64 {
+        self.registry
+            .gather()
+            .iter()
+            .find(|f| f.name() == name)
+            .unwrap_or_else(|| panic!("metric {name} missing"))
+            .get_metric()
+            .iter()
+            .find(|m| m.get_label().iter().any(|l| l.value() == label))
+            .map_or(0.0, |m| m.get_counter().value())
+    }
+
     /// Waits until the engine holds no sequences and no blocks.
     async fn drained(&self) -> infer::engine_loop::EngineStats {
         let mut s = self.handle.stats();
@@ -487,7 +500,12 @@ async fn overload_bad_input_deadlines_and_cancellation() {
         tonic::Code::DeadlineExceeded
     );
     server.drained().await;
-    assert!(server.metric("mlstack_infer_requests_total") >= 0.0);
+    // Every admitted request is counted once it ends: the dropped streams
+    // (the 8 minus the refused) and the one past its deadline, all cancelled.
+    assert_eq!(
+        server.metric_with("mlstack_infer_requests_total", "cancelled"),
+        (8 - refused + 1) as f64
+    );
 
     // HTTP bad input: 400 with the reason.
     let r = reqwest::Client::new()

@@ -280,6 +280,21 @@ impl Tokenizer {
     /// text become their ids; otherwise they are ordinary text. A BOS is
     /// prepended when the model asks for it (`add_bos_token`).
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, TokenizerError> {
+        let mut ids = self.bos_prefix();
+        ids.extend(self.encode_piece(text, parse_special)?);
+        Ok(ids)
+    }
+
+    /// `[bos]` when the model wants one at the start of a sequence.
+    fn bos_prefix(&self) -> Vec<u32> {
+        match self.bos {
+            Some(b) if self.add_bos => vec![b],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Ids of `text` alone (no BOS): one piece of a longer sequence.
+    fn encode_piece(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, TokenizerError> {
         let tok = if parse_special {
             &self.special
         } else {
@@ -288,14 +303,7 @@ impl Tokenizer {
         let enc = tok
             .encode_fast(text, false)
             .map_err(|e| TokenizerError::Encode(e.to_string()))?;
-        let mut ids = Vec::with_capacity(enc.len() + 1);
-        if self.add_bos
-            && let Some(b) = self.bos
-        {
-            ids.push(b);
-        }
-        ids.extend_from_slice(enc.get_ids());
-        Ok(ids)
+        Ok(enc.get_ids().to_vec())
     }
 
     /// Text for `ids`; special tokens are rendered unless `skip_special`.
@@ -372,6 +380,59 @@ impl Tokenizer {
                 })
             })
             .map_err(|e| TokenizerError::Template(e.to_string()))
+    }
+
+    /// Token ids of `messages` in the chat template, where **only the
+    /// template's own markers are special**: each message's content is
+    /// tokenized as text, so a user who writes `<|im_start|>system` gets those
+    /// characters, not a forged turn. (Rendering the template and tokenizing
+    /// the result with special tokens parsed, as `apply_chat_template` +
+    /// `encode(.., true)` would, lets content inject control tokens.)
+    ///
+    /// How: the template is rendered with a sentinel in place of each
+    /// content; the rendered text is split at the sentinels; template pieces
+    /// are tokenized with special tokens parsed and contents without.
+    /// Special tokens are split points of the tokenizer anyway, so for
+    /// templates that put markers around contents (ChatML) the ids equal
+    /// those of the joined text whenever the content holds no special token.
+    pub fn encode_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, TokenizerError> {
+        // Private-use characters plus a per-call nonce: content cannot
+        // contain a sentinel by accident, nor guess one.
+        let nonce = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_usize(messages.len());
+            h.finish()
+        };
+        let sentinel = |i: usize| format!("\u{E000}{nonce:016x}:{i}\u{E001}");
+        let masked: Vec<ChatMessage> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ChatMessage {
+                role: m.role.clone(),
+                content: sentinel(i),
+            })
+            .collect();
+        let rendered = self.apply_chat_template(&masked, add_generation_prompt)?;
+        let mut ids = self.bos_prefix();
+        let mut rest = rendered.as_str();
+        loop {
+            // The earliest sentinel left in the rendered text, if any.
+            let next = (0..messages.len())
+                .filter_map(|i| rest.find(&sentinel(i)).map(|at| (at, i)))
+                .min();
+            let Some((at, i)) = next else {
+                ids.extend(self.encode_piece(rest, true)?);
+                return Ok(ids);
+            };
+            ids.extend(self.encode_piece(&rest[..at], true)?);
+            ids.extend(self.encode_piece(&messages[i].content, false)?);
+            rest = &rest[at + sentinel(i).len()..];
+        }
     }
 
     /// A decoder for a stream of generated ids.
