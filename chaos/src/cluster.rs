@@ -184,7 +184,10 @@ impl LocalCluster {
         self.children.contains_key(&id)
     }
 
-    /// SIGKILL: no shutdown path runs, unsynced state is lost.
+    /// SIGKILL: no shutdown path runs and the process's memory is lost, but
+    /// the kernel's page cache survives, so data written and not yet fsynced
+    /// is still read back after the restart. This tests crash recovery of the
+    /// process, not durability against power loss.
     pub fn kill(&mut self, id: NodeId) {
         if let Some(mut c) = self.children.remove(&id) {
             if self.paused.remove(&id) {

@@ -287,6 +287,7 @@ impl ServingHandle {
         if req.max_tokens == 0 {
             return Err(SubmitError::Invalid("max_tokens must be at least 1".into()));
         }
+        req.check_stop().map_err(SubmitError::Invalid)?;
         // Checked: max_tokens is the client's number (usize::MAX over HTTP).
         let Some(total) = req.prompt.len().checked_add(req.max_tokens) else {
             return Err(SubmitError::Invalid(format!(

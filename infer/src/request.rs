@@ -32,6 +32,32 @@ pub struct Request {
     pub ignore_eos: bool,
 }
 
+/// Most stop strings a request may carry (OpenAI allows 4; vLLM has no
+/// limit): each one is scanned on the single engine thread at every token.
+pub const MAX_STOP_STRINGS: usize = 16;
+/// Longest stop string, in bytes.
+pub const MAX_STOP_BYTES: usize = 256;
+
+impl Request {
+    /// Refuses stop strings beyond [`MAX_STOP_STRINGS`] or [`MAX_STOP_BYTES`],
+    /// naming the limit.
+    pub fn check_stop(&self) -> Result<(), String> {
+        if self.stop.len() > MAX_STOP_STRINGS {
+            return Err(format!(
+                "{} stop strings; the limit is {MAX_STOP_STRINGS}",
+                self.stop.len()
+            ));
+        }
+        if let Some(s) = self.stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(format!(
+                "a stop string of {} bytes; the limit is {MAX_STOP_BYTES} bytes",
+                s.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Why a sequence ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Finish {

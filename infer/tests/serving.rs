@@ -455,6 +455,19 @@ async fn overload_bad_input_deadlines_and_cancellation() {
         .expect_err("temperature");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("temperature"), "{}", e.message());
+    // Stop strings are bounded in count and length (scanned on the engine thread).
+    let mut many = prompt_req("hi", 4);
+    many.stop = (0..17).map(|i| format!("s{i}")).collect();
+    let e = run(server.grpc.clone(), many).await.expect_err("17 stops");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("limit is 16"), "{}", e.message());
+    let mut long_stop = prompt_req("hi", 4);
+    long_stop.stop = vec!["x".repeat(257)];
+    let e = run(server.grpc.clone(), long_stop)
+        .await
+        .expect_err("257-byte stop");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("256 bytes"), "{}", e.message());
 
     // Overload: 1 running + 2 waiting; the rest are refused at once.
     let long = || prompt_req("Count slowly from one to one hundred:", 200);

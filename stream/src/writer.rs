@@ -106,6 +106,28 @@ pub fn date_of(ts_ms: i64) -> String {
         .unwrap_or_else(|| "1970-01-01".into())
 }
 
+/// Creates `dir` and its missing parents, fsyncing each new directory's
+/// parent: a file renamed into `date=D/` is only as durable as the entry of
+/// `date=D` itself in `topic=T/` (and so on up).
+fn create_dir_durable(dir: &Path) -> Result<(), Error> {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dir_durable(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        // Another writer of the same output created it meanwhile.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(io("create directory", dir)(e)),
+    }
+    match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent),
+        _ => sync_dir(Path::new(".")),
+    }
+}
+
 /// fsync a directory so a rename in it is durable.
 pub fn sync_dir(dir: &Path) -> Result<(), Error> {
     File::open(dir)
@@ -125,7 +147,7 @@ impl PartFile {
         policy: &RollPolicy,
     ) -> Result<PartFile, Error> {
         let dir = out.join(dir_for(topic, date));
-        std::fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
+        create_dir_durable(&dir)?;
         let tmp = dir.join(format!(".part-{partition}-{first_offset}.parquet.tmp"));
         let file = File::create(&tmp).map_err(io("create", &tmp))?;
         let props = WriterProperties::builder()

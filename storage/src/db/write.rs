@@ -199,6 +199,11 @@ impl Inner {
         let number = st.next_file;
         st.next_file += 1;
         let new_wal = WalWriter::create_preallocated(&self.fs, &self.dir, number)?;
+        // The new WAL's directory entry must be durable before any write it
+        // acknowledges: a power cut could otherwise drop the whole file while
+        // its synced contents are counted on (RocksDB fsyncs the WAL directory
+        // after creating a log for the same reason).
+        self.fs.sync_dir(&self.dir)?;
         {
             let mut wal = self.wal.lock();
             wal.sync()?;
