@@ -24,7 +24,7 @@ const NOT_YET_BUILT: &[(&str, &str)] = &[
         "stream (Kafka -> Parquet ingest)",
         "built, but needs a Kafka broker: see stream/README.md (mlstack produce, mlstack ingest run)",
     ),
-    ("train (Llama trainer)", "not filed yet"),
+    ("train (Llama trainer)", "open: issue #13"),
 ];
 
 async fn http_get(url: &str) -> Result<(u16, String), Error> {
