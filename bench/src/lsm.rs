@@ -19,7 +19,12 @@
 //!   amplification is the directory's allocated size (blocks, so sparse
 //!   preallocated journals count only what was written) after close over the
 //!   same.
-//! - Systems alternate within each repeat; figures are medians over repeats.
+//! - The same block cache on both sides (mlstack's default, 64 MiB), and
+//!   both settle before the read phases (mlstack waits for flushes and
+//!   compactions; fjall waits for outstanding flushes, its only public signal
+//!   of background work).
+//! - The order of the systems alternates between repeats; figures are
+//!   medians over repeats, with their spread.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -144,6 +149,12 @@ impl Engine for Fjall {
         Ok(c)
     }
     fn settle(&self) -> Result<(), String> {
+        // Wait until no flush is outstanding: fjall's one public signal of
+        // background work. It has none for compactions, which may still run
+        // during the read phase (mlstack's settle waits for both).
+        while self.db.outstanding_flushes() > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         Ok(())
     }
 }
@@ -154,7 +165,9 @@ fn open(system: &str, dir: &Path) -> Result<Box<dyn Engine>, String> {
             Db::open(dir, Options::default()).map_err(|e| e.to_string())?,
         ))),
         "fjall" => {
+            // The same block cache as mlstack's (fjall's default is 32 MiB).
             let db = fjall::Database::builder(dir)
+                .cache_size(Options::default().block_cache_bytes as u64)
                 .open()
                 .map_err(|e| e.to_string())?;
             let ks = db
@@ -472,7 +485,13 @@ pub fn run(cfg: &Config, mut progress: impl FnMut(&str)) -> Result<Vec<Row>, Str
     perm.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cfg.seed));
     let mut all: Vec<Row> = Vec::new();
     for r in 0..cfg.repeats.max(1) {
-        for system in &cfg.systems {
+        // The order alternates between repeats (mlstack first, then last), so
+        // neither system always runs on a cold or a warm machine.
+        let mut order: Vec<&String> = cfg.systems.iter().collect();
+        if r % 2 == 1 {
+            order.reverse();
+        }
+        for system in order {
             progress(&format!(
                 "repeat {}/{}: {system}",
                 r + 1,
@@ -520,7 +539,8 @@ pub fn report(cfg: &Config, rows: Vec<Row>) -> Report {
             "num_sync_writes": cfg.num_sync_writes, "mixed_ops_per_thread": cfg.mixed_ops_per_thread,
             "mixed_threads": 2, "repeats": cfg.repeats, "seed": cfg.seed, "statistic": "median",
             "durability": "every write reaches the OS (no fsync) except fillsync (fsync per write)",
-            "fjall_version": "3.1.13",
+            "fjall_version": "3.1.13", "block_cache_bytes": Options::default().block_cache_bytes,
+            "order": "alternating between repeats",
         }),
         results: rows,
     }
