@@ -110,8 +110,7 @@ async fn ingest_until(cfg: IngestConfig, records: u64) -> Result<(f64, ingest::S
 
 /// The `p`-quantile of `sorted`; 0 when there were no samples.
 fn pct(sorted: &[f64], p: f64) -> f64 {
-    let v = report::percentile(sorted, p);
-    if v.is_nan() { 0.0 } else { v }
+    report::rank(sorted.len(), p).map_or(0.0, |i| sorted[i])
 }
 
 /// `<metric>_p50_ms` and `<metric>_p99_ms` rows of `samples_ms`.

@@ -43,9 +43,7 @@ pub fn workload_name(work: &str, clients: usize) -> String {
 
 /// The `p`-quantile of latencies in µs, as ms; 0 when nothing succeeded.
 fn pct(sorted_us: &[u32], p: f64) -> f64 {
-    let ms: Vec<f64> = sorted_us.iter().map(|&us| f64::from(us) / 1000.0).collect();
-    let v = report::percentile(&ms, p);
-    if v.is_nan() { 0.0 } else { v }
+    report::rank(sorted_us.len(), p).map_or(0.0, |i| f64::from(sorted_us[i]) / 1000.0)
 }
 
 #[derive(Clone, Copy, PartialEq)]

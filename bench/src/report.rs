@@ -95,12 +95,15 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The index of the `p`-quantile (0..=1) in a sorted slice of `len`
+/// samples, by nearest rank; `None` when there are none.
+pub fn rank(len: usize, p: f64) -> Option<usize> {
+    (len > 0).then(|| ((len - 1) as f64 * p.clamp(0.0, 1.0)).round() as usize)
+}
+
 /// The `p`-quantile (0..=1) of `sorted` by nearest rank; NaN when empty.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p.clamp(0.0, 1.0)).round() as usize]
+    rank(sorted.len(), p).map_or(f64::NAN, |i| sorted[i])
 }
 
 /// One row per (system, workload, metric) of `rows`, whose value is the

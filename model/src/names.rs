@@ -32,17 +32,6 @@ pub fn layer(i: usize, part: &str) -> String {
     format!("model.layers.{i}.{part}.weight")
 }
 
-/// The per-layer matrices, in the order the forward pass uses them.
-pub const LAYER_MATRICES: [&str; 7] = [
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-];
-
 /// Rows of `w` (`n_heads` heads of `head_dim` rows, `cols` columns each)
 /// from GGUF's interleaved order to Hugging Face's half-split order.
 pub fn interleaved_to_half_split(

@@ -408,13 +408,15 @@ impl Tokenizer {
             h.write_usize(messages.len());
             h.finish()
         };
-        let sentinel = |i: usize| format!("\u{E000}{nonce:016x}:{i}\u{E001}");
+        let sentinels: Vec<String> = (0..messages.len())
+            .map(|i| format!("\u{E000}{nonce:016x}:{i}\u{E001}"))
+            .collect();
         let masked: Vec<ChatMessage> = messages
             .iter()
-            .enumerate()
-            .map(|(i, m)| ChatMessage {
+            .zip(&sentinels)
+            .map(|(m, s)| ChatMessage {
                 role: m.role.clone(),
-                content: sentinel(i),
+                content: s.clone(),
             })
             .collect();
         let rendered = self.apply_chat_template(&masked, add_generation_prompt)?;
@@ -423,7 +425,7 @@ impl Tokenizer {
         loop {
             // The earliest sentinel left in the rendered text, if any.
             let next = (0..messages.len())
-                .filter_map(|i| rest.find(&sentinel(i)).map(|at| (at, i)))
+                .filter_map(|i| rest.find(&sentinels[i]).map(|at| (at, i)))
                 .min();
             let Some((at, i)) = next else {
                 ids.extend(self.encode_piece(rest, true)?);
@@ -431,7 +433,7 @@ impl Tokenizer {
             };
             ids.extend(self.encode_piece(&rest[..at], true)?);
             ids.extend(self.encode_piece(&messages[i].content, false)?);
-            rest = &rest[at + sentinel(i).len()..];
+            rest = &rest[at + sentinels[i].len()..];
         }
     }
 

@@ -31,7 +31,7 @@ use crate::diag_service::DiagService;
 ///
 /// The overall server status (the empty service name) starts `SERVING`; each
 /// component sets its own services' status once it is ready to answer.
-pub fn standard_routes() -> Result<(RoutesBuilder, HealthReporter), Error> {
+fn standard_routes() -> Result<(RoutesBuilder, HealthReporter), Error> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
