@@ -93,6 +93,10 @@ pub fn run_config(a: &TrainRunArgs) -> Result<RunConfig, Error> {
     c.peak_flops = a.peak_gflops.map(|g| g * 1e9);
     c.stop_after = a.stop_after;
     c.time_budget = a.time_budget_s.map(Duration::from_secs_f64);
+    c.fault = match std::env::var("MLSTACK_TRAIN_FAULT") {
+        Ok(f) => Some(f.parse().map_err(terr)?),
+        Err(_) => None,
+    };
     Ok(c)
 }
 

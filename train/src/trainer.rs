@@ -79,6 +79,47 @@ pub struct RunConfig {
     pub stop_after: Option<u64>,
     /// Stop after this much wall time, checkpointing first.
     pub time_budget: Option<Duration>,
+    /// Fault injection for the failure tests (`MLSTACK_TRAIN_FAULT`).
+    pub fault: Option<Fault>,
+}
+
+/// A fault a rank injects into itself at the start of a step: the test
+/// double behind the "a rank dies / hangs" tests, never set in normal runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fault {
+    pub kind: FaultKind,
+    pub rank: usize,
+    pub step: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// The process exits at once (status 17), as if killed.
+    Exit,
+    /// The process stops answering (sleeps), as if hung.
+    Hang,
+}
+
+impl std::str::FromStr for Fault {
+    type Err = TrainError;
+    /// `exit:RANK:STEP` or `hang:RANK:STEP`.
+    fn from_str(s: &str) -> Result<Fault> {
+        let bad = || {
+            config_err(
+                "MLSTACK_TRAIN_FAULT",
+                format!("{s:?} is not exit|hang:RANK:STEP"),
+            )
+        };
+        let mut it = s.split(':');
+        let kind = match it.next() {
+            Some("exit") => FaultKind::Exit,
+            Some("hang") => FaultKind::Hang,
+            _ => return Err(bad()),
+        };
+        let rank = it.next().and_then(|r| r.parse().ok()).ok_or_else(bad)?;
+        let step = it.next().and_then(|r| r.parse().ok()).ok_or_else(bad)?;
+        Ok(Fault { kind, rank, step })
+    }
 }
 
 impl RunConfig {
@@ -112,6 +153,7 @@ impl RunConfig {
             peak_flops: None,
             stop_after: None,
             time_budget: None,
+            fault: None,
         }
     }
 }
@@ -315,6 +357,21 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
     let mut last_mfu = 0.0;
     let mut last_tps = 0.0;
     while step < h.max_steps {
+        if let Some(f) = &cfg.fault
+            && f.rank == group.rank
+            && f.step == step + 1
+        {
+            eprintln!(
+                "[train] rank {}: injected fault {:?} at step {}",
+                f.rank, f.kind, f.step
+            );
+            match f.kind {
+                FaultKind::Exit => std::process::exit(17),
+                FaultKind::Hang => loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                },
+            }
+        }
         let t0 = Instant::now();
         let idx = loader.next(global);
         let mut rec = StepRecord {
@@ -375,13 +432,7 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
             group.reduce_scatter(&mut grads)?;
         }
         group.all_reduce(&mut loss_buf)?;
-        let sq = if cfg.zero1 {
-            let mut s = [sum_squares(&grads[opt_range.clone()]) as f32];
-            group.all_reduce(&mut s)?;
-            f64::from(s[0])
-        } else {
-            sum_squares(&grads)
-        };
+        let sq = global_sum_squares(&mut group, &grads, cfg.zero1)?;
         let _ = tc;
         rec.allreduce_s = group.stats.seconds - comm_before;
         let loss = loss_buf[0] / (global * t) as f32;
@@ -601,6 +652,34 @@ fn backward_overlapped(
         }
         Ok(loss)
     })
+}
+
+/// Σ g² over the whole gradient, computed the same way with or without
+/// ZeRO-1 so the two runs clip identically: one f64 partial per ring chunk,
+/// summed in chunk order. Under ZeRO-1 each rank holds only its chunk's
+/// reduced gradient, so the partials are exchanged: each f64's 64 bits
+/// travel as two f32 bit patterns through an all-gather (a copy, no
+/// arithmetic), arriving exact.
+fn global_sum_squares(group: &mut ProcessGroup, grads: &[f32], zero1: bool) -> Result<f64> {
+    use crate::dist::group::chunk;
+    let w = group.world;
+    let part = |i: usize| sum_squares(&grads[chunk(grads.len(), w, i)]);
+    if !zero1 || w == 1 {
+        return Ok((0..w).map(part).sum());
+    }
+    let own = (group.rank + 1) % w;
+    let mut words = vec![0f32; 2 * w];
+    let bits = part(own).to_bits();
+    words[2 * own] = f32::from_bits(bits as u32);
+    words[2 * own + 1] = f32::from_bits((bits >> 32) as u32);
+    group.all_gather(&mut words)?;
+    Ok((0..w)
+        .map(|i| {
+            let lo = u64::from(words[2 * i].to_bits());
+            let hi = u64::from(words[2 * i + 1].to_bits());
+            f64::from_bits(lo | (hi << 32))
+        })
+        .sum())
 }
 
 /// Full Adam moments (every rank's shard) for a checkpoint.
