@@ -34,7 +34,11 @@ fn corpus(dir: &Path) -> PathBuf {
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             text.push_str(WORDS[(x >> 33) as usize % WORDS.len()]);
-            text.push(if (x >> 20) % 11 == 0 { '.' } else { ' ' });
+            text.push(if (x >> 20).is_multiple_of(11) {
+                '.'
+            } else {
+                ' '
+            });
         }
         lines.push_str(&serde_json::json!({"id": format!("r{i}"), "text": text}).to_string());
         lines.push('\n');
