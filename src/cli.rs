@@ -74,6 +74,36 @@ pub enum TrainCommand {
     Launch(TrainLaunchArgs),
     /// Draw a run's loss curves and tokens/s as a PNG.
     Plot(TrainPlotArgs),
+    /// Benchmark the training step (DP1, DP2, ZeRO-1, recompute) against
+    /// JAX on the same model, batch and cores; prints a table and writes JSON.
+    Bench(TrainBenchArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct TrainBenchArgs {
+    #[arg(long, default_value = "small")]
+    pub model: String,
+    /// Global batch (sequences per step).
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    /// Timed steps per run.
+    #[arg(long, default_value_t = 5)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Cores every configuration gets.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// The corpus (default: the Shakespeare JSONL, made by scripts/shakespeare.py).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Skip the JAX peer.
+    #[arg(long)]
+    pub no_jax: bool,
+    #[arg(long, default_value = "bench/results/train-step.json")]
+    pub out: PathBuf,
 }
 
 #[derive(Clone, Debug, Args)]

@@ -168,6 +168,9 @@ async fn dispatch(command: &Command, telemetry: &observe::Telemetry) -> Result<(
         Command::Train(TrainCommand::Launch(a)) => {
             off_runtime("train launch", a.clone(), |a| train::launch(&a)).await
         }
+        Command::Train(TrainCommand::Bench(a)) => {
+            off_runtime("train bench", a.clone(), |a| train::bench(&a)).await
+        }
         Command::Train(TrainCommand::Plot(a)) => {
             off_runtime("train plot", a.clone(), |a| train::plot(&a)).await
         }

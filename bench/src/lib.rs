@@ -23,5 +23,6 @@ pub mod kv;
 pub mod lsm;
 pub mod report;
 pub mod serve;
+pub mod train;
 
 pub use report::{Report, Row};

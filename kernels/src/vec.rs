@@ -131,8 +131,9 @@ pub fn softmax(x: &mut [f32]) {
     x.iter_mut().for_each(|v| *v *= inv);
 }
 
-/// `x[i] = exp(x[i] - shift)`, returning Σ x[i].
-fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
+/// `x[i] = exp(x[i] - shift)`, returning Σ x[i] (vectorized like
+/// [`softmax`]; the trainer's cross-entropy uses it over the vocabulary).
+pub fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if crate::qdot::has_avx2() {
         // SAFETY: features detected.
