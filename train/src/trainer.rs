@@ -373,6 +373,10 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
             }
         }
         let t0 = Instant::now();
+        // One span per step, a child per phase (data, forward, backward,
+        // allreduce, optimizer): the trace shows where a slow step went.
+        let step_span = tracing::info_span!("train_step", step = step + 1, rank = group.rank);
+        let _step_guard = step_span.enter();
         let idx = loader.next(global);
         let mut rec = StepRecord {
             step: step + 1,
@@ -387,17 +391,21 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
         let mut tgt = vec![0u32; b * t];
         for m in 0..h.grad_accum {
             let td = Instant::now();
+            let data_span = tracing::info_span!("data", micro_batch = m).entered();
             let slots = (m * world + group.rank) * b;
             for (i, &w) in idx[slots..slots + b].iter().enumerate() {
                 let (x, y) = ds.train_window(w);
                 tok[i * t..(i + 1) * t].copy_from_slice(x);
                 tgt[i * t..(i + 1) * t].copy_from_slice(y);
             }
+            drop(data_span);
             rec.data_s += td.elapsed().as_secs_f64();
             let tf = Instant::now();
-            llama.forward(&params, &tok, &mut acts);
+            tracing::info_span!("forward", micro_batch = m)
+                .in_scope(|| llama.forward(&params, &tok, &mut acts));
             rec.forward_s += tf.elapsed().as_secs_f64();
             let tb = Instant::now();
+            let bwd_span = tracing::info_span!("backward", micro_batch = m).entered();
             let overlap = m + 1 == h.grad_accum && world > 1 && !cfg.zero1;
             if overlap {
                 loss_sum += backward_overlapped(
@@ -422,8 +430,10 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
                     &mut |_, _| {},
                 );
             }
+            drop(bwd_span);
             rec.backward_s += tb.elapsed().as_secs_f64();
         }
+        let ar_span = tracing::info_span!("allreduce").entered();
         // (the overlapped all-reduce's time is inside backward_s; the
         // collectives' own clock is group.stats.seconds)
         let tc = Instant::now();
@@ -442,8 +452,10 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
                 loss,
             });
         }
+        drop(ar_span);
         let norm = sq.sqrt();
         let to = Instant::now();
+        let opt_span = tracing::info_span!("optimizer").entered();
         let lr = lr_at(&h, step);
         let clip = clip_factor(norm, h.grad_clip);
         let r = opt.range.clone();
@@ -451,6 +463,7 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
         if cfg.zero1 {
             group.all_gather(&mut params)?;
         }
+        drop(opt_span);
         rec.optimizer_s = to.elapsed().as_secs_f64();
         step += 1;
         tokens_seen += tokens_per_step;
