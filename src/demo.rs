@@ -265,8 +265,79 @@ async fn infer_step() -> Result<InferReport, Error> {
     })
 }
 
-/// Runs the demo and prints its report.
+/// Runs the demo: the pipeline (the README's main job), or with `--tour`
+/// the component tour; prints its report.
 pub async fn run(args: &DemoArgs, telemetry: &observe::Telemetry) -> Result<(), Error> {
+    if args.tour {
+        return tour(args, telemetry).await;
+    }
+    let log_file = crate::pipeline::cache_dir().join("demo.log");
+    let report = crate::pipeline::run(args, &log_file).await?;
+    if args.json {
+        println!("{report}");
+    } else {
+        print_summary(&report);
+    }
+    Ok(())
+}
+
+/// The pipeline's closing summary.
+fn print_summary(r: &serde_json::Value) {
+    let t = &r["train"];
+    let s = &r["serve"];
+    println!("\n[8/8] summary");
+    println!("      records produced   {}", r["produce"]["records"]);
+    println!(
+        "      files committed    {} ({} rows)",
+        r["ingest"]["files"], r["ingest"]["rows"]
+    );
+    println!(
+        "      dataset snapshot   {}",
+        r["snapshot"]["key"].as_str().unwrap_or("-")
+    );
+    println!(
+        "      trained            {} ({} parameters), {} steps, {} tokens, loss {:.3} → {:.3}",
+        t["model"].as_str().unwrap_or("-"),
+        t["parameters"],
+        t["steps"],
+        t["tokens"],
+        t["first_loss"].as_f64().unwrap_or(f64::NAN),
+        t["final_loss"].as_f64().unwrap_or(f64::NAN)
+    );
+    println!(
+        "      model served       {} → {}",
+        s["model"].as_str().unwrap_or("-"),
+        s["path"].as_str().unwrap_or("-")
+    );
+    println!(
+        "      question           {}",
+        s["question"].as_str().unwrap_or("-")
+    );
+    println!(
+        "      gRPC answer        {}",
+        s["grpc_answer"].as_str().unwrap_or("-").replace('\n', " ")
+    );
+    println!(
+        "      OpenAI HTTP answer {}",
+        s["http_answer"].as_str().unwrap_or("-").replace('\n', " ")
+    );
+    println!(
+        "      TTFT {:.0} ms, decode {:.0} tokens/s; trace {}; {:.0} s in all",
+        s["ttft_ms"].as_f64().unwrap_or(f64::NAN),
+        s["tokens_per_sec"].as_f64().unwrap_or(f64::NAN),
+        r["trace_id"]
+            .as_str()
+            .unwrap_or("(not sampled: set OTEL_EXPORTER_OTLP_ENDPOINT)"),
+        r["seconds"].as_f64().unwrap_or(f64::NAN)
+    );
+    println!(
+        "      serve it again:    mlstack infer generate --model {} --prompt \"ROMEO.\"",
+        s["path"].as_str().unwrap_or("-")
+    );
+}
+
+/// The component tour (`mlstack demo --tour`).
+async fn tour(args: &DemoArgs, telemetry: &observe::Telemetry) -> Result<(), Error> {
     let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
 
     // 1. observe: metrics endpoint and readiness.
@@ -465,4 +536,113 @@ pub async fn run(args: &DemoArgs, telemetry: &observe::Telemetry) -> Result<(), 
 fn hop_json(h: &Hop) -> serde_json::Value {
     serde_json::json!({"address": h.address, "service": h.service,
                        "instance_id": h.instance_id, "trace_id": h.trace_id, "span_id": h.span_id})
+}
+
+/// What [`serve_and_ask`] saw.
+#[derive(Debug)]
+pub struct ServeReport {
+    pub question: String,
+    pub grpc_answer: String,
+    pub http_answer: String,
+    pub grpc_total_ms: f64,
+    pub http_total_ms: f64,
+    pub ttft_ms: f64,
+    pub tokens_per_sec: f64,
+}
+
+/// Loads the model at `path` into the inference server (engine thread,
+/// gRPC, OpenAI HTTP) on ephemeral ports, asks it one question over gRPC
+/// (streamed) and one over `/v1/chat/completions`, and stops it.
+pub async fn serve_and_ask(path: &std::path::Path, name: &str) -> Result<ServeReport, Error> {
+    use proto::infer::v1 as pb;
+    let load_path = path.to_path_buf();
+    let engine = tokio::task::spawn_blocking(move || ::infer::generate::Engine::load(&load_path))
+        .await
+        .map_err(|e| Error::DemoCheck(format!("loading the model: {e}")))??;
+    let metrics = ::infer::engine_loop::ServeMetrics::new(observe::registry())
+        .or_else(|_| ::infer::engine_loop::ServeMetrics::new(&prometheus::Registry::new()))
+        .map_err(|e| Error::DemoCheck(format!("infer metrics: {e}")))?;
+    let (handle, _engine_thread) = ::infer::engine_loop::start(
+        std::sync::Arc::new(engine),
+        ::infer::engine_loop::ServeConfig {
+            kv_cache_bytes: 64 << 20,
+            ..Default::default()
+        },
+        metrics,
+    );
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let servers = ::infer::api::start(handle.clone(), name.to_string(), any, any)
+        .await
+        .map_err(|e| Error::Infer(e.to_string()))?;
+    let endpoint = servers.grpc_addr.to_string();
+    let question = "ROMEO. What light through yonder window breaks?".to_string();
+    let mut client = pb::inference_client::InferenceClient::with_interceptor(
+        proto::server::channel(&endpoint)?,
+        observe::grpc::InjectContext,
+    );
+    let t = Instant::now();
+    let mut stream = client
+        .generate(pb::GenerateRequest {
+            input: Some(pb::generate_request::Input::Prompt(question.clone())),
+            max_tokens: 32,
+            sampling: Some(pb::SamplingParams::default()),
+            stop: vec![],
+            priority: 0,
+        })
+        .await
+        .map_err(|s| Error::rpc("Inference.Generate", &endpoint, s))?
+        .into_inner();
+    let (mut grpc_answer, mut usage) = (String::new(), None);
+    while let Some(m) = stream
+        .message()
+        .await
+        .map_err(|s| Error::rpc("Inference.Generate", &endpoint, s))?
+    {
+        grpc_answer.push_str(&m.text_delta);
+        if m.usage.is_some() {
+            usage = m.usage;
+        }
+    }
+    let grpc_total_ms = t.elapsed().as_secs_f64() * 1e3;
+    let usage =
+        usage.ok_or_else(|| Error::DemoCheck("the gRPC stream ended without usage".into()))?;
+    let url = format!("http://{}/v1/completions", servers.http_addr);
+    let t = Instant::now();
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .json(&serde_json::json!({"model": name, "prompt": question, "max_tokens": 32, "temperature": 0}))
+        .send()
+        .await
+        .map_err(|e| Error::Http { url: url.clone(), reason: e.to_string() })?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.map_err(|e| Error::Http {
+        url: url.clone(),
+        reason: e.to_string(),
+    })?;
+    let http_total_ms = t.elapsed().as_secs_f64() * 1e3;
+    servers.stop().await;
+    handle.shutdown();
+    if !status.is_success() {
+        return Err(Error::Http {
+            url,
+            reason: format!("{status}: {body}"),
+        });
+    }
+    let http_answer = body["choices"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if usage.completion_tokens == 0 {
+        return Err(Error::DemoCheck("the gRPC answer has no tokens".into()));
+    }
+    let decode_ms = (usage.total_ms - usage.time_to_first_token_ms).max(1e-3);
+    Ok(ServeReport {
+        question,
+        grpc_answer,
+        http_answer,
+        grpc_total_ms,
+        http_total_ms,
+        ttft_ms: usage.time_to_first_token_ms,
+        tokens_per_sec: f64::from(usage.completion_tokens.saturating_sub(1)) / (decode_ms / 1e3),
+    })
 }

@@ -23,9 +23,29 @@ pub fn load(args: &InferModelArgs) -> Result<(Engine, std::path::PathBuf), Error
             tracing::debug!(error = %e, "kernel thread pool already sized");
         }
     }
-    let path = ::infer::locate_model(args.model.as_deref()).map_err(Error::Infer)?;
+    let path = resolve_model(args)?;
     tracing::info!(model = %path.display(), threads = rayon::current_num_threads(), "loading model");
     Ok((Engine::load(&path)?, path))
+}
+
+/// The model file or directory `--model` names: a path, the default
+/// SmolLM2 GGUF, or a registry entry `kv://models/<run>/<name>` looked up
+/// in the KV cluster at `--kv`.
+pub fn resolve_model(args: &InferModelArgs) -> Result<std::path::PathBuf, Error> {
+    if let Some(m) = args.model.as_deref().and_then(|p| p.to_str())
+        && m.starts_with("kv://")
+    {
+        if args.kv.is_empty() {
+            return Err(Error::Infer(format!(
+                "{m}: a kv:// model needs --kv ENDPOINTS"
+            )));
+        }
+        let path =
+            train::registry::resolve(&args.kv, m).map_err(|e| Error::Infer(e.to_string()))?;
+        tracing::info!(model = m, path = %path.display(), "resolved through the registry");
+        return Ok(path);
+    }
+    ::infer::locate_model(args.model.as_deref()).map_err(Error::Infer)
 }
 
 /// [`load`] on a blocking thread, for the async commands.

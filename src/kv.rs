@@ -400,3 +400,59 @@ pub async fn demo_step() -> Result<DemoReport, Error> {
         state_hashes_equal,
     })
 }
+
+/// A KV cluster of `n` nodes in this process (real LSMs under `dir`, real
+/// gRPC on loopback): the demo's metadata store.
+#[derive(Debug)]
+pub struct LocalCluster {
+    nodes: std::collections::BTreeMap<u64, Node>,
+    endpoints: Vec<String>,
+}
+
+impl LocalCluster {
+    pub async fn start(n: u64, dir: &std::path::Path) -> Result<LocalCluster, Error> {
+        let mut peers = std::collections::BTreeMap::new();
+        for id in 1..=n {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| Error::DemoCheck(format!("free port: {e}")))?
+                .port();
+            peers.insert(id, format!("127.0.0.1:{port}"));
+        }
+        let mut nodes = std::collections::BTreeMap::new();
+        for (&id, addr) in &peers {
+            let listen = addr
+                .parse()
+                .map_err(|e| Error::DemoCheck(format!("{addr}: {e}")))?;
+            let mut cfg =
+                NodeConfig::new(id, listen, dir.join(format!("node-{id}")), peers.clone());
+            cfg.init = id == 1;
+            cfg.register_metrics = id == 1;
+            nodes.insert(id, Node::start(cfg).await?);
+        }
+        let endpoints: Vec<String> = peers.values().cloned().collect();
+        let c = LocalCluster { nodes, endpoints };
+        // Ready when a leader answers.
+        c.leader().await?;
+        Ok(c)
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.endpoints.clone()
+    }
+
+    /// The leader's node id (waits for an election).
+    pub async fn leader(&self) -> Result<u64, Error> {
+        Ok(client(&self.endpoints)?
+            .leader_status()
+            .await
+            .map_err(kv_err)?
+            .node_id)
+    }
+
+    pub async fn shutdown(self) {
+        for (_, n) in self.nodes {
+            n.shutdown().await;
+        }
+    }
+}

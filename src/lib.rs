@@ -15,6 +15,10 @@
 //! - [`lsm`]: `mlstack lsm ...`: inspect and benchmark the storage engine.
 //! - [`infer`]: `mlstack infer ...`: generate, serve, benchmark.
 //! - [`train`]: `mlstack train run|launch|plot`.
+//! - [`models`]: `mlstack datasets ...` and `mlstack models ...` (snapshots,
+//!   the registry).
+//! - [`pipeline`]: `mlstack demo`'s pipeline, Kafka → Parquet → train →
+//!   registry → serve.
 //! - [`demo`]: `mlstack demo`, which drives whatever exists of the data path.
 //! - this file: the crate's [`Error`], and [`run`], which sets up
 //!   observability and dispatches a parsed command line.
@@ -27,6 +31,8 @@ pub mod infer;
 pub mod ingest;
 pub mod kv;
 pub mod lsm;
+pub mod models;
+pub mod pipeline;
 pub mod train;
 
 use cli::{Cli, Command, DiagCommand, InferCommand, KvCommand, TrainCommand};
@@ -118,6 +124,15 @@ pub(crate) fn write_bench_report(
 pub fn init_observe(cli: &Cli, service: &str) -> Result<observe::Telemetry, Error> {
     let mut config = observe::Config::from_env(service);
     config.log_format = cli.log_format;
+    // The pipeline demo keeps the screen for its progress: logs to a file.
+    if let Command::Demo(a) = &cli.command
+        && !a.tour
+    {
+        let dir = pipeline::cache_dir();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::DemoCheck(format!("{}: {e}", dir.display())))?;
+        config.log_file = Some(dir.join("demo.log"));
+    }
     Ok(observe::init_with(config)?)
 }
 
@@ -137,6 +152,7 @@ fn service_name(command: &Command) -> String {
         Command::Produce(_) => "produce".into(),
         Command::Chaos(_) => "chaos".into(),
         Command::Train(_) => "train".into(),
+        Command::Datasets(_) | Command::Models(_) => "registry-client".into(),
     }
 }
 
@@ -168,6 +184,10 @@ async fn dispatch(command: &Command, telemetry: &observe::Telemetry) -> Result<(
         Command::Train(TrainCommand::Launch(a)) => {
             off_runtime("train launch", a.clone(), |a| train::launch(&a)).await
         }
+        Command::Datasets(cmd) => {
+            off_runtime("datasets", cmd.clone(), |c| models::datasets(&c)).await
+        }
+        Command::Models(cmd) => off_runtime("models", cmd.clone(), |c| models::models(&c)).await,
         Command::Train(TrainCommand::Bench(a)) => {
             off_runtime("train bench", a.clone(), |a| train::bench(&a)).await
         }

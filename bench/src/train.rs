@@ -39,6 +39,8 @@ pub struct TrainBenchConfig {
 struct Setup {
     workload: &'static str,
     launch_dp: Option<usize>,
+    /// Cores it uses (its MFU is against the peak of these).
+    cores: usize,
     args: Vec<String>,
 }
 
@@ -51,6 +53,7 @@ fn setups(c: &TrainBenchConfig) -> Vec<Setup> {
         Setup {
             workload: "dp1",
             launch_dp: None,
+            cores: c.threads,
             args: vec![
                 "--threads".into(),
                 t.clone(),
@@ -61,6 +64,7 @@ fn setups(c: &TrainBenchConfig) -> Vec<Setup> {
         Setup {
             workload: "dp1_1thread",
             launch_dp: None,
+            cores: 1,
             args: vec![
                 "--threads".into(),
                 one.clone(),
@@ -71,6 +75,7 @@ fn setups(c: &TrainBenchConfig) -> Vec<Setup> {
         Setup {
             workload: "dp2",
             launch_dp: Some(2),
+            cores: 2,
             args: vec![
                 "--threads".into(),
                 one.clone(),
@@ -81,6 +86,7 @@ fn setups(c: &TrainBenchConfig) -> Vec<Setup> {
         Setup {
             workload: "dp2_zero1",
             launch_dp: Some(2),
+            cores: 2,
             args: vec![
                 "--threads".into(),
                 one,
@@ -92,6 +98,7 @@ fn setups(c: &TrainBenchConfig) -> Vec<Setup> {
         Setup {
             workload: "dp1_recompute",
             launch_dp: None,
+            cores: c.threads,
             args: vec![
                 "--threads".into(),
                 t,
@@ -238,7 +245,10 @@ pub fn run(c: &TrainBenchConfig, flops_per_token: f64, peak_flops: f64) -> Resul
                 continue;
             }
             let s = &setups[i];
-            let j = run_mlstack(c, s, peak_gflops, rep)?;
+            // The probe measured `threads` cores; a run on fewer is held to
+            // their share of it.
+            let share = s.cores as f64 / c.threads.max(1) as f64;
+            let j = run_mlstack(c, s, peak_gflops * share, rep)?;
             let f = |k: &str| j[k].as_f64().unwrap_or(f64::NAN);
             eprintln!(
                 "[bench] repeat {rep}: mlstack {} {:.0} tokens/s, mfu {:.1}%",

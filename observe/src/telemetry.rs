@@ -63,6 +63,10 @@ pub struct Config {
     pub filter: Option<String>,
     /// OTLP/gRPC collector endpoint (`http://host:4317`); `None` = no export.
     pub otlp_endpoint: Option<String>,
+    /// Write log lines to this file (appending) instead of stderr: the
+    /// demo's screen keeps its own progress while the components' logs go
+    /// where it says.
+    pub log_file: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -80,6 +84,7 @@ impl Config {
                 .unwrap_or_default(),
             filter: non_empty("RUST_LOG"),
             otlp_endpoint: non_empty("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            log_file: None,
         }
     }
 }
@@ -210,11 +215,26 @@ pub fn init_with(config: Config) -> Result<Telemetry, Error> {
     // log lines inside a handler keep the handler's own spans.
     let log_spans =
         tracing_subscriber::filter::filter_fn(|m| !(m.is_span() && m.name() == "grpc.server"));
+    let writer = match &config.log_file {
+        Some(path) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| Error::SubscriberInit {
+                    service: config.service.clone(),
+                    reason: format!("log file {}: {e}", path.display()),
+                })?;
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::sync::Mutex::new(f))
+        }
+        None => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+    };
     let installed = match config.log_format {
         LogFormat::Text => registry
             .with(
                 tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
+                    .with_writer(writer)
+                    .with_ansi(config.log_file.is_none())
                     .with_filter(log_spans),
             )
             .try_init(),
@@ -223,7 +243,7 @@ pub fn init_with(config: Config) -> Result<Telemetry, Error> {
                 tracing_subscriber::fmt::layer()
                     .json()
                     .with_current_span(true)
-                    .with_writer(std::io::stderr)
+                    .with_writer(writer)
                     .with_filter(log_spans),
             )
             .try_init(),

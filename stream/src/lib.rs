@@ -14,6 +14,8 @@
 //! - [`writer`]: Parquet part files (temp → fsync → rename → fsync dir).
 //! - [`manifest`]: the authoritative record of committed files: a local
 //!   checksummed file, or the Raft KV cluster with compare-and-set.
+//! - [`snapshot`]: dataset snapshots: the manifest frozen under a name in
+//!   the KV (`datasets/<topic>/<name>`), what a training run names as its data.
 //! - [`ingest`]: the consume → validate → write → commit loop, rebalances, DLQ.
 //! - [`produce`]: the load generator / corpus feeder (`mlstack produce`).
 //! - [`broker`]: a local `tansu` broker for tests and benchmarks.
@@ -27,6 +29,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod produce;
 pub mod schema;
+pub mod snapshot;
 pub mod writer;
 
 pub use error::{Error, Result};

@@ -48,7 +48,7 @@ fn bad_input_is_refused_with_a_clear_message() {
 
 #[test]
 fn demo_drives_the_stack_and_reports_one_trace() {
-    let (ok, out, err) = run(&["--log-format", "json", "demo", "--json"]);
+    let (ok, out, err) = run(&["--log-format", "json", "demo", "--tour", "--json"]);
     assert!(ok, "demo failed:\n{err}");
     // --log-format json: every log line on stderr is one JSON object.
     let log_lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();

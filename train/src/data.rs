@@ -29,8 +29,17 @@ pub enum Source {
         group: String,
         topic: String,
     },
-    /// A list of Parquet files relative to `dir` (a dataset snapshot).
+    /// A list of Parquet files relative to `dir`.
     Files { dir: PathBuf, files: Vec<String> },
+    /// A dataset snapshot in the KV cluster (`datasets/<topic>/<name>`): its
+    /// files under `dir` (the ingest output), each checked against the
+    /// CRC32C the snapshot froze.
+    Snapshot {
+        dir: PathBuf,
+        endpoints: Vec<String>,
+        topic: String,
+        name: String,
+    },
     /// One JSON object per line, the text under `column`.
     Jsonl(PathBuf),
     /// A plain text file: one document.
@@ -56,6 +65,7 @@ impl Source {
         match self {
             Source::LocalManifest { dir } | Source::Files { dir, .. } => dir.display().to_string(),
             Source::KvManifest { group, topic, .. } => format!("kv://ingest/{group}/{topic}"),
+            Source::Snapshot { topic, name, .. } => format!("kv://datasets/{topic}/{name}"),
             Source::Jsonl(p) | Source::Text(p) => p.display().to_string(),
         }
     }
@@ -98,6 +108,24 @@ pub fn documents(src: &Source, column: &str) -> Result<(Vec<String>, String)> {
                 .map(|f| (f.path.clone(), f.crc32c))
                 .collect();
             parquet_documents(src, dir, &files, column)
+        }
+        Source::Snapshot {
+            dir,
+            endpoints,
+            topic,
+            name,
+        } => {
+            let snap = stream::snapshot::load(endpoints, topic, name)
+                .map_err(|e| src.err(e.to_string()))?;
+            let files: Vec<(String, u32)> = snap
+                .files
+                .iter()
+                .map(|f| (f.path.clone(), f.crc32c))
+                .collect();
+            let (docs, _) = parquet_documents(src, dir, &files, column)?;
+            // The version a checkpoint records is the snapshot's name: it
+            // is immutable, so the name is the dataset.
+            Ok((docs, stream::snapshot::key(topic, name)))
         }
         Source::Files { dir, files } => {
             let files: Vec<(String, u32)> = files
@@ -204,6 +232,21 @@ fn parquet_documents(
             files.len()
         ),
     ))
+}
+
+/// A hash of the documents' text (CRC32C over each document and its length),
+/// with the total length: the token cache's key, so two datasets with the
+/// same text (a second demo run's fresh snapshot of the same corpus) share
+/// one cache.
+pub fn content_key(docs: &[String]) -> String {
+    let mut crc = 0u32;
+    let mut len = 0usize;
+    for d in docs {
+        crc = crc32c::crc32c_append(crc, d.as_bytes());
+        crc = crc32c::crc32c_append(crc, &(d.len() as u64).to_le_bytes());
+        len += d.len();
+    }
+    format!("text-{crc:08x}-{len}")
 }
 
 /// Token ids: documents joined, each followed by EOS.

@@ -74,3 +74,148 @@ pub fn register(
         state.run
     )))
 }
+
+fn client(endpoints: &[String]) -> Result<kvclient::blocking::Client> {
+    kvclient::blocking::Client::new(endpoints).map_err(|e| TrainError::Registry(e.to_string()))
+}
+
+fn get(c: &kvclient::blocking::Client, key: &str) -> Result<Option<serde_json::Value>> {
+    let k = key.as_bytes().to_vec();
+    let got = c
+        .call(move |c| async move {
+            c.get(&k, proto::kv::v1::ReadConsistency::Linearizable)
+                .await
+        })
+        .map_err(|e| TrainError::Registry(format!("{key}: {e}")))?;
+    match got.kv {
+        None => Ok(None),
+        Some(kv) => serde_json::from_slice(&kv.value)
+            .map(Some)
+            .map_err(|e| TrainError::Registry(format!("{key} does not parse: {e}"))),
+    }
+}
+
+/// Aliases a run's models can be reached by (besides `step-<n>`).
+pub const ALIASES: [&str; 2] = ["latest", "production"];
+
+fn check_segment(what: &str, s: &str) -> Result<()> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s != "."
+        && s != "..";
+    if ok {
+        Ok(())
+    } else {
+        Err(TrainError::Registry(format!(
+            "{what} {s:?}: 1-128 characters of [A-Za-z0-9._-]"
+        )))
+    }
+}
+
+/// Every registry entry under `models/` (one run's when `run` is given), as
+/// (key, entry), in key order.
+pub fn list(endpoints: &[String], run: Option<&str>) -> Result<Vec<(String, serde_json::Value)>> {
+    if let Some(r) = run {
+        check_segment("run", r)?;
+    }
+    let c = client(endpoints)?;
+    let prefix = match run {
+        Some(r) => format!("models/{r}/"),
+        None => "models/".to_string(),
+    }
+    .into_bytes();
+    let kvs = c
+        .call(move |c| async move {
+            c.scan_all(&prefix, 1_000, proto::kv::v1::ReadConsistency::Linearizable)
+                .await
+        })
+        .map_err(|e| TrainError::Registry(format!("scan models/: {e}")))?;
+    kvs.into_iter()
+        .map(|kv| {
+            let key = String::from_utf8_lossy(&kv.key).into_owned();
+            serde_json::from_slice(&kv.value)
+                .map(|v| (key.clone(), v))
+                .map_err(|e| TrainError::Registry(format!("{key} does not parse: {e}")))
+        })
+        .collect()
+}
+
+/// The entry `models/<run>/<name>` (`name`: `latest`, `production` or
+/// `step-<n>`).
+pub fn show(endpoints: &[String], run: &str, name: &str) -> Result<serde_json::Value> {
+    check_segment("run", run)?;
+    check_segment("model", name)?;
+    let key = format!("models/{run}/{name}");
+    get(&client(endpoints)?, &key)?
+        .ok_or_else(|| TrainError::Registry(format!("{key} does not exist")))
+}
+
+/// Points `models/<run>/<alias>` at `models/<run>/step-<step>` by
+/// compare-and-set against the alias's value as read: when another promoter
+/// moved it in between, this one fails (re-read, decide again) instead of
+/// overwriting. Returns the entry the alias held before.
+pub fn promote(
+    endpoints: &[String],
+    run: &str,
+    step: u64,
+    alias: &str,
+) -> Result<Option<serde_json::Value>> {
+    check_segment("run", run)?;
+    if !ALIASES.contains(&alias) {
+        return Err(TrainError::Registry(format!(
+            "alias {alias:?}: one of {ALIASES:?}"
+        )));
+    }
+    let c = client(endpoints)?;
+    let target = get(&c, &format!("models/{run}/step-{step}"))?
+        .ok_or_else(|| TrainError::Registry(format!("models/{run}/step-{step} does not exist")))?;
+    let alias_key = format!("models/{run}/{alias}");
+    let k = alias_key.clone().into_bytes();
+    let raw = c
+        .call(move |c| async move {
+            c.get(&k, proto::kv::v1::ReadConsistency::Linearizable)
+                .await
+        })
+        .map_err(|e| TrainError::Registry(format!("{alias_key}: {e}")))?
+        .kv
+        .map(|kv| kv.value);
+    let before = raw
+        .as_deref()
+        .map(serde_json::from_slice::<serde_json::Value>)
+        .transpose()
+        .ok()
+        .flatten();
+    let value = target.to_string().into_bytes();
+    let k = alias_key.clone().into_bytes();
+    let swapped = c
+        .call(move |c| async move { c.cas(&k, raw.as_deref(), &value).await })
+        .map_err(|e| TrainError::Registry(format!("{alias_key}: {e}")))?;
+    if !swapped {
+        return Err(TrainError::Registry(format!(
+            "{alias_key} changed while promoting (another promoter won): read it again and decide"
+        )));
+    }
+    Ok(before)
+}
+
+/// The checkpoint directory a `kv://models/<run>/<name>` URI names.
+pub fn resolve(endpoints: &[String], uri: &str) -> Result<std::path::PathBuf> {
+    let rest = uri.strip_prefix("kv://models/").ok_or_else(|| {
+        TrainError::Registry(format!(
+            "{uri:?} is not kv://models/<run>/<latest|production|step-N>"
+        ))
+    })?;
+    let (run, name) = rest.split_once('/').ok_or_else(|| {
+        TrainError::Registry(format!(
+            "{uri:?} is not kv://models/<run>/<latest|production|step-N>"
+        ))
+    })?;
+    let entry = show(endpoints, run, name)?;
+    entry
+        .get("path")
+        .and_then(serde_json::Value::as_str)
+        .map(std::path::PathBuf::from)
+        .ok_or_else(|| TrainError::Registry(format!("models/{run}/{name} has no path")))
+}

@@ -246,7 +246,11 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
         let (docs, version) = data::documents(&cfg.data, &cfg.column)?;
         (version, docs)
     };
-    let key = format!("{docs_version}-vocab{}", tokenizer.vocab_size());
+    let key = format!(
+        "{}-vocab{}",
+        data::content_key(&docs),
+        tokenizer.vocab_size()
+    );
     let (tokens, hit) =
         data::cached_tokens(&cfg.cache_dir, &key, || data::tokenize(&docs, &tokenizer))?;
     drop(docs);
