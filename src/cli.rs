@@ -128,9 +128,14 @@ pub struct TrainRunArgs {
     /// Read the ingest manifest from the KV cluster at these endpoints instead.
     #[arg(long, value_delimiter = ',')]
     pub kv_manifest: Option<Vec<String>>,
-    /// Only these Parquet files under --data (a dataset snapshot's list).
+    /// Only these Parquet files under --data.
     #[arg(long, value_delimiter = ',')]
     pub snapshot_files: Option<Vec<String>>,
+    /// A dataset snapshot `<topic>/<name>` in the KV cluster at --kv (see
+    /// `mlstack datasets snapshot`); its files are read from --data (the
+    /// ingest output directory) and checked against the snapshot's CRC32Cs.
+    #[arg(long)]
+    pub dataset: Option<String>,
     /// Ingest consumer group (with --kv-manifest).
     #[arg(long, default_value = "mlstack-ingest")]
     pub group: String,

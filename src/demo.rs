@@ -24,7 +24,10 @@ const NOT_YET_BUILT: &[(&str, &str)] = &[
         "stream (Kafka -> Parquet ingest)",
         "built, but needs a Kafka broker: see stream/README.md (mlstack produce, mlstack ingest run)",
     ),
-    ("train (Llama trainer)", "open: issue #13"),
+    (
+        "train (Llama trainer) and the pipeline",
+        "built: `mlstack demo` without --tour runs Kafka -> Parquet -> train -> registry -> serve",
+    ),
 ];
 
 async fn http_get(url: &str) -> Result<(u16, String), Error> {

@@ -26,18 +26,35 @@ fn env_usize(name: &str, default: usize) -> Result<usize, Error> {
 /// The run's configuration from its flags and the launcher's environment
 /// (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`, `MLSTACK_TRAIN_TOKEN`).
 pub fn run_config(a: &TrainRunArgs) -> Result<RunConfig, Error> {
-    let data = match (&a.kv_manifest, &a.snapshot_files) {
-        (Some(eps), _) => Source::KvManifest {
+    let data = if let Some(ds) = &a.dataset {
+        let (topic, name) = ds
+            .strip_prefix("datasets/")
+            .unwrap_or(ds)
+            .split_once('/')
+            .ok_or_else(|| Error::Train(format!("--dataset {ds:?}: expected <topic>/<name>")))?;
+        let endpoints = a.kv.clone().ok_or_else(|| {
+            Error::Train("--dataset needs --kv ENDPOINTS (the KV cluster holding it)".into())
+        })?;
+        Source::Snapshot {
             dir: a.data.clone(),
-            endpoints: eps.clone(),
-            group: a.group.clone(),
-            topic: a.topic.clone(),
-        },
-        (None, Some(files)) => Source::Files {
-            dir: a.data.clone(),
-            files: files.clone(),
-        },
-        (None, None) => Source::from_path(&a.data),
+            endpoints,
+            topic: topic.to_string(),
+            name: name.to_string(),
+        }
+    } else {
+        match (&a.kv_manifest, &a.snapshot_files) {
+            (Some(eps), _) => Source::KvManifest {
+                dir: a.data.clone(),
+                endpoints: eps.clone(),
+                group: a.group.clone(),
+                topic: a.topic.clone(),
+            },
+            (None, Some(files)) => Source::Files {
+                dir: a.data.clone(),
+                files: files.clone(),
+            },
+            (None, None) => Source::from_path(&a.data),
+        }
     };
     let init = if a.model == "smollm2-135m" {
         Init::Gguf(model::locate::locate_model(a.init_gguf.as_deref()).map_err(Error::Train)?)

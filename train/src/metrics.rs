@@ -13,6 +13,8 @@ use crate::error::{Result, TrainError, io};
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct StepRecord {
     pub step: u64,
+    /// NaN (written as `null`) on the step-0 evaluation record.
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f32,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub val_loss: Option<f32>,
@@ -28,6 +30,11 @@ pub struct StepRecord {
     pub allreduce_s: f64,
     pub optimizer_s: f64,
     pub allreduce_bytes: u64,
+}
+
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f32, D::Error> {
+    use serde::Deserialize;
+    Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NAN))
 }
 
 /// Appends records to `<run>/metrics.jsonl` (flushed per line: a crash loses

@@ -170,6 +170,8 @@ pub struct Summary {
     pub losses: Vec<f32>,
     pub final_loss: f32,
     pub val_loss: Option<f32>,
+    /// Validation loss before the first step (with `eval_every`).
+    pub val_loss_at_start: Option<f32>,
     pub tokens_per_sec: f64,
     pub ms_per_step: f64,
     pub mfu: f64,
@@ -350,6 +352,22 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
         if cfg.recompute { ", recompute" } else { "" },
     ));
 
+    // The validation loss before the first step: the "before" of a
+    // fine-tune, the starting point of a curve.
+    let mut val_at_start = None;
+    if cfg.eval_every > 0 && start == 0 {
+        let v = evaluate(&llama, &params, &ds, cfg.eval_windows, b, &mut acts);
+        say(format!("step 0 val {v:.4}"));
+        val_at_start = Some(v);
+        if let Some(l) = log.as_mut() {
+            l.write(&StepRecord {
+                step: 0,
+                val_loss: Some(v),
+                loss: f32::NAN,
+                ..StepRecord::default()
+            })?;
+        }
+    }
     let bucket_elems = ((cfg.bucket_mb * 1e6 / 4.0) as usize).max(1);
     let started = Instant::now();
     let mut losses = Vec::new();
@@ -584,6 +602,7 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
         final_loss: losses.last().copied().unwrap_or(f32::NAN),
         losses,
         val_loss: last_val,
+        val_loss_at_start: val_at_start,
         tokens_per_sec: if ms > 0.0 {
             tokens_per_step as f64 / (ms / 1e3)
         } else {
