@@ -203,6 +203,10 @@ pub struct TrainRunArgs {
     /// ZeRO stage 1: shard the optimizer state over the data-parallel ranks.
     #[arg(long)]
     pub zero1: bool,
+    /// Tensor-parallel ranks per model replica (Megatron split of each
+    /// layer); set by `train launch --tp`.
+    #[arg(long, default_value_t = 1)]
+    pub tp: usize,
     /// Gradient bucket size for the overlapped all-reduce, MB.
     #[arg(long, default_value_t = 25.0)]
     pub bucket_mb: f64,
@@ -234,9 +238,12 @@ pub struct TrainRunArgs {
 
 #[derive(Clone, Debug, Args)]
 pub struct TrainLaunchArgs {
-    /// Data-parallel ranks.
+    /// Data-parallel ranks (model replicas).
     #[arg(long, default_value_t = 2)]
     pub dp: usize,
+    /// Tensor-parallel ranks per replica: dp × tp processes in all.
+    #[arg(long, default_value_t = 1)]
+    pub tp: usize,
     /// Rank 0's rendezvous address (default: a free loopback port).
     #[arg(long)]
     pub master_addr: Option<String>,

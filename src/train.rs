@@ -98,6 +98,7 @@ pub fn run_config(a: &TrainRunArgs) -> Result<RunConfig, Error> {
     c.resume = a.resume;
     c.recompute = a.recompute;
     c.zero1 = a.zero1;
+    c.tp = a.tp;
     c.threads = a.threads;
     c.rank = rank;
     c.world = world;
@@ -182,13 +183,19 @@ pub fn launch(a: &TrainLaunchArgs) -> Result<(), Error> {
     };
     let mut args = vec!["train".to_string(), "run".to_string()];
     args.extend(a.args.iter().cloned());
+    args.extend(["--tp".to_string(), a.tp.to_string()]);
+    let world =
+        a.dp.checked_mul(a.tp).filter(|&w| w > 0).ok_or_else(|| {
+            Error::Train(format!("--dp {} × --tp {}: not a world size", a.dp, a.tp))
+        })?;
     eprintln!(
-        "[launch] {} ranks, rendezvous {master}: {} {}",
+        "[launch] {world} ranks (dp {} × tp {}), rendezvous {master}: {} {}",
         a.dp,
+        a.tp,
         exe.display(),
         args.join(" ")
     );
-    train::dist::launch::launch(&exe, &args, a.dp, &master).map_err(terr)
+    train::dist::launch::launch(&exe, &args, world, &master).map_err(terr)
 }
 
 /// `mlstack train plot RUN_DIR --out loss.png`.

@@ -114,10 +114,27 @@ fn launch(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> (bool, String, String) {
-    let mut args: Vec<String> = ["train", "launch", "--dp", "2", "--"]
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    launch_mesh(data, out, run, 2, 1, extra, env)
+}
+
+fn launch_mesh(
+    data: &Path,
+    out: &Path,
+    run: &str,
+    dp: usize,
+    tp: usize,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
+    let mut args: Vec<String> = vec![
+        "train".into(),
+        "launch".into(),
+        "--dp".into(),
+        dp.to_string(),
+        "--tp".into(),
+        tp.to_string(),
+        "--".into(),
+    ];
     args.extend(run_args(data, out, run, extra));
     mlstack(&args, env)
 }
@@ -404,4 +421,46 @@ fn smollm2_initialisation_reproduces_the_engines_logits() {
         tok.decode(&[best as u32], false).expect("decode").trim(),
         "Rome"
     );
+}
+
+#[test]
+fn tensor_parallel_runs_follow_the_single_process_run() {
+    // Megatron's split: TP2 (2 ranks, one replica) and DP2×TP2 (4 ranks)
+    // against one process at the same global batch, 20 steps.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = corpus(dir.path());
+    let out = dir.path().join("ck");
+    let one = train_run(&data, &out, "tp1", &["--grad-accum", "2"]);
+    let (ok, stdout, stderr) = launch_mesh(&data, &out, "tp2", 1, 2, &["--grad-accum", "2"], &[]);
+    assert!(ok, "launch tp2: {stderr}");
+    let tp2 = rank0_summary(&stdout);
+    let (ok, stdout, stderr) = launch_mesh(&data, &out, "dp2tp2", 2, 2, &[], &[]);
+    assert!(ok, "launch dp2×tp2: {stderr}");
+    let mesh = rank0_summary(&stdout);
+    let l1 = losses(&one);
+    for (name, s) in [("TP2", &tp2), ("DP2×TP2", &mesh)] {
+        for (i, (x, y)) in l1.iter().zip(losses(s)).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 * x.abs(),
+                "{name} step {}: {y} vs one process {x}",
+                i + 1
+            );
+        }
+    }
+    // The checkpoint is the whole model, gathered from the shards.
+    let a = model::safetensors::read_file(&out.join("tp1/step-20/model.safetensors")).expect("tp1");
+    let b = model::safetensors::read_file(&out.join("tp2/step-20/model.safetensors")).expect("tp2");
+    assert_eq!(a.len(), b.len());
+    for (name, (shape, x)) in &a {
+        let (shape2, y) = &b[name];
+        assert_eq!(shape, shape2, "{name}");
+        let d: f64 = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| f64::from(p - q).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let n: f64 = x.iter().map(|p| f64::from(*p).powi(2)).sum::<f64>().sqrt();
+        assert!(d <= 1e-4 * n, "{name}: relative difference {}", d / n);
+    }
 }

@@ -39,9 +39,16 @@ pub struct TrainerState {
     pub train_loss: f32,
     pub val_loss: Option<f32>,
     pub dp: usize,
+    /// Tensor-parallel ranks per replica (the checkpoint itself is whole).
+    #[serde(default = "one")]
+    pub tp: usize,
     pub zero1: bool,
     pub unix_time: u64,
     pub code_version: String,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn ck_err(path: &Path, reason: impl Into<String>) -> TrainError {

@@ -31,9 +31,13 @@ use crate::rng::Rng;
 /// caller owns (the trainer's master weights).
 #[derive(Clone, Debug)]
 pub struct Llama {
+    /// The config this rank runs: under tensor parallelism, its share of
+    /// the heads and hidden units (see [`crate::dist::tensor`]).
     pub config: Config,
     pub tied: bool,
     pub layout: Layout,
+    /// The tensor-parallel group, when the layers are split across ranks.
+    pub tp: Option<std::sync::Arc<crate::dist::tensor::TpGroup>>,
 }
 
 /// What one layer's forward keeps for its backward.
@@ -121,6 +125,15 @@ impl Llama {
             config,
             tied,
             layout,
+            tp: None,
+        }
+    }
+
+    /// Sums a partial (n, d) result over the tensor-parallel ranks (a no-op
+    /// without tensor parallelism).
+    fn tp_all_reduce(&self, buf: &mut [f32]) {
+        if let Some(tp) = &self.tp {
+            tp.all_reduce(buf);
         }
     }
 
@@ -292,6 +305,8 @@ impl Llama {
         attention_forward(&mut s.y_hm, &mut a.att, &a.q, &a.k, &a.v, shape);
         to_token_major(&mut a.y, &s.y_hm, b, t, c.n_heads, c.head_dim);
         matmul_forward(&mut s.nd, &a.y, w(o.wo, d * q), n, q, d);
+        // Tensor parallel: each rank's heads give a partial sum (Megatron's g).
+        self.tp_all_reduce(&mut s.nd);
         for ((m, x), y) in a.x_mid.iter_mut().zip(x_in).zip(&s.nd) {
             *m = x + y;
         }
@@ -308,6 +323,7 @@ impl Llama {
         matmul_forward(&mut a.u, &a.xn2, w(o.w_up, ff * d), n, d, ff);
         swiglu_forward(&mut a.h, &a.g, &a.u);
         matmul_forward(&mut s.nd, &a.h, w(o.w_down, d * ff), n, ff, d);
+        self.tp_all_reduce(&mut s.nd);
         for ((out, m), y) in x_out.iter_mut().zip(&a.x_mid).zip(&s.nd) {
             *out = m + y;
         }
@@ -474,6 +490,8 @@ impl Llama {
             ff,
             true,
         );
+        // Tensor parallel: each rank's hidden units give a partial dxn2 (Megatron's f).
+        self.tp_all_reduce(&mut s.nd);
         s.dmid.copy_from_slice(dx);
         rmsnorm_backward(
             &mut s.dmid,
@@ -540,6 +558,7 @@ impl Llama {
             kv,
             true,
         );
+        self.tp_all_reduce(&mut s.nd);
         dx.copy_from_slice(&s.dmid);
         rmsnorm_backward(
             dx,

@@ -63,6 +63,9 @@ pub struct RunConfig {
     pub resume: bool,
     pub recompute: bool,
     pub zero1: bool,
+    /// Tensor-parallel ranks per model replica (Megatron); the data-parallel
+    /// degree is `world / tp`. Rank r is tensor rank r mod tp of replica r / tp.
+    pub tp: usize,
     pub threads: usize,
     pub rank: usize,
     pub world: usize,
@@ -141,6 +144,7 @@ impl RunConfig {
             resume: false,
             recompute: false,
             zero1: false,
+            tp: 1,
             threads: 1,
             rank: 0,
             world: 1,
@@ -225,7 +229,29 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
         ));
     }
     crate::ops::set_threads(cfg.threads);
-    let (llama, mut params, tokenizer, model_name) = build_model(&cfg.init, h.seed)?;
+    let (full_llama, mut params, tokenizer, model_name) = build_model(&cfg.init, h.seed)?;
+    let tp = cfg.tp.max(1);
+    if !cfg.world.is_multiple_of(tp) {
+        return Err(config_err(
+            "tp",
+            format!("{tp} does not divide the world size {}", cfg.world),
+        ));
+    }
+    if tp > 1 && cfg.zero1 {
+        return Err(config_err(
+            "zero1",
+            "ZeRO-1 with tensor parallelism is not built",
+        ));
+    }
+    let (dp_rank, tp_rank, dp_world) = (cfg.rank / tp, cfg.rank % tp, cfg.world / tp);
+    let llama = if tp > 1 {
+        Llama::new(
+            crate::dist::tensor::local_config(&full_llama.config, tp)?,
+            full_llama.tied,
+        )
+    } else {
+        full_llama.clone()
+    };
     if h.seq_len > llama.config.context_length {
         return Err(config_err(
             "seq_len",
@@ -267,13 +293,59 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
         t_data.elapsed().as_secs_f64()
     ));
 
-    let mut group = ProcessGroup::connect(
-        cfg.rank,
-        cfg.world,
-        &cfg.rendezvous,
-        cfg.token,
-        cfg.collective_timeout,
-    )?;
+    // The groups: with tp = 1 one data-parallel group on the rendezvous;
+    // with a (dp × tp) mesh, tensor group d on port+1+d and data group t on
+    // port+1+dp+t (the launcher's port is free; the next few are assumed so).
+    let (mut group, llama) = if tp == 1 {
+        let g = ProcessGroup::connect(
+            cfg.rank,
+            cfg.world,
+            &cfg.rendezvous,
+            cfg.token,
+            cfg.collective_timeout,
+        )?;
+        (g, llama)
+    } else {
+        let (host, port) = cfg
+            .rendezvous
+            .rsplit_once(':')
+            .and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h.to_string(), p)))
+            .ok_or_else(|| {
+                config_err(
+                    "rendezvous",
+                    format!("{:?} is not host:port", cfg.rendezvous),
+                )
+            })?;
+        let at = |off: usize| -> Result<String> {
+            u16::try_from(usize::from(port) + off)
+                .map(|p| format!("{host}:{p}"))
+                .map_err(|_| config_err("rendezvous", "port out of range for the mesh"))
+        };
+        let tp_group = ProcessGroup::connect(
+            tp_rank,
+            tp,
+            &at(1 + dp_rank)?,
+            cfg.token,
+            cfg.collective_timeout,
+        )?;
+        let dp_group = ProcessGroup::connect(
+            dp_rank,
+            dp_world,
+            &at(1 + dp_world + tp_rank)?,
+            cfg.token,
+            cfg.collective_timeout,
+        )?;
+        let mut l = llama;
+        l.tp = Some(std::sync::Arc::new(crate::dist::tensor::TpGroup::new(
+            tp_group,
+        )));
+        (dp_group, l)
+    };
+    if tp > 1 {
+        // Every tensor rank starts from its shard of the same full model.
+        params =
+            crate::dist::tensor::shard(&full_llama.layout, &params, &llama.layout, tp_rank, tp);
+    }
     let world = group.world;
     let total = llama.layout.total;
     let opt_range = if cfg.zero1 {
@@ -294,7 +366,15 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
     if cfg.resume
         && let Some(dir) = checkpoint::latest(&run_dir)?
     {
-        let ld = checkpoint::load(&dir, &llama)?;
+        let mut ld = checkpoint::load(&dir, &full_llama)?;
+        if tp > 1 {
+            let sh = |v: &[f32]| {
+                crate::dist::tensor::shard(&full_llama.layout, v, &llama.layout, tp_rank, tp)
+            };
+            ld.params = sh(&ld.params);
+            ld.m = sh(&ld.m);
+            ld.v = sh(&ld.v);
+        }
         if ld.state.hyper.micro_batch * ld.state.hyper.grad_accum * ld.state.dp
             != h.micro_batch * h.grad_accum * world
         {
@@ -317,12 +397,14 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
 
     let peak = match cfg.peak_flops {
         Some(p) => p,
-        None => crate::mfu::peak_flops(cfg.threads * world),
+        None => crate::mfu::peak_flops(cfg.threads * cfg.world),
     };
     let (b, t) = (h.micro_batch, h.seq_len);
     let global = b * h.grad_accum * world;
     let tokens_per_step = (global * t) as u64;
-    let flops_per_step = llama.flops_per_token(t) * tokens_per_step as f64;
+    // Model FLOPs (MFU's numerator) are the full model's: the head each
+    // tensor rank repeats is overhead, not model work.
+    let flops_per_step = full_llama.flops_per_token(t) * tokens_per_step as f64;
     let mut acts = llama.acts(b, t, cfg.recompute);
     let mut grads = vec![0f32; total];
     let mut loader = Loader::new(ds.train_windows(), h.seed, loader_pos);
@@ -344,7 +426,7 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
     say(format!(
         "{model_name}: {} parameters, {world} rank(s) × {} thread(s), global batch {global}×{t} = {tokens_per_step} tokens, \
          {:.1} MFLOP/token, peak {:.1} GFLOP/s{}{}",
-        llama.n_params(),
+        full_llama.n_params(),
         cfg.threads,
         llama.flops_per_token(t) / 1e6,
         peak / 1e9,
@@ -414,7 +496,7 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
         for m in 0..h.grad_accum {
             let td = Instant::now();
             let data_span = tracing::info_span!("data", micro_batch = m).entered();
-            let slots = (m * world + group.rank) * b;
+            let slots = (m * world + dp_rank) * b;
             for (i, &w) in idx[slots..slots + b].iter().enumerate() {
                 let (x, y) = ds.train_window(w);
                 tok[i * t..(i + 1) * t].copy_from_slice(x);
@@ -455,6 +537,9 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
             drop(bwd_span);
             rec.backward_s += tb.elapsed().as_secs_f64();
         }
+        if let Some(e) = llama.tp.as_ref().and_then(|t| t.take_error()) {
+            return Err(e);
+        }
         let ar_span = tracing::info_span!("allreduce").entered();
         // (the overlapped all-reduce's time is inside backward_s; the
         // collectives' own clock is group.stats.seconds)
@@ -464,7 +549,19 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
             group.reduce_scatter(&mut grads)?;
         }
         group.all_reduce(&mut loss_buf)?;
-        let sq = global_sum_squares(&mut group, &grads, cfg.zero1)?;
+        let sq = match &llama.tp {
+            None => global_sum_squares(&mut group, &grads, cfg.zero1)?,
+            // Tensor parallel: the split tensors' squares summed over the
+            // tensor ranks, the replicated ones (equal on every rank) once.
+            Some(tpg) => {
+                let split = crate::dist::tensor::split_ranges(&llama.layout);
+                let split_sq: f64 = split.iter().map(|r| sum_squares(&grads[r.clone()])).sum();
+                let all_sq = sum_squares(&grads);
+                let mut buf = [split_sq as f32];
+                tpg.with(|g| g.all_reduce(&mut buf))?;
+                (all_sq - split_sq) + f64::from(buf[0])
+            }
+        };
         let _ = tc;
         rec.allreduce_s = group.stats.seconds - comm_before;
         let loss = loss_buf[0] / (global * t) as f32;
@@ -541,6 +638,15 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
             // ZeRO-1: gather the moments' shards so the checkpoint is whole
             // (and loadable at any world size).
             let (m_full, v_full) = gather_moments(&mut group, &opt, total)?;
+            // Tensor parallel: the replica's shards gathered into the full
+            // model (every replica holds the same values; replica 0 saves).
+            let (params_out, m_out, v_out) = match &llama.tp {
+                Some(tpg) if dp_rank == 0 => {
+                    let g = |v: &[f32]| gather_tp(tpg, &full_llama, &llama, v);
+                    (g(&params)?, g(&m_full)?, g(&v_full)?)
+                }
+                _ => (params.clone(), m_full, v_full),
+            };
             if rank0 {
                 let state = TrainerState {
                     run: cfg.run.clone(),
@@ -548,12 +654,13 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
                     loader: loader.pos.clone(),
                     hyper: h.clone(),
                     model: model_name.clone(),
-                    tied: llama.tied,
+                    tied: full_llama.tied,
                     dataset_version: docs_version.clone(),
                     tokens_seen,
                     train_loss: loss,
                     val_loss: last_val,
                     dp: world,
+                    tp,
                     zero1: cfg.zero1,
                     unix_time: std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
@@ -563,15 +670,15 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
                 };
                 let dir = checkpoint::save(
                     &run_dir,
-                    &llama,
-                    &params,
-                    (&m_full, &v_full),
+                    &full_llama,
+                    &params_out,
+                    (&m_out, &v_out),
                     &tokenizer,
                     &state,
                     cfg.keep,
                 )?;
                 if let Some(eps) = &cfg.kv {
-                    crate::registry::register(eps, &state, &dir, &llama)?;
+                    crate::registry::register(eps, &state, &dir, &full_llama)?;
                 }
                 last_ck = Some(dir);
             }
@@ -595,7 +702,7 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
     Ok(Summary {
         run: cfg.run.clone(),
         model: model_name,
-        n_params: llama.n_params(),
+        n_params: full_llama.n_params(),
         steps: step,
         first_step: start,
         tokens: tokens_seen,
@@ -716,6 +823,31 @@ fn global_sum_squares(group: &mut ProcessGroup, grads: &[f32], zero1: bool) -> R
             f64::from_bits(lo | (hi << 32))
         })
         .sum())
+}
+
+/// The full-model buffer from the tensor ranks' local buffers `local`
+/// (parameters or a moment): one all-gather, each rank's buffer at its
+/// owned chunk, then [`crate::dist::tensor::unshard`].
+fn gather_tp(
+    tpg: &crate::dist::tensor::TpGroup,
+    full: &Llama,
+    local: &Llama,
+    buf: &[f32],
+) -> Result<Vec<f32>> {
+    let (t, n) = (tpg.size, local.layout.total);
+    let mut all = vec![0f32; t * n];
+    // all_gather: rank r contributes chunk (r + 1) mod t.
+    let own = (tpg.rank + 1) % t;
+    all[own * n..(own + 1) * n].copy_from_slice(buf);
+    tpg.with(|g| g.all_gather(&mut all))?;
+    let locals: Vec<&[f32]> = (0..t)
+        .map(|r| &all[((r + 1) % t) * n..((r + 1) % t + 1) * n])
+        .collect();
+    Ok(crate::dist::tensor::unshard(
+        &full.layout,
+        &local.layout,
+        &locals,
+    ))
 }
 
 /// Full Adam moments (every rank's shard) for a checkpoint.
