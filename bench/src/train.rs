@@ -39,6 +39,8 @@ pub struct TrainBenchConfig {
 struct Setup {
     workload: &'static str,
     launch_dp: Option<usize>,
+    /// Tensor-parallel ranks per replica (with `launch_dp`).
+    tp: usize,
     /// Cores it uses (its MFU is against the peak of these).
     cores: usize,
     args: Vec<String>,
@@ -51,8 +53,21 @@ fn setups(c: &TrainBenchConfig) -> Vec<Setup> {
     let one = "1".to_string();
     vec![
         Setup {
+            workload: "tp2",
+            launch_dp: Some(1),
+            tp: 2,
+            cores: 2,
+            args: vec![
+                "--threads".into(),
+                "1".into(),
+                "--micro-batch".into(),
+                full.clone(),
+            ],
+        },
+        Setup {
             workload: "dp1",
             launch_dp: None,
+            tp: 1,
             cores: c.threads,
             args: vec![
                 "--threads".into(),
@@ -64,6 +79,7 @@ fn setups(c: &TrainBenchConfig) -> Vec<Setup> {
         Setup {
             workload: "dp1_1thread",
             launch_dp: None,
+            tp: 1,
             cores: 1,
             args: vec![
                 "--threads".into(),
@@ -75,6 +91,7 @@ fn setups(c: &TrainBenchConfig) -> Vec<Setup> {
         Setup {
             workload: "dp2",
             launch_dp: Some(2),
+            tp: 1,
             cores: 2,
             args: vec![
                 "--threads".into(),
@@ -86,6 +103,7 @@ fn setups(c: &TrainBenchConfig) -> Vec<Setup> {
         Setup {
             workload: "dp2_zero1",
             launch_dp: Some(2),
+            tp: 1,
             cores: 2,
             args: vec![
                 "--threads".into(),
@@ -98,6 +116,7 @@ fn setups(c: &TrainBenchConfig) -> Vec<Setup> {
         Setup {
             workload: "dp1_recompute",
             launch_dp: None,
+            tp: 1,
             cores: c.threads,
             args: vec![
                 "--threads".into(),
@@ -124,6 +143,8 @@ fn run_mlstack(
             "launch".into(),
             "--dp".into(),
             dp.to_string(),
+            "--tp".into(),
+            s.tp.to_string(),
             "--".into(),
         ]),
         None => args.extend(["train".into(), "run".into()]),
@@ -286,7 +307,10 @@ pub fn run(c: &TrainBenchConfig, flops_per_token: f64, peak_flops: f64) -> Resul
                 f("optimizer_bytes") / 1e6,
                 "MB",
             ));
-            if s.launch_dp.is_some() {
+            if s.tp > 1 {
+                rows.push(Row::new("mlstack", w, "tp_allreduce_mb_per_step", f("tp_allreduce_bytes_per_step") / 1e6, "MB"));
+            }
+            if s.launch_dp.is_some_and(|dp| dp > 1) {
                 let dp = s.launch_dp.unwrap_or(1) as f64;
                 rows.push(Row::new(
                     "mlstack",
@@ -377,6 +401,7 @@ pub fn table(r: &Report) -> String {
         ("mlstack", "dp2"),
         ("mlstack", "dp2_zero1"),
         ("mlstack", "dp1_recompute"),
+        ("mlstack", "tp2"),
     ] {
         let g = |m: &str| r.get(sys, w, m);
         s += &format!(

@@ -6,8 +6,9 @@
 //! gradient clipping and accumulation, data parallelism across processes
 //! over a TCP ring all-reduce (Patarasuk & Yuan, 2009) with bucketed
 //! gradients overlapped with the backward (PyTorch DDP, Li et al., 2020),
-//! optimizer-state sharding (ZeRO stage 1, Rajbhandari et al., 2020), and
-//! activation recomputation (Chen et al., 2016). It reads the Parquet that
+//! optimizer-state sharding (ZeRO stage 1, Rajbhandari et al., 2020),
+//! tensor parallelism (Megatron-LM, Shoeybi et al., 2019), and activation
+//! recomputation (Chen et al., 2016). It reads the Parquet that
 //! `stream` writes and writes Hugging Face checkpoints `infer` loads.
 //!
 //! # Layout
@@ -18,7 +19,8 @@
 //! - [`optim`]: AdamW, the schedule, gradient-norm clipping.
 //! - [`data`]: documents from the ingest manifest / JSONL / text, the token
 //!   cache, packing, the shuffled loader.
-//! - [`dist`]: the process group (ring collectives over TCP) and the launcher.
+//! - [`dist`]: the process group (ring collectives over TCP), the launcher,
+//!   and the Megatron split of the layers across tensor ranks.
 //! - [`trainer`]: the training loop.
 //! - [`checkpoint`]: Hugging Face checkpoints plus optimizer and trainer state.
 //! - [`registry`]: checkpoints recorded in the KV cluster.

@@ -181,6 +181,8 @@ pub struct Summary {
     pub mfu: f64,
     pub peak_gflops: f64,
     pub allreduce_bytes_per_step: f64,
+    /// Bytes the tensor-parallel all-reduces sent per step (activations).
+    pub tp_allreduce_bytes_per_step: f64,
     pub activation_bytes: usize,
     pub optimizer_bytes: usize,
     pub checkpoint: Option<PathBuf>,
@@ -455,6 +457,7 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
     let mut losses = Vec::new();
     let mut step_times = Vec::new();
     let mut comm_bytes = Vec::new();
+    let mut tp_bytes = Vec::new();
     let mut last_val = None;
     let mut last_ck = None;
     let mut step = start;
@@ -489,6 +492,7 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
         grads.iter_mut().for_each(|g| *g = 0.0);
         let scale = 1.0 / (global * t) as f32;
         let bytes_before = group.stats.bytes_sent;
+        let tp_before = llama.tp.as_ref().map_or(0, |t| t.stats().bytes_sent);
         let comm_before = group.stats.seconds;
         let mut loss_sum = 0f64;
         let mut tok = vec![0u32; b * t];
@@ -590,6 +594,7 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
         step_times.push(dt);
         let step_bytes = group.stats.bytes_sent - bytes_before;
         comm_bytes.push(step_bytes as f64);
+        tp_bytes.push((llama.tp.as_ref().map_or(0, |t| t.stats().bytes_sent) - tp_before) as f64);
         losses.push(loss);
         rec.loss = loss;
         rec.lr = lr;
@@ -723,6 +728,7 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
         },
         peak_gflops: peak / 1e9,
         allreduce_bytes_per_step: comm_bytes.iter().sum::<f64>() / n,
+        tp_allreduce_bytes_per_step: tp_bytes.iter().sum::<f64>() / n,
         activation_bytes: acts.bytes(),
         optimizer_bytes: 8 * opt.m.len(),
         checkpoint: last_ck,
