@@ -588,7 +588,15 @@ pub async fn serve_and_ask(path: &std::path::Path, name: &str) -> Result<ServeRe
         .generate(pb::GenerateRequest {
             input: Some(pb::generate_request::Input::Prompt(question.clone())),
             max_tokens: 32,
-            sampling: Some(pb::SamplingParams::default()),
+            // Sampled (seeded, so reproducible): a model trained for a minute
+            // repeats itself under greedy decoding.
+            sampling: Some(pb::SamplingParams {
+                temperature: 0.8,
+                top_p: 0.95,
+                repetition_penalty: 1.1,
+                seed: Some(7),
+                ..Default::default()
+            }),
             stop: vec![],
             priority: 0,
         })
@@ -613,7 +621,7 @@ pub async fn serve_and_ask(path: &std::path::Path, name: &str) -> Result<ServeRe
     let t = Instant::now();
     let resp = reqwest::Client::new()
         .post(&url)
-        .json(&serde_json::json!({"model": name, "prompt": question, "max_tokens": 32, "temperature": 0}))
+        .json(&serde_json::json!({"model": name, "prompt": question, "max_tokens": 32, "temperature": 0.8, "top_p": 0.95, "seed": 7}))
         .send()
         .await
         .map_err(|e| Error::Http { url: url.clone(), reason: e.to_string() })?;

@@ -308,7 +308,13 @@ pub fn run(c: &TrainBenchConfig, flops_per_token: f64, peak_flops: f64) -> Resul
                 "MB",
             ));
             if s.tp > 1 {
-                rows.push(Row::new("mlstack", w, "tp_allreduce_mb_per_step", f("tp_allreduce_bytes_per_step") / 1e6, "MB"));
+                rows.push(Row::new(
+                    "mlstack",
+                    w,
+                    "tp_allreduce_mb_per_step",
+                    f("tp_allreduce_bytes_per_step") / 1e6,
+                    "MB",
+                ));
             }
             if s.launch_dp.is_some_and(|dp| dp > 1) {
                 let dp = s.launch_dp.unwrap_or(1) as f64;
@@ -434,6 +440,11 @@ pub fn table(r: &Report) -> String {
             "dp2",
             "ring_lower_bound_mb_per_step",
             "ring bound 2(N−1)/N × grad MB",
+        ),
+        (
+            "tp2",
+            "tp_allreduce_mb_per_step",
+            "TP2 all-reduce MB per step",
         ),
     ] {
         s += &format!("{label:<34} {}\n", cell(r.get("mlstack", w, m), 2));
