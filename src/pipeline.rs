@@ -60,11 +60,23 @@ pub async fn run(args: &DemoArgs, log_file: &Path) -> Result<serde_json::Value, 
     let cache = cache_dir();
     std::fs::create_dir_all(&cache).map_err(|e| demo_err("cache dir")(e.to_string()))?;
     let work = tempfile::tempdir().map_err(|e| demo_err("work dir")(e.to_string()))?;
+    // One /metrics for the whole demo: every component in this process
+    // registers its mlstack_* series in observe's registry.
+    let readiness = observe::Readiness::new();
+    let metrics_server = observe::MetricsServer::start(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        observe::registry().clone(),
+        readiness.clone(),
+    )
+    .await?;
+    readiness.set_ready(true);
+    let metrics_url = format!("http://{}/metrics", metrics_server.local_addr());
     if !json {
         println!(
             "mlstack demo: Kafka → Parquet → train → registry → serve, one step feeding the next"
         );
         println!("      component logs: {}", log_file.display());
+        println!("      metrics (mlstack_kv_*, _ingest_*, _train_*, _infer_*): {metrics_url}");
         println!("      cache (reused between runs): {}", cache.display());
     }
 
@@ -295,12 +307,39 @@ pub async fn run(args: &DemoArgs, log_file: &Path) -> Result<serde_json::Value, 
             served.http_total_ms
         ),
     );
+    // What the one endpoint says, per component, before it stops.
+    let exposition = reqwest::get(&metrics_url)
+        .await
+        .map_err(|e| Error::Http {
+            url: metrics_url.clone(),
+            reason: e.to_string(),
+        })?
+        .text()
+        .await
+        .map_err(|e| Error::Http {
+            url: metrics_url.clone(),
+            reason: e.to_string(),
+        })?;
+    let series: serde_json::Map<String, serde_json::Value> = [
+        "mlstack_kv_",
+        "mlstack_ingest_",
+        "mlstack_train_",
+        "mlstack_infer_",
+    ]
+    .iter()
+    .map(|p| {
+        let n = exposition.lines().filter(|l| l.starts_with(p)).count();
+        (p.trim_end_matches('_').to_string(), n.into())
+    })
+    .collect();
+    metrics_server.stop().await;
     drop(broker);
     cluster.shutdown().await;
 
     let report = serde_json::json!({
         "trace_id": trace_id,
         "log_file": log_file,
+        "metrics": {"url": metrics_url, "series": series},
         "seconds": t_all.elapsed().as_secs_f64(),
         "kv": {"nodes": 3, "endpoints": kv},
         "broker": {"addr": "stopped", "topic": TOPIC},

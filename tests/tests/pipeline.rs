@@ -85,6 +85,19 @@ fn the_demo_runs_the_whole_pipeline_and_a_second_run_reuses_the_cache() {
         s["http_answer"].as_str().is_some_and(|a| !a.is_empty()),
         "{s}"
     );
+    // One /metrics served every component's series while the demo ran.
+    for c in [
+        "mlstack_kv",
+        "mlstack_ingest",
+        "mlstack_train",
+        "mlstack_infer",
+    ] {
+        assert!(
+            r["metrics"]["series"][c].as_u64().is_some_and(|n| n > 0),
+            "no {c}_* series: {}",
+            r["metrics"]
+        );
+    }
     // The screen (stderr here) holds no component log lines; they are in the file.
     assert!(!err.contains("ERROR"), "an ERROR on screen:\n{err}");
     let log = std::fs::read_to_string(dir.path().join("demo.log")).expect("the demo's log file");
