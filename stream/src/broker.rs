@@ -88,7 +88,25 @@ impl Tansu {
             path: self.dir.join("tansu.log"),
             source,
         })?;
-        let child = Command::new(&self.bin)
+        let mut cmd = Command::new(&self.bin);
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec only the async-signal-safe
+            // prctl(2) runs. It makes the kernel SIGKILL the broker when
+            // its parent exits, however the parent ends (Ctrl-C, SIGKILL,
+            // a panic), so a demo or test never leaves a broker behind.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let child = cmd
             .arg("broker")
             .arg("--storage-engine")
             // tansu resolves the SQLite path against its working directory

@@ -201,3 +201,63 @@ fn lineage_commands_fail_clearly_on_what_is_missing() {
     let (ok, out, _) = run(&["models", "show", "--kv", &ep, "r", "production"]);
     assert!(ok && out.contains("\"step\": 5"), "{out}");
 }
+
+#[test]
+fn interrupting_the_demo_leaves_no_process_behind() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(mlstack_bin())
+        .args([
+            "demo",
+            "--model",
+            "tiny",
+            "--train-steps",
+            "30",
+            "--train-seconds",
+            "60",
+        ])
+        .env("MLSTACK_DEMO_DIR", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn demo");
+    let pid = child.id();
+    // Wait until the broker runs (step 2 printed), then press Ctrl-C.
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let seen = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.starts_with("[2/8]"));
+    assert!(seen, "the demo never reached the broker step");
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let kids: Vec<u32> = children
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    assert!(!kids.is_empty(), "the broker is a child of the demo");
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let status = child.wait().expect("wait");
+    assert!(
+        !status.success(),
+        "an interrupted demo does not report success"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while kids
+        .iter()
+        .any(|k| std::path::Path::new(&format!("/proc/{k}")).exists())
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for k in &kids {
+        let state = std::fs::read_to_string(format!("/proc/{k}/stat")).unwrap_or_default();
+        // Gone, or a zombie already dead and waiting to be reaped by init.
+        assert!(
+            state.is_empty() || state.contains(") Z "),
+            "process {k} outlived the demo: {state}"
+        );
+    }
+}
