@@ -108,7 +108,7 @@ fn broken_checkpoints_give_typed_errors() {
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).expect("write");
     // No weights.
     let e = Model::from_safetensors_dir(dir.path()).expect_err("no weights");
-    assert!(e.to_string().contains("no *.safetensors"), "{e}");
+    assert!(e.to_string().contains("no model*.safetensors"), "{e}");
     // Garbage weights.
     std::fs::write(
         dir.path().join("model.safetensors"),

@@ -96,6 +96,9 @@ impl Tansu {
             // prctl(2) runs. It makes the kernel SIGKILL the broker when
             // its parent exits, however the parent ends (Ctrl-C, SIGKILL,
             // a panic), so a demo or test never leaves a broker behind.
+            // The signal follows the *thread* that spawned it: start a
+            // broker from a thread that lives as long as the broker should
+            // (a test's thread, the runtime's, never a short-lived one).
             unsafe {
                 cmd.pre_exec(|| {
                     if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
