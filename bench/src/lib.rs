@@ -16,6 +16,8 @@
 //! - [`engine`]: `mlstack infer bench-engine`, prefill and decode against llama.cpp.
 //! - [`serve`]: `mlstack infer bench-serve`, the serving load generator against
 //!   llama.cpp's server.
+//! - [`train`]: `mlstack train bench`, the training step (DP1, DP2, ZeRO-1,
+//!   recomputation, TP2) against JAX.
 
 pub mod engine;
 pub mod ingest;
