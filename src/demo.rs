@@ -275,7 +275,18 @@ pub async fn run(args: &DemoArgs, telemetry: &observe::Telemetry) -> Result<(), 
         return tour(args, telemetry).await;
     }
     let log_file = crate::pipeline::cache_dir().join("demo.log");
-    let report = crate::pipeline::run(args, &log_file).await?;
+    // Ctrl-C (or SIGTERM) at any step: the pipeline's future is dropped,
+    // which stops the KV nodes, the servers and the broker (a child killed
+    // on drop, and by the kernel if this process dies first), and the demo
+    // exits non-zero saying so.
+    let report = tokio::select! {
+        r = crate::pipeline::run(args, &log_file) => r?,
+        () = observe::shutdown_signal() => {
+            return Err(Error::DemoCheck(
+                "interrupted: everything the demo started has been stopped".into(),
+            ));
+        }
+    };
     if args.json {
         println!("{report}");
     } else {

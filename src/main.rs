@@ -24,7 +24,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(mlstack::run(cli)) {
+    let result = runtime.block_on(mlstack::run(cli));
+    // A blocking task still running (a demo step cut short by Ctrl-C, say)
+    // is not waited for: dropping the runtime would block until it returned.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -204,6 +204,13 @@ fn lineage_commands_fail_clearly_on_what_is_missing() {
 
 #[test]
 fn interrupting_the_demo_leaves_no_process_behind() {
+    // Ctrl-C once the broker runs, and again during training.
+    for at in ["[2/8]", "[5/8]"] {
+        interrupt_at(at);
+    }
+}
+
+fn interrupt_at(step: &str) {
     use std::io::BufRead;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(mlstack_bin())
@@ -212,24 +219,23 @@ fn interrupting_the_demo_leaves_no_process_behind() {
             "--model",
             "tiny",
             "--train-steps",
-            "30",
+            "200",
             "--train-seconds",
             "60",
         ])
         .env("MLSTACK_DEMO_DIR", dir.path())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn demo");
     let pid = child.id();
-    // Wait until the broker runs (step 2 printed), then press Ctrl-C.
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = std::io::BufReader::new(stdout).lines();
     let seen = lines
         .by_ref()
         .map_while(Result::ok)
-        .any(|l| l.starts_with("[2/8]"));
-    assert!(seen, "the demo never reached the broker step");
+        .any(|l| l.starts_with(step));
+    assert!(seen, "the demo never reached {step}");
     let children =
         std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     let kids: Vec<u32> = children
@@ -237,13 +243,21 @@ fn interrupting_the_demo_leaves_no_process_behind() {
         .filter_map(|p| p.parse().ok())
         .collect();
     assert!(!kids.is_empty(), "the broker is a child of the demo");
+    let started = std::time::Instant::now();
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(pid as i32, libc::SIGINT) };
-    let status = child.wait().expect("wait");
+    let out = child.wait_with_output().expect("wait");
     assert!(
-        !status.success(),
-        "an interrupted demo does not report success"
+        !out.status.success(),
+        "{step}: an interrupted demo does not report success"
     );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "{step}: the demo took {:?} to stop",
+        started.elapsed()
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("interrupted"), "{step}: {err}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while kids
         .iter()
@@ -257,7 +271,7 @@ fn interrupting_the_demo_leaves_no_process_behind() {
         // Gone, or a zombie already dead and waiting to be reaped by init.
         assert!(
             state.is_empty() || state.contains(") Z "),
-            "process {k} outlived the demo: {state}"
+            "{step}: process {k} outlived the demo: {state}"
         );
     }
 }
