@@ -306,30 +306,8 @@ pub struct DemoReport {
 /// compare-and-set, a leader stopped, the first write after it timed.
 pub async fn demo_step() -> Result<DemoReport, Error> {
     let dir = tempfile::tempdir().map_err(|e| Error::DemoCheck(format!("temp dir: {e}")))?;
-    let mut peers = std::collections::BTreeMap::new();
-    for id in 1..=3u64 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| Error::DemoCheck(format!("free port: {e}")))?
-            .port();
-        peers.insert(id, format!("127.0.0.1:{port}"));
-    }
-    let mut nodes = std::collections::BTreeMap::new();
-    for (&id, addr) in &peers {
-        let listen = addr
-            .parse()
-            .map_err(|e| Error::DemoCheck(format!("{addr}: {e}")))?;
-        let mut cfg = NodeConfig::new(
-            id,
-            listen,
-            dir.path().join(format!("node-{id}")),
-            peers.clone(),
-        );
-        cfg.init = id == 1;
-        cfg.register_metrics = false;
-        nodes.insert(id, Node::start(cfg).await?);
-    }
-    let endpoints: Vec<String> = peers.values().cloned().collect();
+    let mut cluster = LocalCluster::start(3, dir.path(), false).await?;
+    let endpoints = cluster.endpoints();
     let client = client(&endpoints)?;
     let t0 = std::time::Instant::now();
     let writes = 200;
@@ -354,9 +332,7 @@ pub async fn demo_step() -> Result<DemoReport, Error> {
         .await
         .map_err(kv_err)?;
     let leader_before = client.leader_status().await.map_err(kv_err)?.node_id;
-    if let Some(n) = nodes.remove(&leader_before) {
-        n.shutdown().await;
-    }
+    cluster.stop_node(leader_before).await;
     let t1 = std::time::Instant::now();
     client
         .put(b"models/latest-checked", b"yes")
@@ -374,19 +350,14 @@ pub async fn demo_step() -> Result<DemoReport, Error> {
     // The two survivors hold the same state once both applied everything.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let hashes = loop {
-        let hashes = nodes
-            .values()
-            .filter_map(|n| n.shared.state_hash().ok())
-            .collect::<Vec<_>>();
+        let hashes = cluster.state_hashes();
         if hashes.windows(2).all(|w| w[0] == w[1]) || std::time::Instant::now() > deadline {
             break hashes;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
     let state_hashes_equal = hashes.len() == 2 && hashes[0] == hashes[1];
-    for (_, n) in nodes {
-        n.shutdown().await;
-    }
+    cluster.shutdown().await;
     Ok(DemoReport {
         nodes: 3,
         leader_before,
@@ -410,7 +381,13 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    pub async fn start(n: u64, dir: &std::path::Path) -> Result<LocalCluster, Error> {
+    /// `register_metrics`: node 1's `mlstack_kv_*` series join this
+    /// process's registry (once per process).
+    pub async fn start(
+        n: u64,
+        dir: &std::path::Path,
+        register_metrics: bool,
+    ) -> Result<LocalCluster, Error> {
         let mut peers = std::collections::BTreeMap::new();
         for id in 1..=n {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -427,7 +404,7 @@ impl LocalCluster {
             let mut cfg =
                 NodeConfig::new(id, listen, dir.join(format!("node-{id}")), peers.clone());
             cfg.init = id == 1;
-            cfg.register_metrics = id == 1;
+            cfg.register_metrics = register_metrics && id == 1;
             nodes.insert(id, Node::start(cfg).await?);
         }
         let endpoints: Vec<String> = peers.values().cloned().collect();
@@ -448,6 +425,21 @@ impl LocalCluster {
             .await
             .map_err(kv_err)?
             .node_id)
+    }
+
+    /// Stops node `id` (a leader failure, say).
+    pub async fn stop_node(&mut self, id: u64) {
+        if let Some(n) = self.nodes.remove(&id) {
+            n.shutdown().await;
+        }
+    }
+
+    /// The state hash of every running node (equal once all applied the same).
+    pub fn state_hashes(&self) -> Vec<(u64, String)> {
+        self.nodes
+            .values()
+            .filter_map(|n| n.shared.state_hash().ok())
+            .collect()
     }
 
     pub async fn shutdown(self) {

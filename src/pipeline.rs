@@ -82,7 +82,7 @@ pub async fn run(args: &DemoArgs, log_file: &Path) -> Result<serde_json::Value, 
 
     // [1] the KV cluster.
     let t = Instant::now();
-    let cluster = crate::kv::LocalCluster::start(3, &work.path().join("kv"))
+    let cluster = crate::kv::LocalCluster::start(3, &work.path().join("kv"), true)
         .instrument(root.clone())
         .await?;
     let kv = cluster.endpoints();

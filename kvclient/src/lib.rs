@@ -28,6 +28,19 @@ pub mod error;
 pub use client::{Client, Timeouts};
 pub use error::ClientError;
 
+/// Whether `s` may be one `/`-separated segment of a key that names a
+/// user's thing (`datasets/<topic>/<name>`, `models/<run>/<name>`): 1–128
+/// characters of `[A-Za-z0-9._-]`, not `.` or `..`, so a name can neither
+/// reach into another key's space nor be empty.
+pub fn is_key_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s != "."
+        && s != ".."
+}
+
 /// A Raft node id, as the cluster's membership names it.
 pub type NodeId = u64;
 

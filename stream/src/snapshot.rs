@@ -44,13 +44,7 @@ pub fn key(topic: &str, name: &str) -> String {
 }
 
 fn check_name(what: &str, s: &str) -> Result<(), Error> {
-    let ok = !s.is_empty()
-        && s.len() <= 128
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && s != "."
-        && s != "..";
-    if ok {
+    if kvclient::is_key_segment(s) {
         Ok(())
     } else {
         Err(Error::Manifest {

@@ -99,13 +99,7 @@ fn get(c: &kvclient::blocking::Client, key: &str) -> Result<Option<serde_json::V
 pub const ALIASES: [&str; 2] = ["latest", "production"];
 
 fn check_segment(what: &str, s: &str) -> Result<()> {
-    let ok = !s.is_empty()
-        && s.len() <= 128
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && s != "."
-        && s != "..";
-    if ok {
+    if kvclient::is_key_segment(s) {
         Ok(())
     } else {
         Err(TrainError::Registry(format!(
