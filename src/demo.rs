@@ -157,6 +157,37 @@ fn storage_step() -> Result<
     ))
 }
 
+/// The inference server in this process on ephemeral ports: the model at
+/// `path` loaded on a blocking thread, the engine thread, gRPC and OpenAI
+/// HTTP. Stop with `servers.stop()` then `handle.shutdown()`.
+async fn start_inference(
+    path: &std::path::Path,
+    name: &str,
+) -> Result<(::infer::engine_loop::ServingHandle, ::infer::api::Servers), Error> {
+    let load_path = path.to_path_buf();
+    let engine = tokio::task::spawn_blocking(move || ::infer::generate::Engine::load(&load_path))
+        .await
+        .map_err(|e| Error::DemoCheck(format!("loading the model: {e}")))??;
+    // The process registry, so /metrics shows mlstack_infer_*; a second
+    // server in one process (tests) gets a private one.
+    let metrics = ::infer::engine_loop::ServeMetrics::new(observe::registry())
+        .or_else(|_| ::infer::engine_loop::ServeMetrics::new(&prometheus::Registry::new()))
+        .map_err(|e| Error::DemoCheck(format!("infer metrics: {e}")))?;
+    let (handle, _engine_thread) = ::infer::engine_loop::start(
+        std::sync::Arc::new(engine),
+        ::infer::engine_loop::ServeConfig {
+            kv_cache_bytes: 64 << 20,
+            ..Default::default()
+        },
+        metrics,
+    );
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let servers = ::infer::api::start(handle.clone(), name.to_string(), any, any)
+        .await
+        .map_err(|e| Error::Infer(e.to_string()))?;
+    Ok((handle, servers))
+}
+
 /// What the inference step produced, or why it was skipped.
 #[derive(Debug)]
 enum InferReport {
@@ -189,30 +220,10 @@ async fn infer_step() -> Result<InferReport, Error> {
         }
         Err(e) => return Ok(InferReport::Skipped(e)),
     };
-    let load_path = path.clone();
-    let engine = tokio::task::spawn_blocking(move || ::infer::generate::Engine::load(&load_path))
-        .await
-        .map_err(|e| Error::DemoCheck(format!("loading the model: {e}")))??;
-    // The process registry, so /metrics shows mlstack_infer_*; a second demo
-    // in one process (tests) gets a private one.
-    let metrics = ::infer::engine_loop::ServeMetrics::new(observe::registry())
-        .or_else(|_| ::infer::engine_loop::ServeMetrics::new(&prometheus::Registry::new()))
-        .map_err(|e| Error::DemoCheck(format!("infer metrics: {e}")))?;
-    let (handle, _engine_thread) = ::infer::engine_loop::start(
-        std::sync::Arc::new(engine),
-        ::infer::engine_loop::ServeConfig {
-            kv_cache_bytes: 64 << 20,
-            ..Default::default()
-        },
-        metrics,
-    );
-    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let model = path
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    let servers = ::infer::api::start(handle.clone(), model.clone(), any, any)
-        .await
-        .map_err(|e| Error::Infer(e.to_string()))?;
+    let (handle, servers) = start_inference(&path, &model).await?;
     let endpoint = servers.grpc_addr.to_string();
     let question = "In one sentence, what does a key-value store do?".to_string();
     let mut client = pb::inference_client::InferenceClient::with_interceptor(
@@ -569,25 +580,7 @@ pub struct ServeReport {
 /// (streamed) and one over `/v1/chat/completions`, and stops it.
 pub async fn serve_and_ask(path: &std::path::Path, name: &str) -> Result<ServeReport, Error> {
     use proto::infer::v1 as pb;
-    let load_path = path.to_path_buf();
-    let engine = tokio::task::spawn_blocking(move || ::infer::generate::Engine::load(&load_path))
-        .await
-        .map_err(|e| Error::DemoCheck(format!("loading the model: {e}")))??;
-    let metrics = ::infer::engine_loop::ServeMetrics::new(observe::registry())
-        .or_else(|_| ::infer::engine_loop::ServeMetrics::new(&prometheus::Registry::new()))
-        .map_err(|e| Error::DemoCheck(format!("infer metrics: {e}")))?;
-    let (handle, _engine_thread) = ::infer::engine_loop::start(
-        std::sync::Arc::new(engine),
-        ::infer::engine_loop::ServeConfig {
-            kv_cache_bytes: 64 << 20,
-            ..Default::default()
-        },
-        metrics,
-    );
-    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let servers = ::infer::api::start(handle.clone(), name.to_string(), any, any)
-        .await
-        .map_err(|e| Error::Infer(e.to_string()))?;
+    let (handle, servers) = start_inference(path, name).await?;
     let endpoint = servers.grpc_addr.to_string();
     let question = "ROMEO. What light through yonder window breaks?".to_string();
     let mut client = pb::inference_client::InferenceClient::with_interceptor(
