@@ -85,12 +85,7 @@ pub fn documents(src: &Source, column: &str) -> Result<(Vec<String>, String)> {
     match src {
         Source::LocalManifest { dir } => {
             let state = stream::manifest::read_local(dir).map_err(|e| src.err(e.to_string()))?;
-            let files: Vec<(String, u32)> = state
-                .files
-                .iter()
-                .map(|f| (f.path.clone(), f.crc32c))
-                .collect();
-            parquet_documents(src, dir, &files, column)
+            parquet_documents(src, dir, &listed(&state.files), column)
         }
         Source::KvManifest {
             dir,
@@ -102,12 +97,7 @@ pub fn documents(src: &Source, column: &str) -> Result<(Vec<String>, String)> {
             let mut m = stream::manifest::KvManifest::new(endpoints.clone(), group, topic)
                 .map_err(|e| src.err(e.to_string()))?;
             let state = m.load().map_err(|e| src.err(e.to_string()))?;
-            let files: Vec<(String, u32)> = state
-                .files
-                .iter()
-                .map(|f| (f.path.clone(), f.crc32c))
-                .collect();
-            parquet_documents(src, dir, &files, column)
+            parquet_documents(src, dir, &listed(&state.files), column)
         }
         Source::Snapshot {
             dir,
@@ -117,12 +107,7 @@ pub fn documents(src: &Source, column: &str) -> Result<(Vec<String>, String)> {
         } => {
             let snap = stream::snapshot::load(endpoints, topic, name)
                 .map_err(|e| src.err(e.to_string()))?;
-            let files: Vec<(String, u32)> = snap
-                .files
-                .iter()
-                .map(|f| (f.path.clone(), f.crc32c))
-                .collect();
-            let (docs, _) = parquet_documents(src, dir, &files, column)?;
+            let (docs, _) = parquet_documents(src, dir, &listed(&snap.files), column)?;
             // The version a checkpoint records is the snapshot's name: it
             // is immutable, so the name is the dataset.
             Ok((docs, stream::snapshot::key(topic, name)))
@@ -165,6 +150,11 @@ pub fn documents(src: &Source, column: &str) -> Result<(Vec<String>, String)> {
             Ok((vec![text], version))
         }
     }
+}
+
+/// (path, CRC32C) of each committed file, as the manifest or snapshot lists them.
+fn listed(files: &[stream::writer::FileCommit]) -> Vec<(String, u32)> {
+    files.iter().map(|f| (f.path.clone(), f.crc32c)).collect()
 }
 
 /// The text column of each listed part file, in manifest order. Each file's
