@@ -72,6 +72,73 @@ pub enum Command {
     /// to Kafka offsets), promote an alias by compare-and-set.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// The trace store: an OTLP/gRPC receiver keeping spans in the
+    /// project's LSM (a stand-in for Jaeger), and one trace shown as a tree.
+    #[command(subcommand)]
+    Trace(TraceCommand),
+}
+
+#[derive(Clone, Debug, Subcommand)]
+pub enum TraceCommand {
+    /// Receive OTLP/gRPC spans (point OTEL_EXPORTER_OTLP_ENDPOINT here) and
+    /// keep them in an LSM database; answer /api/traces queries over HTTP.
+    /// Runs until SIGINT or SIGTERM.
+    Serve(TraceServeArgs),
+    /// One trace as a tree: parents, links, durations and services.
+    Show(TraceShowArgs),
+    /// The most recent traces (by root-span start).
+    List(TraceListArgs),
+}
+
+/// Where `trace show|list` reads: a running receiver's query port, or the
+/// store directory (when no receiver holds it).
+#[derive(Clone, Debug, Args)]
+pub struct TraceSourceArgs {
+    /// A running `mlstack trace serve`'s query URL (http://HOST:PORT).
+    #[arg(long, env = "MLSTACK_TRACE_QUERY", conflicts_with = "data")]
+    pub query: Option<String>,
+    /// The store directory [default: the demo's, ~/.cache/mlstack/demo/traces].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct TraceServeArgs {
+    /// OTLP/gRPC listen address.
+    #[arg(long, default_value = "127.0.0.1:4317")]
+    pub listen: SocketAddr,
+    /// HTTP query listen address (/api/traces, /api/traces/{id}).
+    #[arg(long, default_value = "127.0.0.1:16686")]
+    pub query_listen: SocketAddr,
+    /// Prometheus /metrics, /healthz, /readyz.
+    #[arg(long, env = "MLSTACK_METRICS_LISTEN", default_value = "127.0.0.1:9140")]
+    pub metrics_listen: SocketAddr,
+    /// The store directory [default: the demo's, ~/.cache/mlstack/demo/traces].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct TraceShowArgs {
+    /// The trace id (32 hex digits), as the demo's summary prints it.
+    pub trace_id: String,
+    #[command(flatten)]
+    pub source: TraceSourceArgs,
+    /// Print every span; by default runs of more than 3 same-named siblings
+    /// (and more than 3 links on a span) are folded into one line.
+    #[arg(long)]
+    pub all: bool,
+    /// The trace as JSON (every span, its links resolved) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct TraceListArgs {
+    #[command(flatten)]
+    pub source: TraceSourceArgs,
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
 }
 
 #[derive(Clone, Debug, Subcommand)]
@@ -466,10 +533,9 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "m" => v * 60.0,
         _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m)")),
     };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{s:?} is not a valid duration"));
-    }
-    Ok(std::time::Duration::from_secs_f64(secs))
+    // try_from: a finite value too large for a Duration is an error, not a panic.
+    std::time::Duration::try_from_secs_f64(secs)
+        .map_err(|e| format!("{s:?} is not a valid duration: {e}"))
 }
 
 #[derive(Clone, Debug, Subcommand)]
@@ -778,9 +844,16 @@ pub struct DemoArgs {
     /// The training budget: at most this many steps ...
     #[arg(long, default_value_t = 200)]
     pub train_steps: u64,
-    /// ... and at most this many seconds.
-    #[arg(long, default_value_t = 60.0)]
-    pub train_seconds: f64,
+    /// ... and at most this long (`60`, `90s`, `2m`).
+    #[arg(long, default_value = "60", value_parser = parse_duration)]
+    pub train_seconds: std::time::Duration,
+    /// Where the demo's one /metrics endpoint listens (port 0: a free one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub metrics_listen: SocketAddr,
+    /// Keep /metrics up this many seconds after the last step, so a
+    /// Prometheus (or a person) can scrape the final values.
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    pub linger_seconds: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]

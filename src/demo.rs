@@ -163,11 +163,16 @@ fn storage_step() -> Result<
 async fn start_inference(
     path: &std::path::Path,
     name: &str,
+    trained_by: Option<String>,
 ) -> Result<(::infer::engine_loop::ServingHandle, ::infer::api::Servers), Error> {
     let load_path = path.to_path_buf();
-    let engine = tokio::task::spawn_blocking(move || ::infer::generate::Engine::load(&load_path))
-        .await
-        .map_err(|e| Error::DemoCheck(format!("loading the model: {e}")))??;
+    // The caller's span (a blocking thread has none of its own).
+    let caller = tracing::Span::current();
+    let engine = tokio::task::spawn_blocking(move || {
+        caller.in_scope(|| crate::infer::load_engine(&load_path, trained_by.as_deref()))
+    })
+    .await
+    .map_err(|e| Error::DemoCheck(format!("loading the model: {e}")))??;
     // The process registry, so /metrics shows mlstack_infer_*; a second
     // server in one process (tests) gets a private one.
     let metrics = ::infer::engine_loop::ServeMetrics::new(observe::registry())
@@ -223,7 +228,7 @@ async fn infer_step() -> Result<InferReport, Error> {
     let model = path
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    let (handle, servers) = start_inference(&path, &model).await?;
+    let (handle, servers) = start_inference(&path, &model, None).await?;
     let endpoint = servers.grpc_addr.to_string();
     let question = "In one sentence, what does a key-value store do?".to_string();
     let mut client = pb::inference_client::InferenceClient::with_interceptor(
@@ -279,9 +284,42 @@ async fn infer_step() -> Result<InferReport, Error> {
     })
 }
 
+/// Where the pipeline demo's spans go.
+#[derive(Clone, Debug)]
+pub enum Traces {
+    /// Into the demo's own receiver, stored in this directory.
+    Kept(std::path::PathBuf),
+    /// To the collector `OTEL_EXPORTER_OTLP_ENDPOINT` names (or nowhere).
+    Exported(Option<String>),
+    /// Nowhere, and why (the demo's store could not be opened).
+    NotKept(String),
+}
+
+impl Traces {
+    /// The summary's `traces` object.
+    pub fn json(&self, trace_id: Option<&str>) -> serde_json::Value {
+        let show = trace_id.map(|t| format!("mlstack trace show {t}"));
+        match self {
+            Traces::Kept(dir) => serde_json::json!({
+                "store": dir, "exported_to": null, "show": show.map(|c| format!("{c} --data {}", dir.display()))
+            }),
+            Traces::Exported(ep) => {
+                serde_json::json!({"store": null, "exported_to": ep, "show": null})
+            }
+            Traces::NotKept(why) => {
+                serde_json::json!({"store": null, "exported_to": null, "show": null, "not_kept": why})
+            }
+        }
+    }
+}
+
 /// Runs the demo: the pipeline (the README's main job), or with `--tour`
 /// the component tour; prints its report.
-pub async fn run(args: &DemoArgs, telemetry: &observe::Telemetry) -> Result<(), Error> {
+pub async fn run(
+    args: &DemoArgs,
+    telemetry: &observe::Telemetry,
+    traces: &Traces,
+) -> Result<(), Error> {
     if args.tour {
         return tour(args, telemetry).await;
     }
@@ -291,7 +329,7 @@ pub async fn run(args: &DemoArgs, telemetry: &observe::Telemetry) -> Result<(), 
     // on drop, and by the kernel if this process dies first), and the demo
     // exits non-zero saying so.
     let report = tokio::select! {
-        r = crate::pipeline::run(args, &log_file) => r?,
+        r = crate::pipeline::run(args, &log_file, traces) => r?,
         () = observe::shutdown_signal() => {
             return Err(Error::DemoCheck(
                 "interrupted: everything the demo started has been stopped".into(),
@@ -347,13 +385,25 @@ fn print_summary(r: &serde_json::Value) {
         s["http_answer"].as_str().unwrap_or("-").replace('\n', " ")
     );
     println!(
-        "      TTFT {:.0} ms, decode {:.0} tokens/s; trace {}; {:.0} s in all",
+        "      TTFT {:.0} ms, decode {:.0} tokens/s; {:.0} s in all",
         s["ttft_ms"].as_f64().unwrap_or(f64::NAN),
         s["tokens_per_sec"].as_f64().unwrap_or(f64::NAN),
-        r["trace_id"]
-            .as_str()
-            .unwrap_or("(not sampled: set OTEL_EXPORTER_OTLP_ENDPOINT)"),
         r["seconds"].as_f64().unwrap_or(f64::NAN)
+    );
+    let tr = &r["traces"];
+    println!(
+        "      trace              {}{}",
+        r["trace_id"].as_str().unwrap_or("-"),
+        match (
+            tr["show"].as_str(),
+            tr["exported_to"].as_str(),
+            tr["not_kept"].as_str()
+        ) {
+            (Some(cmd), _, _) => format!("; see it: {cmd}"),
+            (None, Some(ep), _) => format!(" (exported to {ep})"),
+            (None, None, Some(why)) => format!(" (not kept: {why})"),
+            _ => " (not exported)".into(),
+        }
     );
     println!(
         "      serve it again:    mlstack infer generate --model {} --prompt \"ROMEO.\"",
@@ -578,9 +628,14 @@ pub struct ServeReport {
 /// Loads the model at `path` into the inference server (engine thread,
 /// gRPC, OpenAI HTTP) on ephemeral ports, asks it one question over gRPC
 /// (streamed) and one over `/v1/chat/completions`, and stops it.
-pub async fn serve_and_ask(path: &std::path::Path, name: &str) -> Result<ServeReport, Error> {
+/// `trained_by` is the registry entry's `traceparent` (the load span links to it).
+pub async fn serve_and_ask(
+    path: &std::path::Path,
+    name: &str,
+    trained_by: Option<String>,
+) -> Result<ServeReport, Error> {
     use proto::infer::v1 as pb;
-    let (handle, servers) = start_inference(path, name).await?;
+    let (handle, servers) = start_inference(path, name, trained_by).await?;
     let endpoint = servers.grpc_addr.to_string();
     let question = "ROMEO. What light through yonder window breaks?".to_string();
     let mut client = pb::inference_client::InferenceClient::with_interceptor(
@@ -625,6 +680,7 @@ pub async fn serve_and_ask(path: &std::path::Path, name: &str) -> Result<ServeRe
     let t = Instant::now();
     let resp = reqwest::Client::new()
         .post(&url)
+        .headers(observe::http_trace::headers())
         .json(&serde_json::json!({"model": name, "prompt": question, "max_tokens": 32, "temperature": 0.8, "top_p": 0.95, "seed": 7}))
         .send()
         .await

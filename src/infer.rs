@@ -23,15 +23,28 @@ pub fn load(args: &InferModelArgs) -> Result<(Engine, std::path::PathBuf), Error
             tracing::debug!(error = %e, "kernel thread pool already sized");
         }
     }
-    let path = resolve_model(args)?;
+    let (path, trained_by) = resolve_model(args)?;
     tracing::info!(model = %path.display(), threads = rayon::current_num_threads(), "loading model");
-    Ok((Engine::load(&path)?, path))
+    Ok((load_engine(&path, trained_by.as_deref())?, path))
+}
+
+/// Loads the engine at `path` inside an `infer.load` span that links to
+/// the training run which wrote the checkpoint (`trained_by`: its registry
+/// entry's `traceparent`), so a trace store leads from a server back to the
+/// run, the snapshot and the Kafka records.
+pub fn load_engine(path: &std::path::Path, trained_by: Option<&str>) -> Result<Engine, Error> {
+    let span = tracing::info_span!("infer.load", model = %path.display());
+    if let Some(tp) = trained_by {
+        observe::link(&span, tp);
+    }
+    Ok(span.in_scope(|| Engine::load(path))?)
 }
 
 /// The model file or directory `--model` names: a path, the default
 /// SmolLM2 GGUF, or a registry entry `kv://models/<run>/<name>` looked up
-/// in the KV cluster at `--kv`.
-pub fn resolve_model(args: &InferModelArgs) -> Result<std::path::PathBuf, Error> {
+/// in the KV cluster at `--kv`; with the training run's `traceparent` when
+/// the registry entry has one.
+pub fn resolve_model(args: &InferModelArgs) -> Result<(std::path::PathBuf, Option<String>), Error> {
     if let Some(m) = args.model.as_deref().and_then(|p| p.to_str())
         && m.starts_with("kv://")
     {
@@ -40,12 +53,14 @@ pub fn resolve_model(args: &InferModelArgs) -> Result<std::path::PathBuf, Error>
                 "{m}: a kv:// model needs --kv ENDPOINTS"
             )));
         }
-        let path =
-            train::registry::resolve(&args.kv, m).map_err(|e| Error::Infer(e.to_string()))?;
+        let (path, trained_by) = train::registry::resolve_traced(&args.kv, m)
+            .map_err(|e| Error::Infer(e.to_string()))?;
         tracing::info!(model = m, path = %path.display(), "resolved through the registry");
-        return Ok(path);
+        return Ok((path, trained_by));
     }
-    ::infer::locate_model(args.model.as_deref()).map_err(Error::Infer)
+    ::infer::locate_model(args.model.as_deref())
+        .map(|p| (p, None))
+        .map_err(Error::Infer)
 }
 
 /// [`load`] on a blocking thread, for the async commands.

@@ -17,6 +17,7 @@
 //! - [`train`]: `mlstack train run|launch|plot`.
 //! - [`models`]: `mlstack datasets ...` and `mlstack models ...` (snapshots,
 //!   the registry).
+//! - [`trace`]: `mlstack trace serve|show|list`: the trace store.
 //! - [`pipeline`]: `mlstack demo`'s pipeline, Kafka → Parquet → train →
 //!   registry → serve.
 //! - [`demo`]: `mlstack demo`, which drives whatever exists of the data path.
@@ -33,6 +34,7 @@ pub mod kv;
 pub mod lsm;
 pub mod models;
 pub mod pipeline;
+pub mod trace;
 pub mod train;
 
 use cli::{Cli, Command, DiagCommand, InferCommand, KvCommand, TrainCommand};
@@ -120,10 +122,18 @@ pub(crate) fn write_bench_report(
     Ok(())
 }
 
-/// Sets up observability for `service` the way the command line asked.
-pub fn init_observe(cli: &Cli, service: &str) -> Result<observe::Telemetry, Error> {
+/// Sets up observability for `service` the way the command line asked;
+/// `otlp` (the demo's own trace receiver) overrides the environment's endpoint.
+pub fn init_observe(
+    cli: &Cli,
+    service: &str,
+    otlp: Option<String>,
+) -> Result<observe::Telemetry, Error> {
     let mut config = observe::Config::from_env(service);
     config.log_format = cli.log_format;
+    if otlp.is_some() {
+        config.otlp_endpoint = otlp;
+    }
     // The pipeline demo keeps the screen for its progress: logs to a file.
     if let Command::Demo(a) = &cli.command
         && !a.tour
@@ -153,21 +163,62 @@ fn service_name(command: &Command) -> String {
         Command::Chaos(_) => "chaos".into(),
         Command::Train(_) => "train".into(),
         Command::Datasets(_) | Command::Models(_) => "registry-client".into(),
+        Command::Trace(_) => "trace".into(),
     }
 }
 
 /// Runs one parsed command line to completion: observability up, the
 /// command, then a flush of its spans even when it failed (they explain why).
 pub async fn run(cli: Cli) -> Result<(), Error> {
-    let telemetry = init_observe(&cli, &service_name(&cli.command))?;
-    let result = dispatch(&cli.command, &telemetry).await;
+    let traces = demo_trace_receiver(&cli).await;
+    let telemetry = init_observe(
+        &cli,
+        &service_name(&cli.command),
+        traces
+            .as_ref()
+            .ok()
+            .and_then(|r| r.as_ref().map(|r| r.endpoint())),
+    )?;
+    let store = match &traces {
+        Ok(Some(r)) => demo::Traces::Kept(r.store().dir().to_path_buf()),
+        Ok(None) => demo::Traces::Exported(telemetry.exporting_to().map(str::to_string)),
+        Err(e) => demo::Traces::NotKept(e.to_string()),
+    };
+    let result = dispatch(&cli.command, &telemetry, &store).await;
     telemetry.shutdown().await?;
+    // After the flush: the receiver takes the last batch, then closes its store.
+    if let Ok(Some(r)) = traces {
+        r.stop().await;
+    }
     result
 }
 
-async fn dispatch(command: &Command, telemetry: &observe::Telemetry) -> Result<(), Error> {
+/// The pipeline demo keeps its trace in its own receiver (a stand-in for
+/// Jaeger) when no `OTEL_EXPORTER_OTLP_ENDPOINT` names a collector, so
+/// `mlstack trace show` can print it after the demo. `Err` says why not
+/// (another demo holds the store, say); the demo runs on without it.
+async fn demo_trace_receiver(cli: &Cli) -> Result<Option<observe::traces::Receiver>, Error> {
+    let Command::Demo(a) = &cli.command else {
+        return Ok(None);
+    };
+    if a.tour || std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|v| !v.trim().is_empty()) {
+        return Ok(None);
+    }
+    let store = trace::open_store(trace::default_dir()).await?;
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    Ok(Some(
+        observe::traces::Receiver::start(any, None, store).await?,
+    ))
+}
+
+async fn dispatch(
+    command: &Command,
+    telemetry: &observe::Telemetry,
+    traces: &demo::Traces,
+) -> Result<(), Error> {
     match command {
-        Command::Demo(a) => demo::run(a, telemetry).await,
+        Command::Demo(a) => demo::run(a, telemetry, traces).await,
+        Command::Trace(cmd) => trace::run(cmd).await,
         Command::Diag(DiagCommand::Serve(a)) => diag::serve_until_signal(a, telemetry).await,
         Command::Diag(DiagCommand::Ping(a)) => diag::ping_command(a).await,
         // Blocking file I/O and CPU-bound loops: off the runtime's workers.

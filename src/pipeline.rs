@@ -52,7 +52,11 @@ pub fn cache_dir() -> PathBuf {
 }
 
 /// Runs the pipeline; prints progress, then the summary.
-pub async fn run(args: &DemoArgs, log_file: &Path) -> Result<serde_json::Value, Error> {
+pub async fn run(
+    args: &DemoArgs,
+    log_file: &Path,
+    traces: &crate::demo::Traces,
+) -> Result<serde_json::Value, Error> {
     let json = args.json;
     let t_all = Instant::now();
     let root = tracing::info_span!("demo.pipeline");
@@ -64,7 +68,7 @@ pub async fn run(args: &DemoArgs, log_file: &Path) -> Result<serde_json::Value, 
     // registers its mlstack_* series in observe's registry.
     let readiness = observe::Readiness::new();
     let metrics_server = observe::MetricsServer::start(
-        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        args.metrics_listen,
         observe::registry().clone(),
         readiness.clone(),
     )
@@ -78,6 +82,17 @@ pub async fn run(args: &DemoArgs, log_file: &Path) -> Result<serde_json::Value, 
         println!("      component logs: {}", log_file.display());
         println!("      metrics (mlstack_kv_*, _ingest_*, _train_*, _infer_*): {metrics_url}");
         println!("      cache (reused between runs): {}", cache.display());
+        match traces {
+            crate::demo::Traces::Kept(dir) => println!(
+                "      traces: kept by the demo's own OTLP receiver in {} (mlstack trace show|list)",
+                dir.display()
+            ),
+            crate::demo::Traces::Exported(Some(ep)) => {
+                println!("      traces: exported over OTLP to {ep}")
+            }
+            crate::demo::Traces::Exported(None) => println!("      traces: not exported"),
+            crate::demo::Traces::NotKept(why) => println!("      traces: not kept ({why})"),
+        }
     }
 
     // [1] the KV cluster.
@@ -204,13 +219,15 @@ pub async fn run(args: &DemoArgs, log_file: &Path) -> Result<serde_json::Value, 
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let snap_name = format!("demo-{stamp}");
-    let (kv2, name2) = (kv.clone(), snap_name.clone());
-    let snapshot =
-        tokio::task::spawn_blocking(move || stream::snapshot::create(&kv2, GROUP, TOPIC, &name2))
-            .instrument(tracing::info_span!(parent: &root, "dataset.snapshot"))
-            .await
-            .map_err(|e| demo_err("snapshot task")(e.to_string()))?
-            .map_err(Error::Stream)?;
+    let (kv2, name2, r) = (kv.clone(), snap_name.clone(), root.clone());
+    // Blocking work runs in the root span's scope: a blocking thread has no
+    // current span of its own, and the step's span is made inside.
+    let snapshot = tokio::task::spawn_blocking(move || {
+        r.in_scope(|| stream::snapshot::create(&kv2, GROUP, TOPIC, &name2))
+    })
+    .await
+    .map_err(|e| demo_err("snapshot task")(e.to_string()))?
+    .map_err(Error::Stream)?;
     step(
         json,
         5,
@@ -252,15 +269,14 @@ pub async fn run(args: &DemoArgs, log_file: &Path) -> Result<serde_json::Value, 
     rc.hyper.lr = 3e-3;
     rc.hyper.warmup_steps = 5;
     rc.threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    rc.time_budget = Some(Duration::from_secs_f64(args.train_seconds));
+    rc.time_budget = Some(args.train_seconds);
     rc.eval_windows = 16;
     rc.kv = Some(kv.clone());
-    let train_span = tracing::info_span!(parent: &root, "train.run", run = %run_name);
-    let summary =
-        tokio::task::spawn_blocking(move || train_span.in_scope(|| train::trainer::run(&rc)))
-            .await
-            .map_err(|e| demo_err("train task")(e.to_string()))?
-            .map_err(|e| Error::Train(e.to_string()))?;
+    let r = root.clone();
+    let summary = tokio::task::spawn_blocking(move || r.in_scope(|| train::trainer::run(&rc)))
+        .await
+        .map_err(|e| demo_err("train task")(e.to_string()))?
+        .map_err(|e| Error::Train(e.to_string()))?;
     step(
         json,
         6,
@@ -288,11 +304,12 @@ pub async fn run(args: &DemoArgs, log_file: &Path) -> Result<serde_json::Value, 
     // [7] serve what the registry says is latest; ask over gRPC and HTTP.
     let uri = format!("kv://models/{run_name}/latest");
     let (kv3, uri3) = (kv.clone(), uri.clone());
-    let path = tokio::task::spawn_blocking(move || train::registry::resolve(&kv3, &uri3))
-        .await
-        .map_err(|e| demo_err("resolve task")(e.to_string()))?
-        .map_err(|e| Error::Train(e.to_string()))?;
-    let served = crate::demo::serve_and_ask(&path, &uri)
+    let (path, trained_by) =
+        tokio::task::spawn_blocking(move || train::registry::resolve_traced(&kv3, &uri3))
+            .await
+            .map_err(|e| demo_err("resolve task")(e.to_string()))?
+            .map_err(|e| Error::Train(e.to_string()))?;
+    let served = crate::demo::serve_and_ask(&path, &uri, trained_by)
         .instrument(tracing::info_span!(parent: &root, "infer.serve", model = %uri))
         .await?;
     step(
@@ -307,6 +324,15 @@ pub async fn run(args: &DemoArgs, log_file: &Path) -> Result<serde_json::Value, 
             served.http_total_ms
         ),
     );
+    if !args.linger_seconds.is_zero() {
+        if !json {
+            println!(
+                "      holding {metrics_url} for {:.0} s (--linger-seconds)",
+                args.linger_seconds.as_secs_f64()
+            );
+        }
+        tokio::time::sleep(args.linger_seconds).await;
+    }
     // What the one endpoint says, per component, before it stops.
     let exposition = reqwest::get(&metrics_url)
         .await
@@ -338,6 +364,7 @@ pub async fn run(args: &DemoArgs, log_file: &Path) -> Result<serde_json::Value, 
 
     let report = serde_json::json!({
         "trace_id": trace_id,
+        "traces": traces.json(trace_id.as_deref()),
         "log_file": log_file,
         "metrics": {"url": metrics_url, "series": series},
         "seconds": t_all.elapsed().as_secs_f64(),

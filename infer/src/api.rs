@@ -620,7 +620,10 @@ pub async fn start(
             axum::routing::post(chat_completions),
         )
         .route("/v1/models", axum::routing::get(models))
-        .with_state(HttpState { handle, model_name });
+        .with_state(HttpState { handle, model_name })
+        // Each request in an `http.server` span parented to the client's
+        // `traceparent`, as gRPC requests are.
+        .layer(axum::middleware::from_fn(observe::http_trace::server));
     let http_stop = CancellationToken::new();
     let stopped = http_stop.clone();
     let http_task = tokio::spawn(async move {

@@ -34,21 +34,29 @@
 //!   OTLP/gRPC exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and the
 //!   [`Telemetry`] handle that flushes on shutdown.
 //! - [`propagation`]: W3C trace context across gRPC ([`grpc::InjectContext`],
-//!   [`grpc::server_span`]) and Kafka message headers ([`carrier::inject`],
-//!   [`carrier::extract`]).
+//!   [`grpc::server_span`]), HTTP ([`http_trace::server`],
+//!   [`http_trace::headers`]) and Kafka message headers ([`carrier::inject`],
+//!   [`carrier::extract`]); span links through stored contexts
+//!   ([`traceparent_of`], [`link`]).
 //! - [`metrics`]: the process-wide Prometheus [`registry`] (with process metrics)
 //!   and the HTTP [`MetricsServer`] serving `/metrics`, `/healthz` and `/readyz`.
 //! - [`shutdown`]: [`shutdown_signal`] for SIGINT/SIGTERM.
 //! - [`machine`]: the `machine` object of benchmark reports.
+//! - [`traces`]: the trace store: an OTLP/gRPC [`traces::Receiver`] keeping
+//!   spans in the `storage` LSM, and [`traces::TraceView`], one trace as a
+//!   tree (`mlstack trace serve|show`).
 
 pub mod machine;
 pub mod metrics;
 pub mod propagation;
 pub mod shutdown;
 pub mod telemetry;
+pub mod traces;
 
 pub use metrics::{MetricsServer, Readiness, registry};
-pub use propagation::{carrier, current_span_id, current_trace_id, grpc};
+pub use propagation::{
+    carrier, current_span_id, current_trace_id, grpc, http_trace, link, traceparent_of,
+};
 pub use shutdown::shutdown_signal;
 pub use telemetry::{Config, LogFormat, Telemetry, init, init_with, instance_id};
 
@@ -77,6 +85,18 @@ pub enum Error {
         #[source]
         source: prometheus::Error,
     },
+    /// The trace store could not be opened, read or written.
+    #[error("trace store {dir}: {reason}")]
+    TraceStore {
+        dir: std::path::PathBuf,
+        reason: String,
+    },
+    /// A trace id that is not 32 hex digits (or is all zeros).
+    #[error("{value:?} is not a trace id (32 hex digits, not all zero)")]
+    BadTraceId { value: String },
+    /// No span of the trace is stored.
+    #[error("no span of trace {trace_id} in {source_}")]
+    TraceNotFound { trace_id: String, source_: String },
     /// The metrics HTTP server could not bind its address.
     #[error("binding the metrics server to {addr}: {source}")]
     Bind {

@@ -29,10 +29,83 @@ pub fn current_span_id() -> Option<String> {
     sc.is_valid().then(|| sc.span_id().to_string())
 }
 
+/// `span`'s context as a W3C `traceparent` string when its trace is
+/// sampled (recorded, so the span will exist in the trace store); `None`
+/// otherwise. Stored in records that outlive the span (a dataset snapshot,
+/// a registry entry) so a later span can [`link`] to it.
+pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    carrier::inject_sampled(span)
+        .into_iter()
+        .find(|(k, _)| k == "traceparent")
+        .and_then(|(_, v)| String::from_utf8(v).ok())
+}
+
+/// Adds a span link from `span` to the span a stored `traceparent` names:
+/// "this was caused by that" without making it the parent (a training run
+/// reads a snapshot made in another trace, a file holds many records).
+/// Returns whether a valid context was linked.
+pub fn link(span: &tracing::Span, traceparent: &str) -> bool {
+    let cx = carrier::extract([("traceparent", traceparent.as_bytes())]);
+    let sc = cx.span().span_context().clone();
+    let ok = sc.is_valid();
+    if ok {
+        span.add_link(sc);
+    }
+    ok
+}
+
+/// HTTP: the server span for an incoming request (an axum middleware) and
+/// the headers a client sends.
+pub mod http_trace {
+    use super::*;
+
+    /// An axum middleware (`axum::middleware::from_fn(observe::http_trace::server)`)
+    /// that runs each request inside an `http.server` span parented to the
+    /// `traceparent` the client sent, as [`grpc::server_span`] does for gRPC.
+    pub async fn server(
+        request: axum::extract::Request,
+        next: axum::middleware::Next,
+    ) -> axum::response::Response {
+        use tracing::Instrument;
+        let parent =
+            TraceContextPropagator::new().extract(&grpc::HeaderExtractor(request.headers()));
+        let span = tracing::info_span!(
+            "http.server",
+            otel.name = %format!("{} {}", request.method(), request.uri().path()),
+            otel.kind = "server",
+            http.request.method = %request.method(),
+            url.path = %request.uri().path(),
+            http.response.status_code = tracing::field::Empty,
+        );
+        let _ = span.set_parent(parent);
+        let response = next.run(request).instrument(span.clone()).await;
+        span.record("http.response.status_code", response.status().as_u16());
+        response
+    }
+
+    /// The current span's context as HTTP headers (`traceparent`,
+    /// `tracestate`), for a client request.
+    pub fn headers() -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        for (k, v) in carrier::inject() {
+            if let (Ok(k), Ok(v)) = (
+                http::HeaderName::from_bytes(k.as_bytes()),
+                http::HeaderValue::from_bytes(&v),
+            ) {
+                map.insert(k, v);
+            }
+        }
+        map
+    }
+}
+
 /// gRPC: inject on the client, extract on the server.
 pub mod grpc {
     use super::*;
     use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+
+    /// The Raft peer transport's gRPC service.
+    pub const RAFT_SERVICE: &str = "mlstack.raft.v1.Raft";
 
     /// A tonic client interceptor that writes the current span's context into the
     /// outgoing request's metadata (`traceparent`, `tracestate`).
@@ -77,6 +150,14 @@ pub mod grpc {
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
         let path = request.uri().path().trim_start_matches('/');
         let (service, method) = path.split_once('/').unwrap_or((path, ""));
+        // Raft's own traffic between peers (heartbeats and replication,
+        // about ten RPCs a second per follower) is not a request anyone
+        // made: without a caller's context it gets no span, instead of a
+        // new trace each. A client's write is still followed onto every
+        // node through the context stored in its log entry.
+        if service == RAFT_SERVICE && !parent.span().span_context().is_valid() {
+            return tracing::Span::none();
+        }
         let span = tracing::info_span!(
             "grpc.server",
             otel.name = %path,
@@ -138,7 +219,7 @@ pub mod grpc {
         }
     }
 
-    struct HeaderExtractor<'a>(&'a http::HeaderMap);
+    pub(super) struct HeaderExtractor<'a>(pub(super) &'a http::HeaderMap);
 
     impl Extractor for HeaderExtractor<'_> {
         fn get(&self, key: &str) -> Option<&str> {

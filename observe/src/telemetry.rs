@@ -183,7 +183,18 @@ pub fn init_with(config: Config) -> Result<Telemetry, Error> {
                 endpoint: endpoint.clone(),
                 reason: e.to_string(),
             })?;
-        builder = builder.with_batch_exporter(exporter);
+        // The SDK's default queue (2,048 spans) drops spans when a burst
+        // outruns the exporter: producing the demo's corpus makes one span per
+        // record in under a second. 65,536 spans of headroom (a few tens of
+        // MB at most) keep a burst whole; the export interval stays 5 s.
+        let batch = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
+            .with_batch_config(
+                opentelemetry_sdk::trace::BatchConfigBuilder::default()
+                    .with_max_queue_size(65_536)
+                    .build(),
+            )
+            .build();
+        builder = builder.with_span_processor(batch);
     }
     // Sampling. With an exporter every new trace is recorded; without one a
     // recorded span goes nowhere, so new traces start unsampled (ids are still

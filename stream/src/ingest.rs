@@ -617,7 +617,8 @@ fn finish_record(
                 h.iter().filter_map(|x| x.value.map(|v| (x.key, v))),
             );
             let sc = cx.span().span_context().clone();
-            if sc.is_valid() {
+            // Unsampled producers send one context for every record: link it once.
+            if sc.is_valid() && !f.links.contains(&sc) {
                 f.links.push(sc);
             }
         }

@@ -461,6 +461,7 @@ mod tests {
             rows: (last - first + 1) as u64,
             bytes: 100,
             crc32c: 7,
+            traceparent: None,
         }
     }
 

@@ -2,7 +2,11 @@
 //!
 //! Generated records follow the corpus schema: `{"id", "text", "ts"}` with
 //! `text` padded so the JSON is about `record_bytes` long. Every record
-//! carries the run's `traceparent`, so ingest's file commits link back to it.
+//! carries a `traceparent` header, so ingest's file commits link back to it:
+//! when the run's trace is sampled (exported), each record gets its own
+//! `stream.produce.record` span, from send to the broker's acknowledgement,
+//! with the partition and offset it landed at; otherwise every record
+//! carries the run's (unsampled) context and no per-record span is made.
 
 use crate::error::{Result, kafka};
 use rdkafka::config::ClientConfig;
@@ -102,7 +106,9 @@ pub fn producer(brokers: &str) -> Result<FutureProducer> {
 /// 10,000 at a time); returns when all are acknowledged.
 pub async fn run(cfg: &ProduceConfig) -> Result<ProduceSummary> {
     let p = producer(&cfg.brokers)?;
-    let trace = observe::carrier::inject();
+    let run_span = tracing::Span::current();
+    let per_record_spans = observe::traceparent_of(&run_span).is_some();
+    let run_trace = observe::carrier::inject();
     let mut rng = rand::rng();
     let mut summary = ProduceSummary::default();
     let t0 = Instant::now();
@@ -148,6 +154,25 @@ pub async fn run(cfg: &ProduceConfig) -> Result<ProduceSummary> {
         summary.last_id = extract_id(&rec);
         summary.bytes += rec.len() as u64;
         summary.records += 1;
+        let key = format!("{}", i % 1024);
+        let mut record_span = per_record_spans.then(|| {
+            tracing::info_span!(
+                parent: &run_span,
+                "stream.produce.record",
+                otel.kind = "producer",
+                messaging.destination.name = %cfg.topic,
+                messaging.kafka.message.key = %key,
+                messaging.kafka.destination.partition = tracing::field::Empty,
+                messaging.kafka.message.offset = tracing::field::Empty,
+            )
+        });
+        let trace = match &record_span {
+            Some(span) => {
+                use tracing_opentelemetry::OpenTelemetrySpanExt;
+                observe::carrier::inject_context(&span.context())
+            }
+            None => run_trace.clone(),
+        };
         let mut headers = OwnedHeaders::new();
         for (k, v) in &trace {
             headers = headers.insert(Header {
@@ -155,7 +180,6 @@ pub async fn run(cfg: &ProduceConfig) -> Result<ProduceSummary> {
                 value: Some(v.as_slice()),
             });
         }
-        let key = format!("{}", i % 1024);
         // `send_result` enqueues without borrowing past this call; the
         // returned future resolves on the broker's acknowledgement.
         loop {
@@ -166,7 +190,16 @@ pub async fn run(cfg: &ProduceConfig) -> Result<ProduceSummary> {
                     .headers(headers.clone()),
             ) {
                 Ok(fut) => {
-                    inflight.push(fut);
+                    // The record's span ends when the broker acknowledges it.
+                    let span = record_span.take();
+                    inflight.push(async move {
+                        let r = fut.await;
+                        if let (Some(span), Ok(Ok(d))) = (&span, &r) {
+                            span.record("messaging.kafka.destination.partition", d.partition);
+                            span.record("messaging.kafka.message.offset", d.offset);
+                        }
+                        r
+                    });
                     break;
                 }
                 Err((

@@ -32,10 +32,10 @@ pub struct Snapshot {
     pub rows: u64,
     pub bytes: u64,
     pub unix_time: u64,
-    /// The W3C trace id of the span that created it, when one was sampled
-    /// (what a training run's span links to).
-    #[serde(default)]
-    pub trace_id: Option<String>,
+    /// The W3C `traceparent` of the span that created it, when its trace
+    /// was sampled: what a training run's span links to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// The snapshot's KV key: `datasets/<topic>/<name>`.
@@ -71,8 +71,27 @@ pub fn create(
 ) -> Result<Snapshot, Error> {
     check_name("snapshot name", name)?;
     check_name("topic", topic)?;
+    let span = tracing::info_span!(
+        "dataset.snapshot",
+        dataset = %key(topic, name),
+        files = tracing::field::Empty,
+        rows = tracing::field::Empty
+    );
+    let _entered = span.enter();
     let mut m = KvManifest::new(endpoints.to_vec(), group, topic)?;
     let state = m.load()?;
+    // The snapshot's span links to each file's commit span (at most the
+    // SDK's 128 links per span).
+    for tp in state
+        .files
+        .iter()
+        .filter_map(|f| f.traceparent.as_deref())
+        .take(128)
+    {
+        observe::link(&span, tp);
+    }
+    span.record("files", state.files.len());
+    span.record("rows", state.rows());
     if state.files.is_empty() {
         return Err(Error::Manifest {
             reason: format!(
@@ -100,7 +119,7 @@ pub fn create(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
-        trace_id: observe::propagation::current_trace_id(),
+        traceparent: observe::traceparent_of(&span),
     };
     let value = serde_json::to_vec(&snap).map_err(|e| Error::Manifest {
         reason: e.to_string(),

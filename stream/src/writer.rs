@@ -50,6 +50,10 @@ pub struct FileCommit {
     pub bytes: u64,
     /// CRC32C of the whole file.
     pub crc32c: u32,
+    /// The W3C `traceparent` of the commit's span when its trace was
+    /// sampled: what a dataset snapshot's span links to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// A file being written for one partition.
@@ -288,6 +292,7 @@ impl PartFile {
             rows: self.total_rows,
             bytes: bytes_on_disk.len() as u64,
             crc32c: crc32c::crc32c(&bytes_on_disk),
+            traceparent: observe::traceparent_of(&tracing::Span::current()),
         })
     }
 }

@@ -107,6 +107,11 @@ pub fn documents(src: &Source, column: &str) -> Result<(Vec<String>, String)> {
         } => {
             let snap = stream::snapshot::load(endpoints, topic, name)
                 .map_err(|e| src.err(e.to_string()))?;
+            // The reading span (the training run's) links to the span that
+            // froze the snapshot: data lineage in the trace store too.
+            if let Some(tp) = &snap.traceparent {
+                observe::link(&tracing::Span::current(), tp);
+            }
             let (docs, _) = parquet_documents(src, dir, &listed(&snap.files), column)?;
             // The version a checkpoint records is the snapshot's name: it
             // is immutable, so the name is the dataset.

@@ -10,7 +10,12 @@ use crate::error::{Result, TrainError};
 use crate::llama::Llama;
 
 /// The registry entry of one checkpoint.
-pub fn entry(state: &TrainerState, dir: &Path, llama: &Llama) -> serde_json::Value {
+pub fn entry(
+    state: &TrainerState,
+    dir: &Path,
+    llama: &Llama,
+    traceparent: Option<&str>,
+) -> serde_json::Value {
     let cfg = llama.config.to_hf(llama.tied).to_string();
     serde_json::json!({
         "run": state.run,
@@ -24,19 +29,26 @@ pub fn entry(state: &TrainerState, dir: &Path, llama: &Llama) -> serde_json::Val
         "model": state.model,
         "unix_time": state.unix_time,
         "code_version": state.code_version,
+        // The training run's span, when traced: a server loading this
+        // checkpoint links its load span to it.
+        "traceparent": traceparent,
     })
 }
 
 /// Records the checkpoint and moves `latest` to it if it is newer.
+/// `traceparent` is the training run's span context, when traced.
 pub fn register(
     endpoints: &[String],
     state: &TrainerState,
     dir: &Path,
     llama: &Llama,
+    traceparent: Option<&str>,
 ) -> Result<()> {
     let reg = |e: kvclient::ClientError| TrainError::Registry(e.to_string());
     let client = kvclient::blocking::Client::new(endpoints).map_err(reg)?;
-    let value = entry(state, dir, llama).to_string().into_bytes();
+    let value = entry(state, dir, llama, traceparent)
+        .to_string()
+        .into_bytes();
     let key = format!("models/{}/step-{}", state.run, state.step).into_bytes();
     let v = value.clone();
     client
@@ -196,6 +208,15 @@ pub fn promote(
 
 /// The checkpoint directory a `kv://models/<run>/<name>` URI names.
 pub fn resolve(endpoints: &[String], uri: &str) -> Result<std::path::PathBuf> {
+    resolve_traced(endpoints, uri).map(|(path, _)| path)
+}
+
+/// [`resolve`], with the training run's `traceparent` when the entry has
+/// one (what the loading side links its span to).
+pub fn resolve_traced(
+    endpoints: &[String],
+    uri: &str,
+) -> Result<(std::path::PathBuf, Option<String>)> {
     let rest = uri.strip_prefix("kv://models/").ok_or_else(|| {
         TrainError::Registry(format!(
             "{uri:?} is not kv://models/<run>/<latest|production|step-N>"
@@ -207,9 +228,14 @@ pub fn resolve(endpoints: &[String], uri: &str) -> Result<std::path::PathBuf> {
         ))
     })?;
     let entry = show(endpoints, run, name)?;
-    entry
+    let path = entry
         .get("path")
         .and_then(serde_json::Value::as_str)
         .map(std::path::PathBuf::from)
-        .ok_or_else(|| TrainError::Registry(format!("models/{run}/{name} has no path")))
+        .ok_or_else(|| TrainError::Registry(format!("models/{run}/{name} has no path")))?;
+    let traceparent = entry
+        .get("traceparent")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_string);
+    Ok((path, traceparent))
 }

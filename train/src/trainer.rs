@@ -223,6 +223,24 @@ unsafe impl Send for GradPtr {}
 
 /// Runs training as configured; every rank calls this.
 pub fn run(cfg: &RunConfig) -> Result<Summary> {
+    // One span over the whole run: the data read links from it (to a
+    // dataset snapshot's span), the steps and registrations hang below it,
+    // and the registry entry stores its context for the serving side.
+    let span = tracing::info_span!(
+        "train.run",
+        run = %cfg.run,
+        rank = cfg.rank,
+        world = cfg.world,
+        steps = tracing::field::Empty,
+        final_loss = tracing::field::Empty
+    );
+    let summary = span.in_scope(|| run_in_span(cfg, &span))?;
+    span.record("steps", summary.steps);
+    span.record("final_loss", f64::from(summary.final_loss));
+    Ok(summary)
+}
+
+fn run_in_span(cfg: &RunConfig, run_span: &tracing::Span) -> Result<Summary> {
     let h = cfg.hyper.clone();
     if h.micro_batch == 0 || h.seq_len == 0 || h.grad_accum == 0 {
         return Err(config_err(
@@ -683,7 +701,16 @@ pub fn run(cfg: &RunConfig) -> Result<Summary> {
                     cfg.keep,
                 )?;
                 if let Some(eps) = &cfg.kv {
-                    crate::registry::register(eps, &state, &dir, &full_llama)?;
+                    let traceparent = observe::traceparent_of(run_span);
+                    tracing::info_span!("train.register", step).in_scope(|| {
+                        crate::registry::register(
+                            eps,
+                            &state,
+                            &dir,
+                            &full_llama,
+                            traceparent.as_deref(),
+                        )
+                    })?;
                 }
                 last_ck = Some(dir);
             }

@@ -1,0 +1,137 @@
+//! `mlstack trace ...`: the trace store from the command line, thin wiring
+//! into `observe::traces` (the receiver, the LSM-backed store, the tree).
+
+use std::path::PathBuf;
+
+use observe::traces::{Receiver, SpanStore, TraceView};
+
+use crate::Error;
+use crate::cli::{TraceCommand, TraceShowArgs, TraceSourceArgs};
+
+/// Sibling runs (and links) past this many are folded in `trace show`.
+const FOLD: usize = 3;
+
+/// The demo's store, the default of every `trace` command.
+pub fn default_dir() -> PathBuf {
+    crate::pipeline::cache_dir().join("traces")
+}
+
+/// Opens a store on a blocking thread (recovery reads files).
+pub async fn open_store(dir: PathBuf) -> Result<SpanStore, Error> {
+    tokio::task::spawn_blocking(move || SpanStore::open(&dir))
+        .await
+        .map_err(|e| Error::Task {
+            what: "opening the trace store",
+            reason: e.to_string(),
+        })?
+        .map_err(Error::Observe)
+}
+
+pub async fn run(cmd: &TraceCommand) -> Result<(), Error> {
+    match cmd {
+        TraceCommand::Serve(a) => {
+            let component = crate::component::Component::start(a.metrics_listen).await?;
+            let dir = a.data.clone().unwrap_or_else(default_dir);
+            let store = open_store(dir.clone()).await?;
+            let r = Receiver::start(a.listen, Some(a.query_listen), store).await?;
+            // The one JSON line: export with OTEL_EXPORTER_OTLP_ENDPOINT=<otlp>,
+            // read with `mlstack trace show ID --query <query>`.
+            component.ready(serde_json::json!({
+                "otlp": r.endpoint(),
+                "query": r.query_addr().map(|q| format!("http://{q}")),
+                "store": dir,
+            }));
+            component.wait_for_signal().await;
+            r.stop().await;
+            component.stop().await;
+            Ok(())
+        }
+        TraceCommand::Show(a) => show(a).await,
+        TraceCommand::List(a) => {
+            let list = match &a.source.query {
+                Some(base) => {
+                    let url = format!(
+                        "{}/api/traces?limit={}",
+                        base.trim_end_matches('/'),
+                        a.limit
+                    );
+                    get_json(&url).await?["traces"].clone()
+                }
+                None => {
+                    let store = open_store(source_dir(&a.source)).await?;
+                    let limit = a.limit;
+                    serde_json::to_value(
+                        tokio::task::spawn_blocking(move || store.recent(limit))
+                            .await
+                            .map_err(|e| Error::Task {
+                                what: "reading the trace store",
+                                reason: e.to_string(),
+                            })??,
+                    )
+                    .unwrap_or_default()
+                }
+            };
+            for t in list.as_array().into_iter().flatten() {
+                println!(
+                    "{}  {}",
+                    t["trace_id"].as_str().unwrap_or("-"),
+                    t["root"].as_str().unwrap_or("-")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn source_dir(s: &TraceSourceArgs) -> PathBuf {
+    s.data.clone().unwrap_or_else(default_dir)
+}
+
+async fn get_json(url: &str) -> Result<serde_json::Value, Error> {
+    let http = |reason: String| Error::Http {
+        url: url.to_string(),
+        reason,
+    };
+    let resp = reqwest::get(url).await.map_err(|e| http(e.to_string()))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.map_err(|e| http(e.to_string()))?;
+    if !status.is_success() {
+        return Err(http(format!(
+            "{status}: {}",
+            body["error"].as_str().unwrap_or("no error message")
+        )));
+    }
+    Ok(body)
+}
+
+/// `mlstack trace show`: from a receiver's query port or the store itself.
+async fn show(a: &TraceShowArgs) -> Result<(), Error> {
+    let id = observe::traces::parse_trace_id(&a.trace_id)?;
+    let view: TraceView = match &a.source.query {
+        Some(base) => {
+            let url = format!("{}/api/traces/{id}", base.trim_end_matches('/'));
+            serde_json::from_value(get_json(&url).await?).map_err(|e| Error::Http {
+                url,
+                reason: format!("not a trace: {e}"),
+            })?
+        }
+        None => {
+            let store = open_store(source_dir(&a.source)).await?;
+            tokio::task::spawn_blocking(move || TraceView::load(&store, &id))
+                .await
+                .map_err(|e| Error::Task {
+                    what: "reading the trace store",
+                    reason: e.to_string(),
+                })??
+        }
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&view).unwrap_or_default()
+        );
+    } else {
+        print!("{}", view.render(if a.all { usize::MAX } else { FOLD }));
+    }
+    Ok(())
+}
