@@ -95,7 +95,7 @@ pub enum TraceCommand {
 #[derive(Clone, Debug, Args)]
 pub struct TraceSourceArgs {
     /// A running `mlstack trace serve`'s query URL (http://HOST:PORT).
-    #[arg(long, env = "MLSTACK_TRACE_QUERY", conflicts_with = "data")]
+    #[arg(long, conflicts_with = "data")]
     pub query: Option<String>,
     /// The store directory [default: the demo's, ~/.cache/mlstack/demo/traces].
     #[arg(long)]
@@ -617,6 +617,14 @@ pub struct InferServeArgs {
     /// Requests allowed to wait; more get RESOURCE_EXHAUSTED / HTTP 429.
     #[arg(long, env = "MLSTACK_MAX_WAITING", default_value_t = 256)]
     pub max_waiting: usize,
+    /// Require an API key (`Authorization: Bearer KEY`, HTTP header or gRPC
+    /// metadata) from this file: lines of `KEY NAME [priority]`
+    /// (`priority`: the key may set the request priority).
+    #[arg(long, env = "MLSTACK_API_KEYS_FILE", conflicts_with = "api_keys")]
+    pub api_keys_file: Option<PathBuf>,
+    /// Require one of these comma-separated API keys.
+    #[arg(long, env = "MLSTACK_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -635,9 +643,12 @@ pub struct InferClientArgs {
     pub temperature: f32,
     #[arg(long, env = "MLSTACK_SEED")]
     pub seed: Option<u64>,
-    /// Deadline in seconds (sent as grpc-timeout).
-    #[arg(long, env = "MLSTACK_TIMEOUT", default_value_t = 120.0)]
-    pub timeout: f64,
+    /// Deadline (`120`, `90s`, `2m`; sent as grpc-timeout).
+    #[arg(long, env = "MLSTACK_TIMEOUT", default_value = "120", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+    /// The API key to send (`authorization: Bearer KEY` metadata).
+    #[arg(long, env = "MLSTACK_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 #[derive(Clone, Debug, Args)]

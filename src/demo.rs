@@ -187,7 +187,7 @@ async fn start_inference(
         metrics,
     );
     let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let servers = ::infer::api::start(handle.clone(), name.to_string(), any, any)
+    let servers = ::infer::api::start(handle.clone(), name.to_string(), any, any, None)
         .await
         .map_err(|e| Error::Infer(e.to_string()))?;
     Ok((handle, servers))
@@ -287,8 +287,12 @@ async fn infer_step() -> Result<InferReport, Error> {
 /// Where the pipeline demo's spans go.
 #[derive(Clone, Debug)]
 pub enum Traces {
-    /// Into the demo's own receiver, stored in this directory.
-    Kept(std::path::PathBuf),
+    /// Into the demo's own receiver, stored in `dir`, readable while the
+    /// demo runs at `query`.
+    Kept {
+        dir: std::path::PathBuf,
+        query: Option<String>,
+    },
     /// To the collector `OTEL_EXPORTER_OTLP_ENDPOINT` names (or nowhere).
     Exported(Option<String>),
     /// Nowhere, and why (the demo's store could not be opened).
@@ -300,8 +304,8 @@ impl Traces {
     pub fn json(&self, trace_id: Option<&str>) -> serde_json::Value {
         let show = trace_id.map(|t| format!("mlstack trace show {t}"));
         match self {
-            Traces::Kept(dir) => serde_json::json!({
-                "store": dir, "exported_to": null, "show": show.map(|c| format!("{c} --data {}", dir.display()))
+            Traces::Kept { dir, .. } => serde_json::json!({
+                "store": dir, "exported_to": null, "show": show.map(|c| format!("{c} --data '{}'", dir.display()))
             }),
             Traces::Exported(ep) => {
                 serde_json::json!({"store": null, "exported_to": ep, "show": null})

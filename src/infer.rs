@@ -53,8 +53,8 @@ pub fn resolve_model(args: &InferModelArgs) -> Result<(std::path::PathBuf, Optio
                 "{m}: a kv:// model needs --kv ENDPOINTS"
             )));
         }
-        let (path, trained_by) = train::registry::resolve_traced(&args.kv, m)
-            .map_err(|e| Error::Infer(e.to_string()))?;
+        let (path, trained_by) =
+            train::registry::resolve(&args.kv, m).map_err(|e| Error::Infer(e.to_string()))?;
         tracing::info!(model = m, path = %path.display(), "resolved through the registry");
         return Ok((path, trained_by));
     }
@@ -153,6 +153,16 @@ fn generate(a: &InferGenerateArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// The API keys `--api-keys-file` or `MLSTACK_API_KEYS` name, if any.
+fn api_keys(args: &crate::cli::InferServeArgs) -> Result<Option<::infer::auth::ApiKeys>, Error> {
+    let keys = match (&args.api_keys_file, &args.api_keys) {
+        (Some(path), _) => Some(::infer::auth::ApiKeys::from_file(path)),
+        (None, Some(list)) => Some(::infer::auth::ApiKeys::from_list(list)),
+        (None, None) => None,
+    };
+    keys.transpose().map_err(|e| Error::Infer(e.to_string()))
+}
+
 /// `mlstack infer serve`: engine thread + gRPC + HTTP + metrics until a signal.
 pub async fn serve(args: &crate::cli::InferServeArgs) -> Result<(), Error> {
     let (engine, path) = load_blocking(&args.model).await?;
@@ -173,12 +183,23 @@ pub async fn serve(args: &crate::cli::InferServeArgs) -> Result<(), Error> {
         metrics,
     );
     let component = crate::component::Component::start(args.metrics_listen).await?;
-    let servers = ::infer::api::start(handle.clone(), model_name, args.grpc, args.http)
-        .await
-        .map_err(|e| Error::Infer(e.to_string()))?;
+    let keys = api_keys(args)?;
+    let auth = keys
+        .as_ref()
+        .map_or("none".to_string(), |k| format!("{} API keys", k.len()));
+    let servers = ::infer::api::start(
+        handle.clone(),
+        model_name,
+        args.grpc,
+        args.http,
+        keys.map(std::sync::Arc::new),
+    )
+    .await
+    .map_err(|e| Error::Infer(e.to_string()))?;
     component.ready(serde_json::json!({
         "grpc": servers.grpc_addr.to_string(),
         "http": servers.http_addr.to_string(),
+        "auth": auth,
         "kv_blocks": handle.stats().blocks_total,
         "kv_capacity_tokens": handle.capacity_tokens(),
     }));
@@ -219,7 +240,13 @@ pub async fn client(args: &crate::cli::InferClientArgs) -> Result<(), Error> {
         stop: vec![],
         priority: 0,
     });
-    req.set_timeout(std::time::Duration::from_secs_f64(args.timeout));
+    req.set_timeout(args.timeout);
+    if let Some(key) = &args.api_key {
+        let v = format!("Bearer {key}")
+            .parse()
+            .map_err(|_| Error::Infer("--api-key: not a valid metadata value".into()))?;
+        req.metadata_mut().insert("authorization", v);
+    }
     let mut stream = client
         .generate(req)
         .await

@@ -180,34 +180,42 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             .and_then(|r| r.as_ref().map(|r| r.endpoint())),
     )?;
     let store = match &traces {
-        Ok(Some(r)) => demo::Traces::Kept(r.store().dir().to_path_buf()),
+        Ok(Some(r)) => demo::Traces::Kept {
+            dir: r.store().dir().to_path_buf(),
+            query: r.query_addr().map(|q| format!("http://{q}")),
+        },
         Ok(None) => demo::Traces::Exported(telemetry.exporting_to().map(str::to_string)),
         Err(e) => demo::Traces::NotKept(e.to_string()),
     };
     let result = dispatch(&cli.command, &telemetry, &store).await;
-    telemetry.shutdown().await?;
-    // After the flush: the receiver takes the last batch, then closes its store.
+    let flushed = telemetry.shutdown().await;
+    // After the flush: the receiver takes the last batch, then closes its
+    // store (whether or not the flush succeeded).
     if let Ok(Some(r)) = traces {
         r.stop().await;
     }
-    result
+    // The command's own error first: it is what the user asked about.
+    result.and(flushed.map_err(Error::from))
 }
 
 /// The pipeline demo keeps its trace in its own receiver (a stand-in for
 /// Jaeger) when no `OTEL_EXPORTER_OTLP_ENDPOINT` names a collector, so
 /// `mlstack trace show` can print it after the demo. `Err` says why not
 /// (another demo holds the store, say); the demo runs on without it.
-async fn demo_trace_receiver(cli: &Cli) -> Result<Option<observe::traces::Receiver>, Error> {
+async fn demo_trace_receiver(
+    cli: &Cli,
+) -> Result<Option<proto::trace_receiver::TraceReceiver>, Error> {
     let Command::Demo(a) = &cli.command else {
         return Ok(None);
     };
-    if a.tour || std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|v| !v.trim().is_empty()) {
+    if a.tour || observe::Config::from_env("demo").otlp_endpoint.is_some() {
         return Ok(None);
     }
-    let store = trace::open_store(trace::default_dir()).await?;
+    let store = trace::open_store(trace::default_dir(), true).await?;
     let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    // A query port too: `mlstack trace show --query` works while it runs.
     Ok(Some(
-        observe::traces::Receiver::start(any, None, store).await?,
+        proto::trace_receiver::TraceReceiver::start(any, Some(any), store).await?,
     ))
 }
 

@@ -83,9 +83,13 @@ pub async fn run(
         println!("      metrics (mlstack_kv_*, _ingest_*, _train_*, _infer_*): {metrics_url}");
         println!("      cache (reused between runs): {}", cache.display());
         match traces {
-            crate::demo::Traces::Kept(dir) => println!(
-                "      traces: kept by the demo's own OTLP receiver in {} (mlstack trace show|list)",
-                dir.display()
+            crate::demo::Traces::Kept { dir, query } => println!(
+                "      traces: kept by the demo's own OTLP receiver in {}{}",
+                dir.display(),
+                query
+                    .as_ref()
+                    .map(|q| format!(" (while it runs: mlstack trace list --query {q})"))
+                    .unwrap_or_default()
             ),
             crate::demo::Traces::Exported(Some(ep)) => {
                 println!("      traces: exported over OTLP to {ep}")
@@ -305,7 +309,7 @@ pub async fn run(
     let uri = format!("kv://models/{run_name}/latest");
     let (kv3, uri3) = (kv.clone(), uri.clone());
     let (path, trained_by) =
-        tokio::task::spawn_blocking(move || train::registry::resolve_traced(&kv3, &uri3))
+        tokio::task::spawn_blocking(move || train::registry::resolve(&kv3, &uri3))
             .await
             .map_err(|e| demo_err("resolve task")(e.to_string()))?
             .map_err(|e| Error::Train(e.to_string()))?;

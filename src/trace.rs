@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use observe::traces::{Receiver, SpanStore, TraceView};
+use observe::traces::{SpanStore, TraceView};
+use proto::trace_receiver::TraceReceiver;
 
 use crate::Error;
 use crate::cli::{TraceCommand, TraceShowArgs, TraceSourceArgs};
@@ -16,15 +17,21 @@ pub fn default_dir() -> PathBuf {
     crate::pipeline::cache_dir().join("traces")
 }
 
-/// Opens a store on a blocking thread (recovery reads files).
-pub async fn open_store(dir: PathBuf) -> Result<SpanStore, Error> {
-    tokio::task::spawn_blocking(move || SpanStore::open(&dir))
-        .await
-        .map_err(|e| Error::Task {
-            what: "opening the trace store",
-            reason: e.to_string(),
-        })?
-        .map_err(Error::Observe)
+/// Opens (`create`) or finds a store, on a blocking thread (recovery reads files).
+pub async fn open_store(dir: PathBuf, create: bool) -> Result<SpanStore, Error> {
+    tokio::task::spawn_blocking(move || {
+        if create {
+            SpanStore::open(&dir)
+        } else {
+            SpanStore::open_existing(&dir)
+        }
+    })
+    .await
+    .map_err(|e| Error::Task {
+        what: "opening the trace store",
+        reason: e.to_string(),
+    })?
+    .map_err(Error::Observe)
 }
 
 pub async fn run(cmd: &TraceCommand) -> Result<(), Error> {
@@ -32,8 +39,8 @@ pub async fn run(cmd: &TraceCommand) -> Result<(), Error> {
         TraceCommand::Serve(a) => {
             let component = crate::component::Component::start(a.metrics_listen).await?;
             let dir = a.data.clone().unwrap_or_else(default_dir);
-            let store = open_store(dir.clone()).await?;
-            let r = Receiver::start(a.listen, Some(a.query_listen), store).await?;
+            let store = open_store(dir.clone(), true).await?;
+            let r = TraceReceiver::start(a.listen, Some(a.query_listen), store).await?;
             // The one JSON line: export with OTEL_EXPORTER_OTLP_ENDPOINT=<otlp>,
             // read with `mlstack trace show ID --query <query>`.
             component.ready(serde_json::json!({
@@ -58,7 +65,7 @@ pub async fn run(cmd: &TraceCommand) -> Result<(), Error> {
                     get_json(&url).await?["traces"].clone()
                 }
                 None => {
-                    let store = open_store(source_dir(&a.source)).await?;
+                    let store = open_store(source_dir(&a.source), false).await?;
                     let limit = a.limit;
                     serde_json::to_value(
                         tokio::task::spawn_blocking(move || store.recent(limit))
@@ -94,14 +101,17 @@ async fn get_json(url: &str) -> Result<serde_json::Value, Error> {
     };
     let resp = reqwest::get(url).await.map_err(|e| http(e.to_string()))?;
     let status = resp.status();
-    let body: serde_json::Value = resp.json().await.map_err(|e| http(e.to_string()))?;
+    let text = resp.text().await.map_err(|e| http(e.to_string()))?;
+    let body = serde_json::from_str::<serde_json::Value>(&text);
     if !status.is_success() {
-        return Err(http(format!(
-            "{status}: {}",
-            body["error"].as_str().unwrap_or("no error message")
-        )));
+        let why = body
+            .as_ref()
+            .ok()
+            .and_then(|b| b["error"].as_str().map(str::to_string))
+            .unwrap_or(text);
+        return Err(http(format!("{status}: {why}")));
     }
-    Ok(body)
+    body.map_err(|e| http(format!("not JSON: {e}")))
 }
 
 /// `mlstack trace show`: from a receiver's query port or the store itself.
@@ -116,7 +126,7 @@ async fn show(a: &TraceShowArgs) -> Result<(), Error> {
             })?
         }
         None => {
-            let store = open_store(source_dir(&a.source)).await?;
+            let store = open_store(source_dir(&a.source), false).await?;
             tokio::task::spawn_blocking(move || TraceView::load(&store, &id))
                 .await
                 .map_err(|e| Error::Task {

@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -19,6 +20,7 @@ use proto::infer::v1 as pb;
 use proto::server::GrpcServer;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{ApiKeys, Caller};
 use crate::engine_loop::{Event, Finish, Request, ServingHandle, SubmitError, Usage};
 use crate::sampling::SamplingParams;
 use model::tokenizer::ChatMessage;
@@ -153,7 +155,17 @@ impl pb::inference_server::Inference for InferenceService {
         // A deadline too far to represent is no deadline (checked, not a panic).
         let deadline = grpc_timeout(request.metadata())?
             .and_then(|d| tokio::time::Instant::now().checked_add(d));
+        // Set by GrpcAuth when API keys are configured.
+        let caller = request.extensions().get::<Caller>().cloned();
         let r = request.into_inner();
+        if r.priority != 0
+            && let Some(c) = caller.as_ref().filter(|c| !c.may_set_priority)
+        {
+            return Err(tonic::Status::permission_denied(format!(
+                "API key {:?} may not set the request priority (mark it 'priority' in the key file)",
+                c.name
+            )));
+        }
         let span = tracing::info_span!(
             "infer.request",
             gen_ai.system = "mlstack",
@@ -558,6 +570,52 @@ async fn models(State(st): State<HttpState>) -> Json<serde_json::Value> {
         {"id": st.model_name, "object": "model", "created": 0, "owned_by": "mlstack"}]}))
 }
 
+/// Checks `authorization` metadata against the API keys (when configured)
+/// before a call reaches the service, and hands the [`Caller`] to it.
+#[derive(Clone, Debug)]
+struct GrpcAuth(Option<Arc<ApiKeys>>);
+
+impl tonic::service::Interceptor for GrpcAuth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let Some(keys) = &self.0 else {
+            return Ok(req);
+        };
+        let caller = keys
+            .check(req.metadata().get("authorization").map(|v| v.as_bytes()))
+            .map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
+        req.extensions_mut().insert(caller);
+        Ok(req)
+    }
+}
+
+/// The HTTP side of [`GrpcAuth`]: 401 with OpenAI's error shape and a
+/// `WWW-Authenticate: Bearer` challenge.
+async fn http_auth(
+    State(keys): State<Arc<ApiKeys>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    match keys.check(presented) {
+        Ok(_) => next.run(request).await,
+        Err(e) => {
+            let mut r = http_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                e.to_string(),
+            );
+            r.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            r
+        }
+    }
+}
+
 /// The running servers.
 #[derive(Debug)]
 pub struct Servers {
@@ -579,12 +637,15 @@ impl Servers {
     }
 }
 
-/// Binds and starts the gRPC and HTTP servers on `handle`.
+/// Binds and starts the gRPC and HTTP servers on `handle`. With `keys`,
+/// every Inference call and every `/v1/*` request needs one of them (gRPC
+/// health and reflection stay open, as probes need them).
 pub async fn start(
     handle: ServingHandle,
     model_name: String,
     grpc: SocketAddr,
     http: SocketAddr,
+    keys: Option<Arc<ApiKeys>>,
 ) -> Result<Servers, ServerError> {
     let bind = |what, addr| move |source| ServerError::Bind { what, addr, source };
     let http_listener = tokio::net::TcpListener::bind(http)
@@ -592,10 +653,13 @@ pub async fn start(
         .map_err(bind("HTTP", http))?;
     let http_addr = http_listener.local_addr().map_err(bind("HTTP", http))?;
 
-    let svc = pb::inference_server::InferenceServer::new(InferenceService {
-        handle: handle.clone(),
-        model_name: model_name.clone(),
-    });
+    let svc = pb::inference_server::InferenceServer::with_interceptor(
+        InferenceService {
+            handle: handle.clone(),
+            model_name: model_name.clone(),
+        },
+        GrpcAuth(keys.clone()),
+    );
     let grpc = GrpcServer::start(grpc, "infer", None, |routes| {
         routes.add_service(svc);
     })
@@ -620,10 +684,14 @@ pub async fn start(
             axum::routing::post(chat_completions),
         )
         .route("/v1/models", axum::routing::get(models))
-        .with_state(HttpState { handle, model_name })
-        // Each request in an `http.server` span parented to the client's
-        // `traceparent`, as gRPC requests are.
-        .layer(axum::middleware::from_fn(observe::http_trace::server));
+        .with_state(HttpState { handle, model_name });
+    let app = match keys {
+        Some(k) => app.layer(axum::middleware::from_fn_with_state(k, http_auth)),
+        None => app,
+    }
+    // Outermost: each request (refused ones too) in an `http.server` span
+    // parented to the client's `traceparent`, as gRPC requests are.
+    .layer(axum::middleware::from_fn(observe::http_trace::server));
     let http_stop = CancellationToken::new();
     let stopped = http_stop.clone();
     let http_task = tokio::spawn(async move {

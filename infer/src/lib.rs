@@ -33,6 +33,7 @@
 //!   OpenAI-compatible HTTP.
 
 pub mod api;
+pub mod auth;
 pub mod engine_loop;
 pub mod generate;
 pub mod model;

@@ -1,7 +1,7 @@
 //! The serving engine through its real gRPC and HTTP edges, on the real
 //! model: batch invariance (and llama.cpp's golden tokens), block accounting
 //! under a 1,000-request soak with cancellations and preemption, prefix
-//! caching, overload and bad input, deadlines and cancellation.
+//! caching, overload and bad input, deadlines and cancellation, API keys.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,11 +127,19 @@ impl Server {
     }
 
     async fn start_with(engine: Arc<Engine>, config: ServeConfig) -> Server {
+        Server::start_keys(engine, config, None).await
+    }
+
+    async fn start_keys(
+        engine: Arc<Engine>,
+        config: ServeConfig,
+        keys: Option<Arc<infer::auth::ApiKeys>>,
+    ) -> Server {
         let registry = prometheus::Registry::new();
         let metrics = ServeMetrics::new(&registry).expect("metrics");
         let (handle, _thread) = infer::engine_loop::start(engine, config, metrics);
         let any = "127.0.0.1:0".parse().expect("addr");
-        let servers = infer::api::start(handle.clone(), "smollm2".into(), any, any)
+        let servers = infer::api::start(handle.clone(), "smollm2".into(), any, any, keys)
             .await
             .expect("servers");
         let grpc = InferenceClient::new(
@@ -568,4 +576,84 @@ async fn overload_bad_input_deadlines_and_cancellation() {
     let ok = run(server.grpc.clone(), prompt_req("hi", 2)).await;
     assert!(ok.is_ok(), "the server still serves: {ok:?}");
     server.stop().await;
+}
+
+/// With API keys configured: no key or a wrong key is refused on both APIs
+/// (401 with a Bearer challenge, `UNAUTHENTICATED`), a listed key is served,
+/// and only a key marked `priority` may set the request priority.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_gate_both_apis_and_the_request_priority() {
+    const ALICE: &str = "sk-alice-0123456789abcdef";
+    const BOB: &str = "sk-bob-0123456789abcdef00";
+    let keys = infer::auth::ApiKeys::parse(&format!("{ALICE} alice priority\n{BOB} bob\n"), "test")
+        .expect("keys");
+    let s = Server::start_keys(tiny_engine(), ServeConfig::default(), Some(Arc::new(keys))).await;
+    let http = reqwest::Client::new();
+    let body = serde_json::json!({"model": "smollm2", "prompt": "Hi", "max_tokens": 2});
+    let post = |key: Option<&str>| {
+        let mut r = http.post(format!("{}/v1/completions", s.http)).json(&body);
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        r.send()
+    };
+    let r = post(None).await.expect("POST");
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let e: serde_json::Value = r.json().await.expect("JSON");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("missing API key")),
+        "{e}"
+    );
+    let r = post(Some("sk-not-a-key-0123456789")).await.expect("POST");
+    assert_eq!(r.status(), 401);
+    let r = post(Some(BOB)).await.expect("POST");
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let r = http
+        .get(format!("{}/v1/models", s.http))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), 401, "the model list is behind the key too");
+
+    let with_key = |key: &str, priority: i32| {
+        let mut req = tonic::Request::new(pb::GenerateRequest {
+            priority,
+            ..prompt_req("Hi", 2)
+        });
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {key}").parse().expect("metadata"),
+        );
+        req
+    };
+    let mut c = s.grpc.clone();
+    let err = c.generate(prompt_req("Hi", 2)).await.expect_err("no key");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    let err = c
+        .generate(with_key("sk-not-a-key-0123456789", 0))
+        .await
+        .expect_err("wrong key");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    let mut stream = c
+        .generate(with_key(BOB, 0))
+        .await
+        .expect("bob")
+        .into_inner();
+    while stream.message().await.expect("stream").is_some() {}
+    let err = c
+        .generate(with_key(BOB, 5))
+        .await
+        .expect_err("bob may not set the priority");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("bob"), "{err:?}");
+    let mut stream = c
+        .generate(with_key(ALICE, 5))
+        .await
+        .expect("alice may")
+        .into_inner();
+    while stream.message().await.expect("stream").is_some() {}
+    s.stop().await;
 }

@@ -42,9 +42,9 @@
 //!   and the HTTP [`MetricsServer`] serving `/metrics`, `/healthz` and `/readyz`.
 //! - [`shutdown`]: [`shutdown_signal`] for SIGINT/SIGTERM.
 //! - [`machine`]: the `machine` object of benchmark reports.
-//! - [`traces`]: the trace store: an OTLP/gRPC [`traces::Receiver`] keeping
-//!   spans in the `storage` LSM, and [`traces::TraceView`], one trace as a
-//!   tree (`mlstack trace serve|show`).
+//! - [`traces`]: the trace store: [`traces::SpanStore`], spans kept in the
+//!   `storage` LSM (filled by `proto::trace_receiver`), and
+//!   [`traces::TraceView`], one trace as a tree (`mlstack trace show`).
 
 pub mod machine;
 pub mod metrics;

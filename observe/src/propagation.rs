@@ -43,15 +43,13 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
 /// Adds a span link from `span` to the span a stored `traceparent` names:
 /// "this was caused by that" without making it the parent (a training run
 /// reads a snapshot made in another trace, a file holds many records).
-/// Returns whether a valid context was linked.
-pub fn link(span: &tracing::Span, traceparent: &str) -> bool {
+/// A `traceparent` that does not parse adds nothing.
+pub fn link(span: &tracing::Span, traceparent: &str) {
     let cx = carrier::extract([("traceparent", traceparent.as_bytes())]);
     let sc = cx.span().span_context().clone();
-    let ok = sc.is_valid();
-    if ok {
+    if sc.is_valid() {
         span.add_link(sc);
     }
-    ok
 }
 
 /// HTTP: the server span for an incoming request (an axum middleware) and
@@ -59,9 +57,14 @@ pub fn link(span: &tracing::Span, traceparent: &str) -> bool {
 pub mod http_trace {
     use super::*;
 
-    /// An axum middleware (`axum::middleware::from_fn(observe::http_trace::server)`)
-    /// that runs each request inside an `http.server` span parented to the
-    /// `traceparent` the client sent, as [`grpc::server_span`] does for gRPC.
+    /// An axum middleware (`Router::layer(axum::middleware::from_fn(observe::http_trace::server))`)
+    /// that runs each request's handler inside an `http.server` span parented
+    /// to the `traceparent` the client sent, as [`grpc::server_span`] does for
+    /// gRPC. The span ends with the response head: a streamed (SSE) body's
+    /// work is in the handler's own spans, which the engine keeps open until
+    /// the stream ends. Named after the matched route (`POST /v1/completions`),
+    /// not the raw path, so a client cannot mint span names; a 5xx marks it
+    /// an error.
     pub async fn server(
         request: axum::extract::Request,
         next: axum::middleware::Next,
@@ -69,17 +72,26 @@ pub mod http_trace {
         use tracing::Instrument;
         let parent =
             TraceContextPropagator::new().extract(&grpc::HeaderExtractor(request.headers()));
+        let route = request
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map_or("(no route)", |m| m.as_str())
+            .to_string();
         let span = tracing::info_span!(
             "http.server",
-            otel.name = %format!("{} {}", request.method(), request.uri().path()),
+            otel.name = %format!("{} {route}", request.method()),
             otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
             http.request.method = %request.method(),
-            url.path = %request.uri().path(),
+            http.route = %route,
             http.response.status_code = tracing::field::Empty,
         );
         let _ = span.set_parent(parent);
         let response = next.run(request).instrument(span.clone()).await;
         span.record("http.response.status_code", response.status().as_u16());
+        if response.status().is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
         response
     }
 
@@ -104,8 +116,11 @@ pub mod grpc {
     use super::*;
     use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 
-    /// The Raft peer transport's gRPC service.
+    /// The Raft peer transport's gRPC service (checked against the generated
+    /// name in `proto`'s tests).
     pub const RAFT_SERVICE: &str = "mlstack.raft.v1.Raft";
+    /// OpenTelemetry's OTLP trace export service.
+    pub const OTLP_TRACE_SERVICE: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
 
     /// A tonic client interceptor that writes the current span's context into the
     /// outgoing request's metadata (`traceparent`, `tracestate`).
@@ -156,6 +171,11 @@ pub mod grpc {
         // new trace each. A client's write is still followed onto every
         // node through the context stored in its log entry.
         if service == RAFT_SERVICE && !parent.span().span_context().is_valid() {
+            return tracing::Span::none();
+        }
+        // A trace receiver's Export calls carry spans; a span for each would
+        // be exported in turn, forever.
+        if service == OTLP_TRACE_SERVICE {
             return tracing::Span::none();
         }
         let span = tracing::info_span!(

@@ -26,6 +26,10 @@
 //!   reflection, `Diag`, trace context, drain on stop), and the client
 //!   [`server::channel`].
 //! - [`diag_service`]: the `Diag` service every server mounts.
+//! - [`trace_receiver`]: [`trace_receiver::TraceReceiver`], OpenTelemetry's
+//!   OTLP `TraceService/Export` (a contract of the field, not ours) writing to
+//!   `observe`'s span store, with the `/api/traces` query port
+//!   (`mlstack trace serve`).
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors of all the above.
 
 pub mod diag {
@@ -62,6 +66,7 @@ pub mod infer {
 
 pub mod diag_service;
 pub mod server;
+pub mod trace_receiver;
 
 /// Encoded `FileDescriptorSet` of every mlstack `.proto`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
@@ -89,6 +94,13 @@ pub enum Error {
     /// A server could not bind its address.
     #[error("binding gRPC on {addr}: {source}")]
     Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An HTTP port beside a gRPC server (the trace query port) could not bind.
+    #[error("binding HTTP on {addr}: {source}")]
+    BindHttp {
         addr: std::net::SocketAddr,
         #[source]
         source: std::io::Error,

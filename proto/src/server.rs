@@ -171,6 +171,20 @@ mod tests {
     }
 
     #[test]
+    fn the_services_observe_names_are_the_generated_ones() {
+        // server_span drops these services' spans by name: a rename here
+        // would silently turn that off.
+        assert_eq!(
+            observe::grpc::RAFT_SERVICE,
+            crate::raft::v1::raft_server::SERVICE_NAME
+        );
+        assert_eq!(
+            observe::grpc::OTLP_TRACE_SERVICE,
+            opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::SERVICE_NAME
+        );
+    }
+
+    #[test]
     fn endpoint_without_scheme_gets_http() {
         assert!(channel_uri_ok("127.0.0.1:7001"));
         assert!(channel_uri_ok("http://127.0.0.1:7001"));

@@ -617,8 +617,9 @@ fn finish_record(
                 h.iter().filter_map(|x| x.value.map(|v| (x.key, v))),
             );
             let sc = cx.span().span_context().clone();
-            // Unsampled producers send one context for every record: link it once.
-            if sc.is_valid() && !f.links.contains(&sc) {
+            // Only sampled contexts name spans a trace store can hold (an
+            // unsampled producer sends one context, never exported, for all).
+            if sc.is_sampled() && !f.links.contains(&sc) {
                 f.links.push(sc);
             }
         }

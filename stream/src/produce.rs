@@ -3,10 +3,11 @@
 //! Generated records follow the corpus schema: `{"id", "text", "ts"}` with
 //! `text` padded so the JSON is about `record_bytes` long. Every record
 //! carries a `traceparent` header, so ingest's file commits link back to it:
-//! when the run's trace is sampled (exported), each record gets its own
-//! `stream.produce.record` span, from send to the broker's acknowledgement,
-//! with the partition and offset it landed at; otherwise every record
-//! carries the run's (unsampled) context and no per-record span is made.
+//! when the run's trace is sampled (exported), each of the first
+//! [`MAX_RECORD_SPANS`] records gets its own `stream.produce.record` span,
+//! from send to the broker's acknowledgement, with the partition and offset
+//! it landed at; the rest, and every record of an unsampled run, carry the
+//! run's context.
 
 use crate::error::{Result, kafka};
 use rdkafka::config::ClientConfig;
@@ -102,6 +103,9 @@ pub fn producer(brokers: &str) -> Result<FutureProducer> {
         .map_err(kafka("create producer"))
 }
 
+/// How many records of one run get a span of their own.
+pub const MAX_RECORD_SPANS: usize = 10_000;
+
 /// Sends every record, waiting for each acknowledgement (in flight: up to
 /// 10,000 at a time); returns when all are acknowledged.
 pub async fn run(cfg: &ProduceConfig) -> Result<ProduceSummary> {
@@ -155,7 +159,10 @@ pub async fn run(cfg: &ProduceConfig) -> Result<ProduceSummary> {
         summary.bytes += rec.len() as u64;
         summary.records += 1;
         let key = format!("{}", i % 1024);
-        let mut record_span = per_record_spans.then(|| {
+        // The first MAX_RECORD_SPANS records get a span each; past that a
+        // run's spans would outgrow the exporter's queue (65,536) and be
+        // dropped, so the rest carry the run's context.
+        let mut record_span = (per_record_spans && i < MAX_RECORD_SPANS).then(|| {
             tracing::info_span!(
                 parent: &run_span,
                 "stream.produce.record",

@@ -206,17 +206,10 @@ pub fn promote(
     Ok(before)
 }
 
-/// The checkpoint directory a `kv://models/<run>/<name>` URI names.
-pub fn resolve(endpoints: &[String], uri: &str) -> Result<std::path::PathBuf> {
-    resolve_traced(endpoints, uri).map(|(path, _)| path)
-}
-
-/// [`resolve`], with the training run's `traceparent` when the entry has
-/// one (what the loading side links its span to).
-pub fn resolve_traced(
-    endpoints: &[String],
-    uri: &str,
-) -> Result<(std::path::PathBuf, Option<String>)> {
+/// The checkpoint directory a `kv://models/<run>/<name>` URI names, with
+/// the training run's `traceparent` when the entry has one (what the
+/// loading side links its span to).
+pub fn resolve(endpoints: &[String], uri: &str) -> Result<(std::path::PathBuf, Option<String>)> {
     let rest = uri.strip_prefix("kv://models/").ok_or_else(|| {
         TrainError::Registry(format!(
             "{uri:?} is not kv://models/<run>/<latest|production|step-N>"

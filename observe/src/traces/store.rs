@@ -67,7 +67,12 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// `key`'s value among `attrs`, as text.
 pub fn attribute(attrs: &[KeyValue], key: &str) -> Option<String> {
-    let v = attrs.iter().find(|kv| kv.key == key)?.value.as_ref()?;
+    any_value_text(attrs.iter().find(|kv| kv.key == key)?.value.as_ref()?)
+}
+
+/// An attribute value as text (strings bare, numbers and booleans in their
+/// usual form, anything else in its debug form).
+pub fn any_value_text(v: &opentelemetry_proto::tonic::common::v1::AnyValue) -> Option<String> {
     match v.value.as_ref()? {
         Value::StringValue(s) => Some(s.clone()),
         Value::IntValue(i) => Some(i.to_string()),
@@ -121,9 +126,20 @@ pub fn parse_trace_id(s: &str) -> Result<String, Error> {
 }
 
 impl SpanStore {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`: a receiver's.
     pub fn open(dir: &Path) -> Result<Self, Error> {
+        Self::open_with(dir, true)
+    }
+
+    /// Opens the store in `dir` only if one is there: a reader's (`trace
+    /// show` with a mistyped `--data` must not create an empty store).
+    pub fn open_existing(dir: &Path) -> Result<Self, Error> {
+        Self::open_with(dir, false)
+    }
+
+    fn open_with(dir: &Path, create: bool) -> Result<Self, Error> {
         let opts = storage::Options {
+            create_if_missing: create,
             sync_policy: storage::SyncPolicy::Interval(std::time::Duration::from_secs(1)),
             // Spans are small and written in batches of up to 512: a small
             // memtable keeps the store's memory modest beside the demo.
@@ -136,8 +152,11 @@ impl SpanStore {
             reason: match e {
                 storage::Error::Locked { .. } => format!(
                     "{e}; while a receiver (`mlstack trace serve`, a running demo) holds it, \
-                     read through its query port (--query http://HOST:PORT)"
+                     read through its query port (--query http://HOST:PORT, printed at its start)"
                 ),
+                storage::Error::NotFound { .. } => {
+                    format!("no trace store here ({e}); has a receiver or the demo run?")
+                }
                 e => e.to_string(),
             },
         })?;

@@ -59,6 +59,29 @@ pub struct TraceView {
 /// A span's name and service.
 type NameService = (String, String);
 
+/// Nesting deeper than this is cut with one line (a client can send a chain
+/// of any length; the renderer recurses once per level).
+const MAX_DEPTH: usize = 64;
+
+/// Client-sent text made safe for a terminal: control characters (newlines,
+/// escape sequences) written as escapes, so they cannot break the tree or
+/// drive the terminal.
+fn clean(s: &str) -> String {
+    if s.chars().any(char::is_control) {
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    } else {
+        s.to_string()
+    }
+}
+
 /// Attributes `tracing-opentelemetry` adds to every span (source location,
 /// thread, log target): noise in a tree meant to show what happened.
 fn shown(key: &str) -> bool {
@@ -122,7 +145,12 @@ impl TraceView {
                         .attributes
                         .iter()
                         .filter(|kv| shown(&kv.key))
-                        .filter_map(|kv| Some((kv.key.clone(), s.attribute(&kv.key)?)))
+                        .filter_map(|kv| {
+                            Some((
+                                kv.key.clone(),
+                                super::store::any_value_text(kv.value.as_ref()?)?,
+                            ))
+                        })
                         .collect(),
                     links,
                     status: match status.map(|st| st.code) {
@@ -213,9 +241,23 @@ impl TraceView {
             children: &children,
             trace_id: &self.trace_id,
             fold,
+            seen: std::collections::HashSet::new(),
         };
         for root in &roots {
-            r.span(root, "", "", true);
+            r.span(root, "", "", true, 0);
+        }
+        // Spans no root reaches: their parents form a cycle (a span that is
+        // its own ancestor). Shown, not silently dropped.
+        let unreached: Vec<&SpanView> = self
+            .spans
+            .iter()
+            .filter(|s| !r.seen.contains(s.span_id.as_str()))
+            .collect();
+        for s in unreached {
+            if !r.seen.contains(s.span_id.as_str()) {
+                let _ = writeln!(r.out, "(in a parent cycle:)");
+                r.span(s, "", "", true, 0);
+            }
         }
         out
     }
@@ -226,34 +268,38 @@ struct Renderer<'a> {
     children: &'a HashMap<&'a str, Vec<&'a SpanView>>,
     trace_id: &'a str,
     fold: usize,
+    /// Spans printed (or folded) so far: each once, whatever the parents say.
+    seen: std::collections::HashSet<&'a str>,
 }
 
-impl Renderer<'_> {
-    fn span(&mut self, s: &SpanView, lead: &str, branch: &str, root: bool) {
-        let mut attrs: Vec<String> = s
+impl<'a> Renderer<'a> {
+    fn span(&mut self, s: &'a SpanView, lead: &str, branch: &str, root: bool, depth: usize) {
+        if !self.seen.insert(s.span_id.as_str()) {
+            return;
+        }
+        let attrs: Vec<String> = s
             .attributes
             .iter()
-            .map(|(k, v)| format!("{k}={v}"))
+            .map(|(k, v)| format!("{}={}", clean(k), clean(v)))
             .collect();
         let mut line = attrs.join(" ");
-        if line.len() > 140 {
+        if line.chars().count() > 140 {
             line = line.chars().take(140).collect::<String>() + "…";
         }
-        attrs.clear();
         let orphan = if root && !s.parent_span_id.is_empty() {
             format!(" (parent {} not received)", s.parent_span_id)
         } else {
             String::new()
         };
         let status = match s.status.as_str() {
-            "error" => format!(" ERROR {}", s.status_message),
+            "error" => format!(" ERROR {}", clean(&s.status_message)),
             _ => String::new(),
         };
         let _ = writeln!(
             self.out,
             "{lead}{branch}{} [{}] {:.1} ms span {}{orphan}{status}{}{line}",
-            s.name,
-            s.service,
+            clean(&s.name),
+            clean(&s.service),
             s.duration_ms(),
             s.span_id,
             if line.is_empty() { "" } else { "  " },
@@ -271,6 +317,15 @@ impl Renderer<'_> {
             .get(s.span_id.as_str())
             .cloned()
             .unwrap_or_default();
+        if depth >= MAX_DEPTH && !kids.is_empty() {
+            let _ = writeln!(
+                self.out,
+                "{inner}└─ … {} child spans below depth {MAX_DEPTH} not shown",
+                kids.len()
+            );
+            self.seen.extend(kids.iter().map(|k| k.span_id.as_str()));
+            return;
+        }
         let link_lead = format!("{inner}{}", if kids.is_empty() { "   " } else { "│  " });
         for (i, l) in s.links.iter().enumerate() {
             if i == self.fold {
@@ -282,7 +337,7 @@ impl Renderer<'_> {
                 break;
             }
             let what = match (&l.name, &l.service) {
-                (Some(n), Some(sv)) => format!("{n} [{sv}]"),
+                (Some(n), Some(sv)) => format!("{} [{}]", clean(n), clean(sv)),
                 _ => "(span not received)".into(),
             };
             let trace = if l.trace_id == self.trace_id {
@@ -310,6 +365,7 @@ impl Renderer<'_> {
                         .entry(k.name.as_str())
                         .or_default()
                         .push(k.duration_ms());
+                    self.seen.insert(k.span_id.as_str());
                     false
                 } else {
                     true
@@ -319,16 +375,23 @@ impl Renderer<'_> {
         let total = visible.len() + folded.len();
         for (i, k) in visible.iter().enumerate() {
             let last = i + 1 == total;
-            self.span(k, &inner, if last { "└─ " } else { "├─ " }, false);
+            self.span(
+                k,
+                &inner,
+                if last { "└─ " } else { "├─ " },
+                false,
+                depth + 1,
+            );
         }
         for (j, (name, mut d)) in folded.into_iter().enumerate() {
             let last = visible.len() + j + 1 == total;
             d.sort_by(f64::total_cmp);
             let _ = writeln!(
                 self.out,
-                "{inner}{}… {} more {name} spans (median {:.1} ms, longest {:.1} ms)",
+                "{inner}{}… {} more {} spans (median {:.1} ms, longest {:.1} ms; their children not shown)",
                 if last { "└─ " } else { "├─ " },
                 d.len(),
+                clean(name),
                 d[d.len() / 2],
                 d[d.len() - 1]
             );
@@ -394,5 +457,36 @@ mod tests {
             v.render(usize::MAX).matches("record [svc] 2.0 ms").count(),
             5
         );
+    }
+
+    #[test]
+    fn cycles_deep_chains_and_control_characters_are_shown_safely() {
+        // a → b → a: neither is a root; both still printed, once.
+        let mut spans = vec![view("a", "b", "cyc-a", 0), view("b", "a", "cyc-b", 1)];
+        // A chain deeper than the limit.
+        spans.push(view("c0", "", "chain", 2));
+        for i in 1..200 {
+            spans.push(view(
+                &format!("c{i}"),
+                &format!("c{}", i - 1),
+                "chain",
+                2 + i,
+            ));
+        }
+        spans.push(view("x", "", "evil\n\u{1b}[2Jname", 500));
+        let text = TraceView {
+            trace_id: "t".into(),
+            spans,
+        }
+        .render(usize::MAX);
+        assert!(text.contains("(in a parent cycle:)"), "{text}");
+        assert_eq!(text.matches("cyc-a [svc]").count(), 1, "{text}");
+        assert_eq!(text.matches("cyc-b [svc]").count(), 1, "{text}");
+        assert!(
+            text.contains("child spans below depth 64 not shown"),
+            "{text}"
+        );
+        assert!(text.contains("evil\\n\\u{1b}[2Jname"), "{text}");
+        assert!(!text.contains('\u{1b}'), "an escape reached the output");
     }
 }

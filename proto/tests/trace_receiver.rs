@@ -10,7 +10,8 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::Link;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
-use observe::traces::{Receiver, SpanStore, TraceView};
+use observe::traces::{SpanStore, TraceView};
+use proto::trace_receiver::TraceReceiver as Receiver;
 
 const TRACE: [u8; 16] = [0xab; 16];
 
@@ -120,6 +121,25 @@ async fn keeps_good_spans_refuses_bad_ones_and_answers_queries() {
         "{status:?}"
     );
 
+    // Small on the wire, huge once stored: a 1 MiB resource shared by 100
+    // spans would be copied into each. Refused before anything is built.
+    let mut amplified = request((10..110).map(|i| span(i, None, "tiny")).collect());
+    if let Some(r) = amplified.resource_spans[0].resource.as_mut() {
+        r.attributes.push(KeyValue {
+            key: "padding".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue("p".repeat(1 << 20))),
+            }),
+            ..Default::default()
+        });
+    }
+    let status = client
+        .export(amplified)
+        .await
+        .expect_err("100 MiB once stored");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("limit"), "{status:?}");
+
     // The query port.
     let base = format!("http://{}", receiver.query_addr().expect("query port"));
     let hex = "ab".repeat(16);
@@ -129,7 +149,11 @@ async fn keeps_good_spans_refuses_bad_ones_and_answers_queries() {
     assert_eq!(resp.status(), 200);
     let view: TraceView = resp.json().await.expect("a TraceView");
     let names: Vec<&str> = view.spans.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["root", "child"], "only the valid spans were kept");
+    assert_eq!(
+        names,
+        ["root", "child"],
+        "only the valid spans were kept, none of the amplified request"
+    );
     assert_eq!(view.spans[1].links[0].name.as_deref(), Some("root"));
     assert_eq!(view.spans[0].service, "svc");
     let text = view.render(3);

@@ -1,8 +1,12 @@
 //! The OTLP/gRPC trace receiver (`mlstack trace serve`): the
 //! `opentelemetry.proto.collector.trace.v1.TraceService/Export` method the
 //! OpenTelemetry Collector and Jaeger accept on port 4317, writing every span
-//! to a [`SpanStore`], and a small HTTP query port (Jaeger's UI port, 16686,
-//! by default) that `mlstack trace show` reads while the receiver runs.
+//! to an `observe::traces::SpanStore`, and a small HTTP query port (Jaeger's
+//! UI port, 16686, by default) that `mlstack trace show` reads while the
+//! receiver runs. The gRPC side starts through [`GrpcServer`] like every
+//! other server (health, reflection, drain on stop); its own Export calls
+//! get no server span (`observe::grpc::server_span`), or each export would
+//! make spans to export.
 //!
 //! ```text
 //! exporters ──OTLP/gRPC Export──▶ receiver ──validate──▶ SpanStore (LSM)
@@ -11,10 +15,13 @@
 //! ```
 //!
 //! Hostile or broken input: requests are capped at 4 MiB (the Collector's
-//! default); a span without a 16-byte trace id and an 8-byte span id (both
-//! non-zero), with a parent id of the wrong size, or with a name over
-//! 1 KiB is rejected and counted in the answer's `partial_success`, as the
-//! OTLP specification prescribes, while the request's valid spans are kept.
+//! default), and at 64 MiB once stored (each span is stored with its
+//! resource, so a large resource shared by many small spans is refused
+//! before it is copied: `RESOURCE_EXHAUSTED`); a span without a 16-byte
+//! trace id and an 8-byte span id (both non-zero), with a parent id of the
+//! wrong size, or with a name over 1 KiB is rejected and counted in the
+//! answer's `partial_success`, as the OTLP specification prescribes, while
+//! the request's valid spans are kept. An all-zero parent id is a root.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,43 +38,56 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tokio_util::sync::CancellationToken;
 
-use super::store::SpanStore;
-use super::tree::TraceView;
+use observe::traces::{SpanStore, TraceView};
+use prost::Message;
+
 use crate::Error;
+use crate::server::GrpcServer;
 
 /// The largest Export request accepted (the Collector's default).
 pub const MAX_REQUEST_BYTES: usize = 4 << 20;
 /// The longest span name accepted.
 pub const MAX_NAME_BYTES: usize = 1024;
+/// The most one request may take once stored (each span with its resource).
+pub const MAX_STORED_BYTES: usize = 64 << 20;
+
+/// A span's name for an error message: at most 64 characters.
+fn short(name: &str) -> String {
+    let mut s: String = name.chars().take(64).collect();
+    if s.len() < name.len() {
+        s.push('…');
+    }
+    s
+}
 
 /// Why a span is refused, or `None` when it is well-formed.
 pub fn invalid(span: &Span) -> Option<String> {
     let zero = |b: &[u8]| b.iter().all(|&x| x == 0);
+    if span.name.len() > MAX_NAME_BYTES {
+        return Some(format!(
+            "span name of {} bytes (limit {MAX_NAME_BYTES})",
+            span.name.len()
+        ));
+    }
     if span.trace_id.len() != 16 || zero(&span.trace_id) {
         return Some(format!(
             "span {:?}: trace id must be 16 non-zero bytes, got {}",
-            span.name,
+            short(&span.name),
             span.trace_id.len()
         ));
     }
     if span.span_id.len() != 8 || zero(&span.span_id) {
         return Some(format!(
             "span {:?}: span id must be 8 non-zero bytes, got {}",
-            span.name,
+            short(&span.name),
             span.span_id.len()
         ));
     }
     if !(span.parent_span_id.is_empty() || span.parent_span_id.len() == 8) {
         return Some(format!(
             "span {:?}: parent span id must be empty or 8 bytes, got {}",
-            span.name,
+            short(&span.name),
             span.parent_span_id.len()
-        ));
-    }
-    if span.name.len() > MAX_NAME_BYTES {
-        return Some(format!(
-            "span name of {} bytes (limit {MAX_NAME_BYTES})",
-            span.name.len()
         ));
     }
     None
@@ -84,7 +104,38 @@ impl TraceService for Export {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let req = request.into_inner();
+        let mut req = request.into_inner();
+        // What storing would take: every span carries its resource and scope.
+        let stored: usize = req
+            .resource_spans
+            .iter()
+            .flat_map(|rs| {
+                let shared = rs.resource.as_ref().map_or(0, Message::encoded_len);
+                rs.scope_spans.iter().map(move |ss| {
+                    let per = shared + ss.scope.as_ref().map_or(0, Message::encoded_len);
+                    ss.spans
+                        .iter()
+                        .map(|sp| per.saturating_add(sp.encoded_len()))
+                        .fold(0usize, usize::saturating_add)
+                })
+            })
+            .fold(0usize, usize::saturating_add);
+        if stored > MAX_STORED_BYTES {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "this export would store {stored} bytes (each span with its resource); the limit is {MAX_STORED_BYTES}: send fewer spans per request"
+            )));
+        }
+        // An all-zero parent id is no parent (some SDKs send one for roots).
+        for sp in req
+            .resource_spans
+            .iter_mut()
+            .flat_map(|rs| rs.scope_spans.iter_mut())
+            .flat_map(|ss| ss.spans.iter_mut())
+        {
+            if !sp.parent_span_id.is_empty() && sp.parent_span_id.iter().all(|&b| b == 0) {
+                sp.parent_span_id.clear();
+            }
+        }
         let store = self.store.clone();
         // The store's write is blocking file I/O: off the runtime's workers.
         let (rejected, first_error) = tokio::task::spawn_blocking(move || {
@@ -121,27 +172,18 @@ impl TraceService for Export {
 
 /// A running receiver.
 #[derive(Debug)]
-pub struct Receiver {
-    otlp_addr: SocketAddr,
+pub struct TraceReceiver {
+    grpc: Option<GrpcServer>,
     query_addr: Option<SocketAddr>,
     store: Arc<SpanStore>,
     cancel: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    query_task: Option<tokio::task::JoinHandle<()>>,
 }
 
-async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), Error> {
-    let l = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })?;
-    let local = l
-        .local_addr()
-        .map_err(|source| Error::Bind { addr, source })?;
-    Ok((l, local))
-}
-
-impl Receiver {
+impl TraceReceiver {
     /// Binds the OTLP port (and the query port, when given; port 0 picks a
-    /// free one) and serves until [`stop`](Self::stop).
+    /// free one) and serves until [`stop`](Self::stop). Both ports are bound
+    /// before either serves, so a failed bind leaves nothing running.
     pub async fn start(
         otlp: SocketAddr,
         query: Option<SocketAddr>,
@@ -149,34 +191,39 @@ impl Receiver {
     ) -> Result<Self, Error> {
         let store = Arc::new(store);
         let cancel = CancellationToken::new();
-        let (listener, otlp_addr) = bind(otlp).await?;
+        let query_listener = match query {
+            Some(q) => {
+                let l = tokio::net::TcpListener::bind(q)
+                    .await
+                    .map_err(|source| Error::BindHttp { addr: q, source })?;
+                let a = l
+                    .local_addr()
+                    .map_err(|source| Error::BindHttp { addr: q, source })?;
+                Some((l, a))
+            }
+            None => None,
+        };
         let svc = TraceServiceServer::new(Export {
             store: store.clone(),
         })
         .max_decoding_message_size(MAX_REQUEST_BYTES);
-        let stop = cancel.clone();
-        let mut tasks = vec![tokio::spawn(async move {
-            let served = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listener),
-                    stop.cancelled_owned(),
-                )
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, %otlp_addr, "OTLP receiver failed");
-            }
-        })];
+        let grpc = GrpcServer::start(otlp, "trace", None, |routes| {
+            routes.add_service(svc);
+        })
+        .await?;
+        grpc.health
+            .set_serving::<TraceServiceServer<Export>>()
+            .await;
         let mut query_addr = None;
-        if let Some(q) = query {
-            let (listener, addr) = bind(q).await?;
+        let mut query_task = None;
+        if let Some((listener, addr)) = query_listener {
             query_addr = Some(addr);
             let app = axum::Router::new()
                 .route("/api/traces", axum::routing::get(recent))
                 .route("/api/traces/{trace_id}", axum::routing::get(one_trace))
                 .with_state(store.clone());
             let stop = cancel.clone();
-            tasks.push(tokio::spawn(async move {
+            query_task = Some(tokio::spawn(async move {
                 let served = axum::serve(listener, app)
                     .with_graceful_shutdown(stop.cancelled_owned())
                     .await;
@@ -185,23 +232,25 @@ impl Receiver {
                 }
             }));
         }
-        tracing::info!(%otlp_addr, ?query_addr, dir = %store.dir().display(), "trace receiver listening");
+        tracing::info!(otlp = %grpc.addr, ?query_addr, dir = %store.dir().display(), "trace receiver listening");
         Ok(Self {
-            otlp_addr,
+            grpc: Some(grpc),
             query_addr,
             store,
             cancel,
-            tasks,
+            query_task,
         })
     }
 
     /// The OTLP endpoint to export to (`OTEL_EXPORTER_OTLP_ENDPOINT`).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.otlp_addr)
+        format!("http://{}", self.otlp_addr())
     }
 
     pub fn otlp_addr(&self) -> SocketAddr {
-        self.otlp_addr
+        self.grpc
+            .as_ref()
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |g| g.addr)
     }
 
     pub fn query_addr(&self) -> Option<SocketAddr> {
@@ -212,20 +261,29 @@ impl Receiver {
         &self.store
     }
 
-    /// Stops accepting, waits for in-flight exports, and closes the store.
+    /// Stops accepting, waits for in-flight exports and queries, and closes
+    /// the store (when the last request holding it is done).
     pub async fn stop(mut self) {
         self.cancel.cancel();
-        for t in std::mem::take(&mut self.tasks) {
+        if let Some(g) = self.grpc.take()
+            && let Err(e) = g.stop().await
+        {
+            tracing::error!(error = %e, "OTLP receiver failed");
+        }
+        if let Some(t) = self.query_task.take() {
             let _ = t.await;
         }
     }
 }
 
-impl Drop for Receiver {
-    /// Dropped without [`stop`](Self::stop): the servers stop accepting and
-    /// end on their own (the store closes when the last request is done).
+impl Drop for TraceReceiver {
+    /// Dropped without [`stop`](Self::stop): both servers stop accepting and
+    /// end on their own.
     fn drop(&mut self) {
         self.cancel.cancel();
+        if let Some(g) = &self.grpc {
+            g.stop_token().cancel();
+        }
     }
 }
 
@@ -256,8 +314,10 @@ async fn one_trace(
 ) -> Response {
     match tokio::task::spawn_blocking(move || TraceView::load(&store, &trace_id)).await {
         Ok(Ok(view)) => axum::Json(view).into_response(),
-        Ok(Err(e @ Error::BadTraceId { .. })) => json_error(StatusCode::BAD_REQUEST, e.to_string()),
-        Ok(Err(e @ Error::TraceNotFound { .. })) => {
+        Ok(Err(e @ observe::Error::BadTraceId { .. })) => {
+            json_error(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        Ok(Err(e @ observe::Error::TraceNotFound { .. })) => {
             json_error(StatusCode::NOT_FOUND, e.to_string())
         }
         Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
