@@ -394,7 +394,7 @@ impl pb::kv_server::Kv for KvService {
         let (rev, _) = self.consistency(r.consistency).await?;
         let (kvs, more) = self
             .shared
-            .scan(&start, &end, limit, r.reverse)
+            .scan(&start, &end, limit, limits::MAX_SCAN_BYTES, r.reverse)
             .map_err(storage_status)?;
         let next_key = match (more, kvs.last()) {
             (true, Some(last)) if !r.reverse => {

@@ -213,4 +213,9 @@ pub mod limits {
     /// Default and maximum page size of `Scan`.
     pub const DEFAULT_SCAN_LIMIT: usize = 1000;
     pub const MAX_SCAN_LIMIT: usize = 10_000;
+    /// Keys and values in one Scan response stop at about this many bytes
+    /// (the page ends early, `more` set; at least one entry per page): with
+    /// 1 MiB values a 10,000-entry page would be 10 GiB, and a gRPC client
+    /// refuses messages over 4 MiB by default.
+    pub const MAX_SCAN_BYTES: usize = 3 << 20;
 }

@@ -405,6 +405,48 @@ async fn bad_input_is_invalid_argument_and_changes_nothing() {
     assert_eq!(e.code(), Some(tonic::Code::InvalidArgument), "{e}");
 }
 
+/// A Scan page stops at MAX_SCAN_BYTES of keys and values, not only at its
+/// entry limit: eight 1 MiB values come back a few per page (each page under
+/// the gRPC client's 4 MiB message limit), and paging returns all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scan_pages_are_bounded_in_bytes() {
+    use consensus::types::limits::{MAX_SCAN_BYTES, MAX_VALUE_BYTES};
+    let c = Cluster::start(1).await;
+    let client = c.client();
+    for i in 0..8u8 {
+        let v = vec![b'a' + i; MAX_VALUE_BYTES];
+        client
+            .put(format!("big/{i}").as_bytes(), &v)
+            .await
+            .expect("put 1 MiB");
+    }
+    let r = client
+        .scan(pb::ScanRequest {
+            prefix: b"big/".to_vec(),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("scan");
+    let bytes: usize = r.kvs.iter().map(|kv| kv.key.len() + kv.value.len()).sum();
+    assert!(r.more, "eight MiB do not fit one page");
+    assert!(
+        !r.kvs.is_empty() && r.kvs.len() < 8 && bytes <= MAX_SCAN_BYTES,
+        "{} entries, {bytes} bytes",
+        r.kvs.len()
+    );
+    let all = client
+        .scan_all(b"big/", 100, pb::ReadConsistency::Linearizable)
+        .await
+        .expect("scan_all");
+    assert_eq!(all.len(), 8);
+    assert!(
+        all.iter()
+            .enumerate()
+            .all(|(i, kv)| kv.value.len() == MAX_VALUE_BYTES && kv.value[0] == b'a' + i as u8)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_streams_changes_on_a_prefix() {
     let c = Cluster::start(3).await;

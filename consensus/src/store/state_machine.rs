@@ -44,13 +44,15 @@ impl Shared {
         }
     }
 
-    /// Entries in `[start, end)` (empty `end` = unbounded), at most `limit`;
-    /// the bool says whether more remain.
+    /// Entries in `[start, end)` (empty `end` = unbounded), at most `limit`
+    /// and, past the first, at most `max_bytes` of keys and values; the bool
+    /// says whether more remain.
     pub fn scan(
         &self,
         start: &[u8],
         end: &[u8],
         limit: usize,
+        max_bytes: usize,
         reverse: bool,
     ) -> Result<(Vec<KeyValue>, bool), std::io::Error> {
         let lo = data_key(start);
@@ -68,13 +70,20 @@ impl Shared {
                 &ReadOptions::default(),
             )
             .map_err(io_err)?;
-        let mut out = Vec::new();
+        let mut out: Vec<KeyValue> = Vec::new();
+        let mut bytes = 0usize;
         for kv in it {
             let (_, v) = kv.map_err(io_err)?;
             if out.len() == limit {
                 return Ok((out, true));
             }
-            out.push(decode("key record", &v)?);
+            let kv: KeyValue = decode("key record", &v)?;
+            let size = kv.key.len().saturating_add(kv.value.len());
+            if !out.is_empty() && bytes.saturating_add(size) > max_bytes {
+                return Ok((out, true));
+            }
+            bytes = bytes.saturating_add(size);
+            out.push(kv);
         }
         Ok((out, false))
     }
