@@ -134,6 +134,15 @@ impl SpanStore {
     /// Opens the store in `dir` only if one is there: a reader's (`trace
     /// show` with a mistyped `--data` must not create an empty store).
     pub fn open_existing(dir: &Path) -> Result<Self, Error> {
+        // Checked here: the engine makes the directory (and its LOCK) before
+        // it finds no database in it.
+        if !dir.is_dir() {
+            return Err(Error::TraceStore {
+                dir: dir.to_path_buf(),
+                reason: "no trace store here (no such directory); has a receiver or the demo run?"
+                    .into(),
+            });
+        }
         Self::open_with(dir, false)
     }
 
@@ -314,7 +323,7 @@ mod tests {
                 .put(&[(None, None, &a), (None, None, &b), (None, None, &c)])
                 .expect("put");
         }
-        let store = SpanStore::open(dir.path()).expect("reopen");
+        let store = SpanStore::open_existing(dir.path()).expect("reopen");
         let t1 = store.trace(&hex(&[1; 16])).expect("trace");
         assert_eq!(
             t1.iter().map(|s| s.span.name.as_str()).collect::<Vec<_>>(),
@@ -326,6 +335,15 @@ mod tests {
         assert_eq!(recent[0].root, "other", "newest first: {recent:?}");
         assert!(store.span(&[2; 16], &[3; 8]).expect("get").is_some());
         assert!(store.span(&[2; 16], &[4; 8]).expect("get").is_none());
+    }
+
+    #[test]
+    fn a_reader_never_creates_a_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("no-store");
+        let e = SpanStore::open_existing(&missing).expect_err("nothing there");
+        assert!(e.to_string().contains("no trace store here"), "{e}");
+        assert!(!missing.exists(), "the reader made {}", missing.display());
     }
 
     #[test]
