@@ -484,10 +484,10 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<WatchStream>, Status> {
         let r = request.into_inner();
-        let (mut rx, history) = self.shared.watch();
         let start = r.start_revision;
+        let (mut rx, oldest, history) = self.shared.watch(start);
         if start > 0 {
-            let oldest = history.first().map(|e| e.revision()).unwrap_or(u64::MAX);
+            let oldest = oldest.unwrap_or(u64::MAX);
             // Revisions before the retained history (and after the last
             // snapshot install) are gone: say so instead of skipping them.
             if start < oldest && start <= self.shared.applied_index() {

@@ -675,3 +675,45 @@ async fn a_far_behind_follower_catches_up_from_large_batched_entries() {
         c.nodes[&leader].shared.state_hash().expect("hash").1
     );
 }
+
+/// The watch history is bounded in bytes as well as in events: after 72
+/// values of 1 MiB (72 MiB > WATCH_HISTORY_BYTES), a watch from the first
+/// revision is OUT_OF_RANGE, while one from the newest revision replays it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_watch_history_is_bounded_in_bytes() {
+    use consensus::types::limits::MAX_VALUE_BYTES;
+    let c = Cluster::start(1).await;
+    let client = c.client();
+    let first = client.put(b"h/first", b"1").await.expect("put");
+    let first_rev = first.header.expect("header").revision;
+    let mut last_rev = 0;
+    for i in 0..72u32 {
+        let r = client
+            .put(format!("h/{i}").as_bytes(), &vec![b'v'; MAX_VALUE_BYTES])
+            .await
+            .expect("put 1 MiB");
+        last_rev = r.header.expect("header").revision;
+    }
+    let leader = c.leader().await;
+    let mut kv = proto::kv::v1::kv_client::KvClient::new(
+        proto::server::channel(&c.peers[&leader]).expect("channel"),
+    );
+    let e = kv
+        .watch(pb::WatchRequest {
+            prefix: b"h/".to_vec(),
+            start_revision: first_rev,
+        })
+        .await
+        .expect_err("the first revision is no longer retained");
+    assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
+    let mut stream = kv
+        .watch(pb::WatchRequest {
+            prefix: b"h/".to_vec(),
+            start_revision: last_rev,
+        })
+        .await
+        .expect("a recent revision is retained")
+        .into_inner();
+    let ev = stream.message().await.expect("event").expect("some");
+    assert_eq!(ev.kv.as_ref().map(|k| k.key.as_slice()), Some(&b"h/71"[..]));
+}

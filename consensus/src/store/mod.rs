@@ -58,8 +58,12 @@ const DEDUP_PREFIX: &[u8] = b"d/";
 /// How many recent responses are kept per client for deduplication. A retry
 /// older than this is refused (`OpResult::Expired`), never applied twice.
 pub const DEDUP_WINDOW: usize = 4096;
-/// Recent watch events kept for `Watch { start_revision }` catch-up.
+/// Recent watch events kept for `Watch { start_revision }` catch-up: at
+/// most this many ...
 const WATCH_HISTORY: usize = 8192;
+/// ... and at most this many bytes of keys and values (8,192 events of
+/// 1 MiB values would be 8 GiB in memory).
+pub const WATCH_HISTORY_BYTES: usize = 64 << 20;
 
 fn log_key(index: u64) -> [u8; 10] {
     let mut k = [0u8; 10];

@@ -10,6 +10,38 @@ pub(super) struct Applied {
     pub(super) membership: StoredMembership<NodeId, Node>,
 }
 
+/// Recent applied events for watch catch-up, bounded by count
+/// (`WATCH_HISTORY`) and by bytes (`WATCH_HISTORY_BYTES`): the oldest go
+/// first; a watch from before them gets `OUT_OF_RANGE`.
+#[derive(Debug, Default)]
+pub struct History {
+    events: VecDeque<WatchEvent>,
+    /// Keys and values held, plus a fixed 64 bytes per event.
+    bytes: usize,
+}
+
+impl History {
+    fn size(ev: &WatchEvent) -> usize {
+        64 + match ev {
+            WatchEvent::Put(kv) => kv.key.len() + kv.value.len(),
+            WatchEvent::Delete { key, .. } => key.len(),
+            WatchEvent::Reset => 0,
+        }
+    }
+
+    fn push(&mut self, ev: WatchEvent) {
+        self.bytes += Self::size(&ev);
+        self.events.push_back(ev);
+        while self.events.len() > WATCH_HISTORY
+            || (self.bytes > WATCH_HISTORY_BYTES && self.events.len() > 1)
+        {
+            if let Some(old) = self.events.pop_front() {
+                self.bytes -= Self::size(&old);
+            }
+        }
+    }
+}
+
 /// State shared between the state machine, its snapshot builder and the gRPC
 /// read path.
 #[derive(Debug)]
@@ -19,7 +51,7 @@ pub struct Shared {
     /// Per client: retained seqs (for pruning) and the lowest retained seq.
     pub(super) dedup: Mutex<HashMap<u64, BTreeSet<u64>>>,
     pub(super) watch_tx: broadcast::Sender<WatchEvent>,
-    pub(super) history: Mutex<VecDeque<WatchEvent>>,
+    pub(super) history: Mutex<History>,
     pub(super) snapshot_dir: PathBuf,
     pub(super) current_snapshot: Mutex<Option<StoredSnapshot>>,
     pub(super) metrics: Arc<Metrics>,
@@ -88,13 +120,32 @@ impl Shared {
         Ok((out, false))
     }
 
-    /// Subscribes to applied changes plus the retained recent history.
-    pub fn watch(&self) -> (broadcast::Receiver<WatchEvent>, Vec<WatchEvent>) {
+    /// Subscribes to applied changes; returns the oldest retained revision
+    /// and the retained events from revision `from` on (none for `from` 0:
+    /// a watch of new changes copies nothing).
+    pub fn watch(
+        &self,
+        from: u64,
+    ) -> (
+        broadcast::Receiver<WatchEvent>,
+        Option<u64>,
+        Vec<WatchEvent>,
+    ) {
         // Subscribe under the history lock (apply pushes history under it and
         // sends after): every event is either in the copy or on the channel.
         let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
         let rx = self.watch_tx.subscribe();
-        (rx, h.iter().cloned().collect())
+        let oldest = h.events.front().map(WatchEvent::revision);
+        let replay = if from == 0 {
+            Vec::new()
+        } else {
+            h.events
+                .iter()
+                .filter(|e| e.revision() >= from)
+                .cloned()
+                .collect()
+        };
+        (rx, oldest, replay)
     }
 
     /// Hash of the applied state (every `s/` record) with the applied index,
@@ -164,7 +215,7 @@ impl StateMachine {
                 applied: Mutex::new(applied),
                 dedup: Mutex::new(dedup),
                 watch_tx,
-                history: Mutex::new(VecDeque::new()),
+                history: Mutex::new(History::default()),
                 snapshot_dir,
                 current_snapshot: Mutex::new(current_snapshot),
                 metrics,
@@ -444,10 +495,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         {
             let mut h = shared.history.lock().unwrap_or_else(|p| p.into_inner());
             for ev in &events {
-                if h.len() == WATCH_HISTORY {
-                    h.pop_front();
-                }
-                h.push_back(ev.clone());
+                h.push(ev.clone());
             }
         }
         for ev in events {
@@ -533,7 +581,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), Arc::new(data)));
         {
             let mut h = shared.history.lock().unwrap_or_else(|p| p.into_inner());
-            h.clear();
+            *h = History::default();
         }
         let _ = shared.watch_tx.send(WatchEvent::Reset);
         shared.metrics.snapshots_installed.inc();
