@@ -516,10 +516,8 @@ async fn overload_bad_input_deadlines_and_cancellation() {
         Ok::<(), tonic::Status>(())
     }
     .await;
-    assert_eq!(
-        got.expect_err("deadline").code(),
-        tonic::Code::DeadlineExceeded
-    );
+    let e = got.expect_err("deadline");
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
     server.drained().await;
     // Every admitted request is counted once it ends: the dropped streams
     // (the 8 minus the refused) and the one past its deadline, all cancelled.
@@ -583,6 +581,7 @@ async fn overload_bad_input_deadlines_and_cancellation() {
 /// and only a key marked `priority` may set the request priority.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_gate_both_apis_and_the_request_priority() {
+    let _serial = SERIAL.lock().await;
     const ALICE: &str = "sk-alice-0123456789abcdef";
     const BOB: &str = "sk-bob-0123456789abcdef00";
     let keys = infer::auth::ApiKeys::parse(&format!("{ALICE} alice priority\n{BOB} bob\n"), "test")
