@@ -1041,6 +1041,19 @@ pub struct IngestBenchArgs {
     pub out: std::path::PathBuf,
 }
 
+/// The KV cluster a lineage command talks to (datasets, models).
+#[derive(Clone, Debug, Args)]
+pub struct KvEndpoints {
+    /// KV cluster endpoints.
+    #[arg(
+        long,
+        env = "MLSTACK_KV_ENDPOINTS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub kv: Vec<String>,
+}
+
 #[derive(Clone, Debug, Subcommand)]
 pub enum DatasetsCommand {
     /// Freeze the ingest manifest of a topic as an immutable named snapshot
@@ -1054,14 +1067,8 @@ pub enum DatasetsCommand {
 
 #[derive(Clone, Debug, Args)]
 pub struct DatasetsSnapshotArgs {
-    /// KV cluster endpoints.
-    #[arg(
-        long,
-        env = "MLSTACK_KV_ENDPOINTS",
-        value_delimiter = ',',
-        required = true
-    )]
-    pub kv: Vec<String>,
+    #[command(flatten)]
+    pub cluster: KvEndpoints,
     #[arg(long, default_value = "corpus")]
     pub topic: String,
     /// The ingest consumer group whose manifest is frozen.
@@ -1073,13 +1080,8 @@ pub struct DatasetsSnapshotArgs {
 
 #[derive(Clone, Debug, Args)]
 pub struct DatasetsShowArgs {
-    #[arg(
-        long,
-        env = "MLSTACK_KV_ENDPOINTS",
-        value_delimiter = ',',
-        required = true
-    )]
-    pub kv: Vec<String>,
+    #[command(flatten)]
+    pub cluster: KvEndpoints,
     #[arg(long, default_value = "corpus")]
     pub topic: String,
     pub name: String,
@@ -1087,13 +1089,8 @@ pub struct DatasetsShowArgs {
 
 #[derive(Clone, Debug, Args)]
 pub struct DatasetsListArgs {
-    #[arg(
-        long,
-        env = "MLSTACK_KV_ENDPOINTS",
-        value_delimiter = ',',
-        required = true
-    )]
-    pub kv: Vec<String>,
+    #[command(flatten)]
+    pub cluster: KvEndpoints,
     #[arg(long)]
     pub topic: Option<String>,
 }
@@ -1112,25 +1109,15 @@ pub enum ModelsCommand {
 
 #[derive(Clone, Debug, Args)]
 pub struct ModelsListArgs {
-    #[arg(
-        long,
-        env = "MLSTACK_KV_ENDPOINTS",
-        value_delimiter = ',',
-        required = true
-    )]
-    pub kv: Vec<String>,
+    #[command(flatten)]
+    pub cluster: KvEndpoints,
     pub run: Option<String>,
 }
 
 #[derive(Clone, Debug, Args)]
 pub struct ModelsShowArgs {
-    #[arg(
-        long,
-        env = "MLSTACK_KV_ENDPOINTS",
-        value_delimiter = ',',
-        required = true
-    )]
-    pub kv: Vec<String>,
+    #[command(flatten)]
+    pub cluster: KvEndpoints,
     pub run: String,
     /// `latest`, `production` or `step-N`.
     #[arg(default_value = "latest")]
@@ -1139,13 +1126,8 @@ pub struct ModelsShowArgs {
 
 #[derive(Clone, Debug, Args)]
 pub struct ModelsPromoteArgs {
-    #[arg(
-        long,
-        env = "MLSTACK_KV_ENDPOINTS",
-        value_delimiter = ',',
-        required = true
-    )]
-    pub kv: Vec<String>,
+    #[command(flatten)]
+    pub cluster: KvEndpoints,
     pub run: String,
     #[arg(long)]
     pub step: u64,

@@ -12,7 +12,7 @@ fn pretty<T: serde::Serialize>(v: &T) -> String {
 pub fn datasets(cmd: &DatasetsCommand) -> Result<(), Error> {
     match cmd {
         DatasetsCommand::Snapshot(a) => {
-            let s = stream::snapshot::create(&a.kv, &a.group, &a.topic, &a.name)?;
+            let s = stream::snapshot::create(&a.cluster.kv, &a.group, &a.topic, &a.name)?;
             println!(
                 "created {}: {} files, {} rows, {:.1} MB",
                 stream::snapshot::key(&a.topic, &a.name),
@@ -27,11 +27,11 @@ pub fn datasets(cmd: &DatasetsCommand) -> Result<(), Error> {
         DatasetsCommand::Show(a) => {
             println!(
                 "{}",
-                pretty(&stream::snapshot::load(&a.kv, &a.topic, &a.name)?)
+                pretty(&stream::snapshot::load(&a.cluster.kv, &a.topic, &a.name)?)
             );
         }
         DatasetsCommand::List(a) => {
-            for s in stream::snapshot::list(&a.kv, a.topic.as_deref())? {
+            for s in stream::snapshot::list(&a.cluster.kv, a.topic.as_deref())? {
                 println!(
                     "{:<40} {:>4} files {:>8} rows  group {}",
                     stream::snapshot::key(&s.topic, &s.name),
@@ -52,7 +52,7 @@ fn reg(e: train::TrainError) -> Error {
 pub fn models(cmd: &ModelsCommand) -> Result<(), Error> {
     match cmd {
         ModelsCommand::List(a) => {
-            for (key, v) in train::registry::list(&a.kv, a.run.as_deref()).map_err(reg)? {
+            for (key, v) in train::registry::list(&a.cluster.kv, a.run.as_deref()).map_err(reg)? {
                 println!(
                     "{key:<40} step {:>6}  loss {:>7}  val {:>7}  dataset {}",
                     v["step"],
@@ -67,14 +67,14 @@ pub fn models(cmd: &ModelsCommand) -> Result<(), Error> {
             }
         }
         ModelsCommand::Show(a) => {
-            let entry = train::registry::show(&a.kv, &a.run, &a.name).map_err(reg)?;
+            let entry = train::registry::show(&a.cluster.kv, &a.run, &a.name).map_err(reg)?;
             println!("{}", pretty(&entry));
             // From the model back to the data: the snapshot it was trained on.
             if let Some(ds) = entry["dataset_version"].as_str()
                 && let Some(rest) = ds.strip_prefix("datasets/")
                 && let Some((topic, name)) = rest.split_once('/')
             {
-                let s = stream::snapshot::load(&a.kv, topic, name)?;
+                let s = stream::snapshot::load(&a.cluster.kv, topic, name)?;
                 println!(
                     "trained on {ds}: {} rows in {} files",
                     s.rows,
@@ -92,7 +92,8 @@ pub fn models(cmd: &ModelsCommand) -> Result<(), Error> {
             }
         }
         ModelsCommand::Promote(a) => {
-            let before = train::registry::promote(&a.kv, &a.run, a.step, &a.alias).map_err(reg)?;
+            let before =
+                train::registry::promote(&a.cluster.kv, &a.run, a.step, &a.alias).map_err(reg)?;
             println!(
                 "models/{}/{} → step-{} (was {})",
                 a.run,
