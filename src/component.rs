@@ -12,6 +12,9 @@
 //!    servers drain;
 //! 4. the command stops its servers, then [`Component::stop`] stops the
 //!    metrics server, and the caller flushes spans.
+//!
+//! [`probe`] is the other side of step 1: `mlstack health`, the containers'
+//! health check (the images carry no curl).
 
 use std::net::SocketAddr;
 
@@ -63,5 +66,40 @@ impl Component {
     pub async fn stop(self) {
         self.readiness.set_ready(false);
         self.metrics.stop().await;
+    }
+}
+
+/// `mlstack health`: GET `url` within `timeout`; `Ok` on a 2xx answer. The
+/// error names the status and the first line of the body (`/readyz` says
+/// `not ready`).
+pub async fn probe(url: &str, timeout: std::time::Duration) -> Result<(), Error> {
+    let http = |reason: String| Error::Http {
+        url: url.to_string(),
+        reason,
+    };
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|e| http(e.to_string()))?;
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| http(e.to_string()))?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    if status.is_success() {
+        println!("{status}: {}", body.lines().next().unwrap_or(""));
+        Ok(())
+    } else {
+        Err(http(format!(
+            "{status}: {}",
+            body.lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(200)
+                .collect::<String>()
+        )))
     }
 }

@@ -1,7 +1,9 @@
 //! `mlstack ingest ...` and `mlstack produce`: thin wiring into `stream`.
 
 use crate::Error;
-use crate::cli::{IngestBenchArgs, IngestCommand, IngestRunArgs, ProduceArgs};
+use crate::cli::{
+    IngestBenchArgs, IngestCommand, IngestCreateTopicArgs, IngestRunArgs, ProduceArgs,
+};
 
 fn stream_err(e: stream::Error) -> Error {
     Error::Stream(e)
@@ -11,7 +13,54 @@ pub async fn run(cmd: &IngestCommand) -> Result<(), Error> {
     match cmd {
         IngestCommand::Run(a) => ingest(a).await,
         IngestCommand::Bench(a) => bench(a).await,
+        IngestCommand::CreateTopic(a) => create_topic(a).await,
     }
+}
+
+/// `mlstack ingest create-topic`: retried while the broker is unreachable
+/// (a compose init job may start before the broker listens), so it fails
+/// only at --timeout, with the last error.
+async fn create_topic(a: &IngestCreateTopicArgs) -> Result<(), Error> {
+    let start = std::time::Instant::now();
+    let per_try =
+        std::time::Duration::from_secs(10).min(a.timeout.max(std::time::Duration::from_secs(1)));
+    loop {
+        match stream::topics::create(&a.brokers, &a.topic, a.partitions, a.replication, per_try)
+            .await
+        {
+            Ok(created) => {
+                let what = match created {
+                    stream::topics::Created::Created => "created",
+                    stream::topics::Created::Existed => "exists (left as it is)",
+                };
+                println!(
+                    "topic {} at {}: {what}; partitions: {}",
+                    a.topic,
+                    a.brokers,
+                    stream::topics::high_watermarks(&a.brokers, &a.topic, per_try)
+                        .map(|w| w.len().to_string())
+                        .unwrap_or_else(|e| format!("unknown ({e})"))
+                );
+                return Ok(());
+            }
+            // A bad argument will not get better by waiting.
+            Err(e @ stream::Error::Config { .. }) if !is_transient(&e) => {
+                return Err(stream_err(e));
+            }
+            Err(e) if start.elapsed() + std::time::Duration::from_secs(1) >= a.timeout => {
+                return Err(stream_err(e));
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "broker not ready; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Errors worth retrying while a broker starts (everything but a bad flag).
+fn is_transient(e: &stream::Error) -> bool {
+    !matches!(e, stream::Error::Config { reason } if reason.starts_with("--"))
 }
 
 async fn ingest(a: &IngestRunArgs) -> Result<(), Error> {

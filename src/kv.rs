@@ -245,12 +245,18 @@ pub async fn chaos(a: &ChaosArgs) -> Result<(), Error> {
             false,
         ),
     };
-    eprintln!(
-        "[chaos] {} with seed {seed}; node data and logs in {}",
-        drill.name(),
-        dir.display()
-    );
-    let report = chaos::drills::run(chaos::drills::ChaosConfig {
+    match &a.docker {
+        None => eprintln!(
+            "[chaos] {} with seed {seed}; node data and logs in {}",
+            drill.name(),
+            dir.display()
+        ),
+        Some(p) => eprintln!(
+            "[chaos] {} with seed {seed} against compose project {p}'s KV containers",
+            drill.name()
+        ),
+    }
+    let cfg = chaos::drills::ChaosConfig {
         drill,
         nodes: a.nodes,
         duration: a.duration,
@@ -259,8 +265,19 @@ pub async fn chaos(a: &ChaosArgs) -> Result<(), Error> {
         keys: a.keys,
         binary: exe()?,
         dir: dir.clone(),
-    })
-    .await?;
+    };
+    let report = match &a.docker {
+        None => chaos::drills::run(cfg).await?,
+        Some(project) => {
+            let mut cluster = chaos::docker::DockerCluster::connect(chaos::docker::DockerSpec {
+                project: project.clone(),
+                nodes: a.nodes,
+                service_prefix: "kv".into(),
+                port_base: 7000,
+            })?;
+            chaos::drills::run_on(&cfg, &mut cluster).await?
+        }
+    };
     print!("{}", report.summary());
     let json = serde_json::to_string_pretty(&report).unwrap_or_default();
     println!("{json}");

@@ -164,6 +164,7 @@ fn service_name(command: &Command) -> String {
         Command::Train(_) => "train".into(),
         Command::Datasets(_) | Command::Models(_) => "registry-client".into(),
         Command::Trace(_) => "trace".into(),
+        Command::Health(_) => "health".into(),
     }
 }
 
@@ -227,6 +228,7 @@ async fn dispatch(
     match command {
         Command::Demo(a) => demo::run(a, telemetry, traces).await,
         Command::Trace(cmd) => trace::run(cmd).await,
+        Command::Health(a) => component::probe(&a.url, a.timeout).await,
         Command::Diag(DiagCommand::Serve(a)) => diag::serve_until_signal(a, telemetry).await,
         Command::Diag(DiagCommand::Ping(a)) => diag::ping_command(a).await,
         // Blocking file I/O and CPU-bound loops: off the runtime's workers.

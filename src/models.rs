@@ -12,9 +12,27 @@ fn pretty<T: serde::Serialize>(v: &T) -> String {
 pub fn datasets(cmd: &DatasetsCommand) -> Result<(), Error> {
     match cmd {
         DatasetsCommand::Snapshot(a) => {
-            let s = stream::snapshot::create(&a.cluster.kv, &a.group, &a.topic, &a.name)?;
+            if let Some(brokers) = &a.caught_up_with {
+                stream::snapshot::wait_caught_up(
+                    &a.cluster.kv,
+                    &a.group,
+                    &a.topic,
+                    brokers,
+                    a.wait,
+                    |m| eprintln!("{m}"),
+                )?;
+            }
+            let (s, verb) =
+                match stream::snapshot::create(&a.cluster.kv, &a.group, &a.topic, &a.name) {
+                    Ok(s) => (s, "created"),
+                    Err(stream::Error::SnapshotExists { .. }) if a.exist_ok => (
+                        stream::snapshot::load(&a.cluster.kv, &a.topic, &a.name)?,
+                        "exists (kept)",
+                    ),
+                    Err(e) => return Err(e.into()),
+                };
             println!(
-                "created {}: {} files, {} rows, {:.1} MB",
+                "{verb} {}: {} files, {} rows, {:.1} MB",
                 stream::snapshot::key(&a.topic, &a.name),
                 s.files.len(),
                 s.rows,

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How to start a cluster.
 #[derive(Clone, Debug)]
@@ -299,72 +299,32 @@ impl LocalCluster {
             }))
     }
 
-    /// The node that a majority... simply: the node reporting itself leader
-    /// with the highest term, asked directly (not through the proxies).
+    /// The node reporting itself leader with the highest term, asked
+    /// directly (not through the proxies).
     pub async fn leader(&self) -> Option<NodeId> {
         let c = self.direct_client().ok()?;
-        let mut best: Option<(u64, NodeId)> = None;
-        for (i, id) in self.ids().into_iter().enumerate() {
-            if !self.is_running(id) || self.paused.contains(&id) {
-                continue;
-            }
-            if let Ok(s) = c.status_of(i).await
-                && s.leader_id == s.node_id
-                && best.is_none_or(|(t, _)| s.term > t)
-            {
-                best = Some((s.term, id));
-            }
-        }
-        best.map(|(_, id)| id)
+        crate::target::leader_of(&c, &self.ids(), |id| {
+            !self.is_running(id) || self.paused.contains(&id)
+        })
+        .await
     }
 
     pub async fn wait_leader(&self, timeout: Duration) -> Result<NodeId, Error> {
-        let t0 = Instant::now();
-        loop {
-            if let Some(l) = self.leader().await {
-                return Ok(l);
-            }
-            if t0.elapsed() > timeout {
-                return Err(drill_err(format!(
-                    "no leader within {timeout:?}; node logs are in {}",
-                    self.spec.dir.display()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let c = self.direct_client()?;
+        crate::target::wait_leader_of(
+            &c,
+            &self.ids(),
+            |id| !self.is_running(id) || self.paused.contains(&id),
+            timeout,
+            &format!("node logs are in {}", self.spec.dir.display()),
+        )
+        .await
     }
 
     /// Waits until every node reports the same applied index and state hash.
     pub async fn wait_converged(&self, timeout: Duration) -> Result<(u64, String), Error> {
         let c = self.direct_client()?;
-        let t0 = Instant::now();
-        let mut last = String::new();
-        loop {
-            let mut seen = BTreeMap::new();
-            for (i, id) in self.ids().into_iter().enumerate() {
-                match c.status_of(i).await {
-                    Ok(s) => {
-                        seen.insert(id, (s.applied_index, s.state_hash));
-                    }
-                    Err(e) => {
-                        last = format!("node {id}: {e}");
-                    }
-                }
-            }
-            if seen.len() == self.addrs.len() {
-                let first = seen.values().next().cloned().unwrap_or_default();
-                if seen.values().all(|v| *v == first) {
-                    return Ok(first);
-                }
-                last = format!("{seen:?}");
-            }
-            if t0.elapsed() > timeout {
-                return Err(drill_err(format!(
-                    "nodes did not converge within {timeout:?}: {last}"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        crate::target::wait_converged_of(&c, &self.ids(), timeout).await
     }
 
     /// Kills every node.
@@ -378,6 +338,66 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+impl crate::target::Target for LocalCluster {
+    fn ids(&self) -> Vec<NodeId> {
+        LocalCluster::ids(self)
+    }
+    fn kill(&mut self, id: NodeId) -> Result<(), Error> {
+        LocalCluster::kill(self, id);
+        Ok(())
+    }
+    fn restart(&mut self, id: NodeId) -> Result<(), Error> {
+        self.spawn(id)
+    }
+    fn pause(&mut self, id: NodeId) -> Result<(), Error> {
+        LocalCluster::pause(self, id);
+        Ok(())
+    }
+    fn resume(&mut self, id: NodeId) -> Result<(), Error> {
+        LocalCluster::resume(self, id);
+        Ok(())
+    }
+    fn partition(&mut self, side: &[NodeId], clients: bool) -> Result<(), Error> {
+        LocalCluster::partition(self, side, clients);
+        Ok(())
+    }
+    /// 5 to 40 ms of delay, half of it as jitter, on every proxy.
+    fn degrade(&mut self, severity: f64) -> Result<crate::target::Degradation, Error> {
+        let delay = Duration::from_millis(5 + (35.0 * severity.clamp(0.0, 1.0)) as u64);
+        let jitter = delay / 2;
+        self.set_delay(delay, jitter);
+        Ok(crate::target::Degradation::Delay { delay, jitter })
+    }
+    fn heal_network(&mut self) -> Result<(), Error> {
+        LocalCluster::heal_network(self);
+        Ok(())
+    }
+    fn heal_all(&mut self) -> Result<(), Error> {
+        LocalCluster::heal_all(self)
+    }
+    fn client(&self, timeouts: Timeouts) -> Result<Client, Error> {
+        LocalCluster::client(self, timeouts)
+    }
+    fn wait_leader(
+        &self,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Result<NodeId, Error>> + Send {
+        LocalCluster::wait_leader(self, timeout)
+    }
+    fn wait_converged(
+        &self,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Result<(u64, String), Error>> + Send {
+        LocalCluster::wait_converged(self, timeout)
+    }
+    fn stop(&mut self) {
+        LocalCluster::stop(self);
+    }
+    fn describe(&self) -> String {
+        self.spec.dir.display().to_string()
     }
 }
 

@@ -18,6 +18,7 @@ use crate::NodeId;
 use crate::cluster::{ClusterSpec, LocalCluster};
 use crate::error::Error;
 use crate::linearizability::{self, Op, Operation, Verdict};
+use crate::target::Target;
 use kvclient::Timeouts;
 use proto::kv::v1 as pb;
 use rand::{Rng, SeedableRng};
@@ -239,6 +240,7 @@ fn ns(start: Instant) -> u64 {
 
 async fn client_loop(
     client: kvclient::Client,
+    prefix: Arc<str>,
     cid: u64,
     keys: usize,
     seed: u64,
@@ -252,7 +254,7 @@ async fn client_loop(
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
-        let key = format!("k{}", rng.random_range(0..keys));
+        let key = format!("{prefix}k{}", rng.random_range(0..keys));
         let dice: f64 = rng.random();
         let call = ns(start);
         if dice < 0.35 {
@@ -329,7 +331,7 @@ async fn client_loop(
                 },
             );
         } else {
-            let ack = format!("ack/{cid}/{n}");
+            let ack = format!("{prefix}ack/{cid}/{n}");
             let r = client.put(ack.as_bytes(), b"1").await;
             let o = rec.ops.entry("ack").or_default();
             match &r {
@@ -381,17 +383,14 @@ fn record_write(
     }
 }
 
-/// Runs one drill to its verdict.
+/// Runs one drill to its verdict on a local cluster of child processes
+/// behind fault-injecting proxies.
 pub async fn run(cfg: ChaosConfig) -> Result<ChaosReport, Error> {
-    let err = |reason: String| Error::Drill {
-        drill: cfg.drill.name().into(),
-        reason,
-    };
     if cfg.nodes < 3 {
-        return Err(err(format!(
-            "--nodes {}: drills need at least 3",
-            cfg.nodes
-        )));
+        return Err(Error::Drill {
+            drill: cfg.drill.name().into(),
+            reason: format!("--nodes {}: drills need at least 3", cfg.nodes),
+        });
     }
     let mut cluster = LocalCluster::start(ClusterSpec {
         nodes: cfg.nodes,
@@ -401,11 +400,25 @@ pub async fn run(cfg: ChaosConfig) -> Result<ChaosReport, Error> {
         extra_args: vec!["--snapshot-every".into(), "2000".into()],
     })
     .await?;
+    run_on(&cfg, &mut cluster).await
+}
+
+/// Runs one drill to its verdict on `cluster` (a local one, or the compose
+/// stack's containers): the workload, the fault schedule, the checks.
+pub async fn run_on<T: Target>(cfg: &ChaosConfig, cluster: &mut T) -> Result<ChaosReport, Error> {
+    let err = |reason: String| Error::Drill {
+        drill: cfg.drill.name().into(),
+        reason,
+    };
     let timeouts = Timeouts {
         attempt: Duration::from_millis(1000),
         overall: Duration::from_secs(4),
         backoff: Duration::from_millis(20),
     };
+    // Every key of this run under its own prefix: a long-lived cluster (the
+    // compose stack) still holds the keys of earlier drills, and a value an
+    // earlier run wrote would read as a write this history never made.
+    let prefix: Arc<str> = format!("chaos/{:016x}/", rand::random::<u64>()).into();
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
@@ -413,6 +426,7 @@ pub async fn run(cfg: ChaosConfig) -> Result<ChaosReport, Error> {
         let client = cluster.client(timeouts)?;
         workers.push(tokio::spawn(client_loop(
             client,
+            prefix.clone(),
             cid + 1,
             cfg.keys.max(1),
             cfg.seed,
@@ -434,19 +448,26 @@ pub async fn run(cfg: ChaosConfig) -> Result<ChaosReport, Error> {
             d => d,
         };
         let leader = cluster.wait_leader(Duration::from_secs(10)).await?;
-        let at = Instant::now();
+        // When the fault took effect: set right after each injection, since
+        // a container fault (docker kill, nsenter iptables) takes tens to
+        // hundreds of milliseconds to apply, and writes that completed
+        // before it would count as a failover.
+        let mut at = Instant::now();
         let hold = Duration::from_millis(rng.random_range(1200..2500));
+        let mut degraded = None;
         let (nodes, takes_leader) = match kind {
             Drill::KillLeader => {
-                cluster.kill(leader);
+                cluster.kill(leader)?;
+                at = Instant::now();
                 tokio::time::sleep(hold).await;
-                cluster.spawn(leader)?;
+                cluster.restart(leader)?;
                 (vec![leader], true)
             }
             Drill::PartitionLeader => {
-                cluster.partition(&[leader], true);
+                cluster.partition(&[leader], true)?;
+                at = Instant::now();
                 tokio::time::sleep(hold).await;
-                cluster.heal_network();
+                cluster.heal_network()?;
                 (vec![leader], true)
             }
             Drill::PartitionRandom => {
@@ -458,39 +479,41 @@ pub async fn run(cfg: ChaosConfig) -> Result<ChaosReport, Error> {
                 }
                 side.sort();
                 let clients = rng.random_bool(0.5);
-                cluster.partition(&side, clients);
+                cluster.partition(&side, clients)?;
+                at = Instant::now();
                 tokio::time::sleep(hold).await;
-                cluster.heal_network();
+                cluster.heal_network()?;
                 let took = side.contains(&leader);
                 (side, took)
             }
             Drill::PauseLeader => {
-                cluster.pause(leader);
+                cluster.pause(leader)?;
+                at = Instant::now();
                 tokio::time::sleep(hold).await;
-                cluster.resume(leader);
+                cluster.resume(leader)?;
                 (vec![leader], true)
             }
             Drill::RollingRestart => {
                 let id = rolling_next;
                 rolling_next = rolling_next % cfg.nodes + 1;
-                cluster.kill(id);
+                cluster.kill(id)?;
+                at = Instant::now();
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                cluster.spawn(id)?;
+                cluster.restart(id)?;
                 (vec![id], id == leader)
             }
             Drill::SlowNetwork => {
-                let delay = Duration::from_millis(rng.random_range(5..40));
-                let jitter = delay / 2;
-                cluster.set_delay(delay, jitter);
+                degraded = Some(cluster.degrade(rng.random())?);
+                at = Instant::now();
                 tokio::time::sleep(hold).await;
-                cluster.heal_network();
+                cluster.heal_network()?;
                 (vec![], false)
             }
             Drill::All => (vec![], false),
         };
         let healed = Instant::now();
         faults.push(Fault {
-            kind: kind.name(),
+            kind: degraded.map_or(kind.name(), |d| d.kind()),
             nodes,
             at_ms: ms(at),
             healed_ms: ms(healed),
@@ -530,7 +553,7 @@ pub async fn run(cfg: ChaosConfig) -> Result<ChaosReport, Error> {
     // Final reads join the history: an acknowledged write lost during the
     // faults shows up as a violation here.
     for k in 0..cfg.keys.max(1) {
-        let key = format!("k{k}");
+        let key = format!("{prefix}k{k}");
         let call = ns(start);
         let r = checker_client
             .get(key.as_bytes(), pb::ReadConsistency::Linearizable)
@@ -549,11 +572,12 @@ pub async fn run(cfg: ChaosConfig) -> Result<ChaosReport, Error> {
         });
     }
     let mut present = BTreeSet::new();
-    let mut page_start = b"ack/".to_vec();
+    let ack_prefix = format!("{prefix}ack/").into_bytes();
+    let mut page_start = ack_prefix.clone();
     loop {
         let r = checker_client
             .scan(pb::ScanRequest {
-                prefix: b"ack/".to_vec(),
+                prefix: ack_prefix.clone(),
                 start: page_start.clone(),
                 limit: 5000,
                 ..Default::default()
@@ -660,7 +684,7 @@ pub async fn run(cfg: ChaosConfig) -> Result<ChaosReport, Error> {
         applied_index,
         state_hash,
         passed,
-        data_dir: cfg.dir.display().to_string(),
+        data_dir: cluster.describe(),
     })
 }
 

@@ -7,6 +7,9 @@
 //! a linearizability checker (Porcupine's algorithm: Wing & Gong's search with
 //! per-key partitioning and memoisation of visited states, Lowe's P-compositionality).
 //!
+//! The same drills run against the `docker compose` stack's containers
+//! (`mlstack chaos --docker PROJECT`), with container-level faults.
+//!
 //! This is a harness, not part of the server: it lives outside `consensus` so
 //! that the library a node links never starts processes. The KV benchmark
 //! (`bench`) starts its clusters through [`cluster`] too.
@@ -15,15 +18,21 @@
 //! - [`cluster`]: [`cluster::LocalCluster`], a cluster of child processes with
 //!   a [`proxy::Proxy`] on every link.
 //! - [`proxy`]: the fault-injecting TCP proxy (cut, delay, pause).
+//! - [`target`]: what a drill needs of a cluster ([`target::Target`]), and
+//!   the leader and convergence polls both clusters share.
+//! - [`docker`]: [`docker::DockerCluster`], the compose stack's KV containers
+//!   as a target: `docker kill`/`pause`, `iptables` in each node's namespace.
 //! - [`linearizability`]: the history checker.
 //! - [`drills`]: the drills `mlstack chaos` runs, their workload and report.
 //! - [`error`]: the drills' [`Error`] type.
 
 pub mod cluster;
+pub mod docker;
 pub mod drills;
 pub mod error;
 pub mod linearizability;
 pub mod proxy;
+pub mod target;
 
 pub use error::Error;
 

@@ -73,9 +73,17 @@ impl Client {
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let fut = call(self.inner.clone());
-        rt.spawn(async move {
-            let _ = tx.send(fut.await);
-        });
+        // The caller's span goes with the call: a task spawned on another
+        // runtime has no current span of its own, and the trace context the
+        // client injects into each request (`traceparent`) comes from it, so
+        // without this the servers' spans would start traces of their own.
+        let span = tracing::Span::current();
+        rt.spawn(tracing::Instrument::instrument(
+            async move {
+                let _ = tx.send(fut.await);
+            },
+            span,
+        ));
         rx.recv().map_err(|_| ClientError::Runtime {
             reason: "the runtime stopped before the call answered".into(),
         })?

@@ -35,6 +35,9 @@ pub enum Error {
     },
     #[error("KV manifest: {reason}")]
     Manifest { reason: String },
+    /// Snapshots are immutable: a name is created once.
+    #[error("{key} exists: snapshots are immutable, pick another name")]
+    SnapshotExists { key: String },
     #[error("kafka {op}: {source}")]
     Kafka {
         op: &'static str,

@@ -18,6 +18,7 @@
 //!   the KV (`datasets/<topic>/<name>`), what a training run names as its data.
 //! - [`ingest`]: the consume → validate → write → commit loop, rebalances, DLQ.
 //! - [`produce`]: the load generator / corpus feeder (`mlstack produce`).
+//! - [`topics`]: topic creation and high watermarks over the Kafka protocol.
 //! - [`broker`]: a local `tansu` broker for tests and benchmarks.
 //! - [`metrics`]: the `mlstack_ingest_*` metrics.
 //! - [`error`]: the crate's errors.
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod produce;
 pub mod schema;
 pub mod snapshot;
+pub mod topics;
 pub mod writer;
 
 pub use error::{Error, Result};

@@ -61,6 +61,65 @@ fn kv_err(what: &'static str) -> impl FnOnce(kvclient::ClientError) -> Error {
     }
 }
 
+/// Waits until the KV manifest of (`group`, `topic`) covers every record
+/// the broker holds: for each partition, the first offset not yet in a
+/// committed file has reached the high watermark read when the wait began
+/// (consumer lag zero, in Kafka Connect's terms). A snapshot taken after
+/// this holds everything produced before it. Fails naming the lag at
+/// `timeout`.
+pub fn wait_caught_up(
+    endpoints: &[String],
+    group: &str,
+    topic: &str,
+    brokers: &str,
+    timeout: std::time::Duration,
+    mut progress: impl FnMut(&str),
+) -> Result<(), Error> {
+    let start = std::time::Instant::now();
+    let targets =
+        crate::topics::high_watermarks(brokers, topic, std::time::Duration::from_secs(10))?;
+    let mut m = KvManifest::new(endpoints.to_vec(), group, topic)?;
+    let mut last_report = None::<std::time::Instant>;
+    loop {
+        let state = m.load()?;
+        // lag per partition: records the broker had that no committed file covers.
+        let lag: BTreeMap<i32, i64> = targets
+            .iter()
+            .map(|(p, high)| {
+                let next = state.next_offset.get(p).copied().unwrap_or(0);
+                (*p, high.saturating_sub(next).max(0))
+            })
+            .filter(|(_, l)| *l > 0)
+            .collect();
+        if lag.is_empty() {
+            return Ok(());
+        }
+        let describe = || {
+            lag.iter()
+                .map(|(p, l)| format!("p{p}: {l}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if start.elapsed() >= timeout {
+            return Err(Error::Manifest {
+                reason: format!(
+                    "ingest/{group}/{topic} did not catch up with {brokers} in {:.0} s: records not yet in a committed file: {}",
+                    timeout.as_secs_f64(),
+                    describe()
+                ),
+            });
+        }
+        if last_report.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(5)) {
+            progress(&format!(
+                "waiting for ingest to catch up; lag {}",
+                describe()
+            ));
+            last_report = Some(std::time::Instant::now());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
 /// Freezes the KV manifest of (`group`, `topic`) as snapshot `name`. Fails
 /// when the manifest is empty or the name is taken.
 pub fn create(
@@ -130,11 +189,8 @@ pub fn create(
         .call(move |c| async move { c.cas(&k, None, &value).await })
         .map_err(kv_err("create snapshot"))?;
     if !created {
-        return Err(Error::Manifest {
-            reason: format!(
-                "{} exists: snapshots are immutable, pick another name",
-                key(topic, name)
-            ),
+        return Err(Error::SnapshotExists {
+            key: key(topic, name),
         });
     }
     Ok(snap)

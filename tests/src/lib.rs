@@ -10,11 +10,13 @@
 //! - [`run_mlstack`]: one command to completion, with its status and output.
 //! - [`Proc`]: a child process killed on drop, with its first stdout line parsed.
 //! - [`free_port`]: a loopback port for tests that must name one.
+//! - [`count_ids`]: the ids of one of ingest's Parquet files, counted.
 //! - [`otlp`]: an in-test OTLP `TraceService` receiver that records spans.
 //! - [`prometheus`]: a real Prometheus server on a generated scrape config.
 //! - Tests (`tests/`): `cli.rs`, `trace_propagation.rs`, `prometheus_scrape.rs`,
 //!   `storage_metrics.rs`, `kv_cluster.rs`, `ingest.rs`, `infer_cli.rs`,
-//!   `infer_python_clients.rs`; the README says what each runs.
+//!   `infer_python_clients.rs`, `pipeline.rs`, `compose.rs`, `k8s_manifests.rs`;
+//!   the README says what each runs.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -180,4 +182,39 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("binding an ephemeral port")
+}
+
+/// Counts each `id` of one Parquet file (ingest's schema) into `ids`,
+/// checking every row has a non-empty `text`; returns the file's rows.
+pub fn count_ids(bytes: Vec<u8>, ids: &mut std::collections::BTreeMap<String, u32>) -> u64 {
+    use arrow::array::{Array, StringArray};
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        bytes::Bytes::from(bytes),
+    )
+    .expect("parquet")
+    .build()
+    .expect("reader");
+    let mut rows = 0;
+    for batch in reader {
+        let batch = batch.expect("batch");
+        rows += batch.num_rows() as u64;
+        let utf8 = |name: &str| {
+            batch
+                .column_by_name(name)
+                .unwrap_or_else(|| panic!("no {name} column"))
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap_or_else(|| panic!("{name} is not utf8"))
+        };
+        let (col, text) = (utf8("id"), utf8("text"));
+        for i in 0..col.len() {
+            assert!(
+                !text.is_null(i) && !text.value(i).is_empty(),
+                "empty text for {}",
+                col.value(i)
+            );
+            *ids.entry(col.value(i).to_string()).or_insert(0) += 1;
+        }
+    }
+    rows
 }

@@ -1,7 +1,7 @@
 //! The `mlstack` binary as a user runs it: `--version`, `--help`, bad flags, and
 //! the README's main job, `mlstack demo`.
 
-use tests::run_mlstack;
+use tests::{Proc, run_mlstack};
 
 fn run(args: &[&str]) -> (bool, String, String) {
     run_mlstack(args, &[])
@@ -180,4 +180,25 @@ fn lsm_reports_missing_and_corrupt_databases_clearly() {
     let (ok, _, err) = run(&["lsm", "verify", "--dir", ds]);
     assert!(!ok, "verify passed a corrupt table");
     assert!(err.contains("corruption") && err.contains(".sst"), "{err}");
+}
+
+/// `mlstack health`, the containers' health check: 0 on a ready `/readyz`,
+/// 1 naming the status on a 404, and 1 naming the URL when nothing listens.
+#[test]
+fn the_health_probe_tells_ready_from_missing_and_unreachable() {
+    let mut server = Proc::spawn_diag_server(&[]);
+    let metrics = server.field("metrics");
+    let (ok, out, err) = run(&["health", "--url", &format!("http://{metrics}/readyz")]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("200"), "{out}");
+    let (ok, _, err) = run(&["health", "--url", &format!("http://{metrics}/nothing")]);
+    assert!(!ok && err.contains("404"), "{err}");
+    let dead = format!("http://127.0.0.1:{}/readyz", tests::free_port());
+    let (ok, _, err) = run(&["health", "--url", &dead, "--timeout", "2s"]);
+    assert!(!ok && err.contains(&dead), "{err}");
+    assert!(
+        server
+            .terminate(std::time::Duration::from_secs(10))
+            .success()
+    );
 }

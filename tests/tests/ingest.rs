@@ -12,7 +12,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use stream::broker::Tansu;
-use tests::{Proc, mlstack_bin, run_mlstack};
+use tests::{Proc, count_ids, mlstack_bin, run_mlstack};
 
 fn ingest(brokers: &str, topic: &str, out: &Path, extra: &[&str]) -> Proc {
     let out_s = out.to_string_lossy().into_owned();
@@ -83,39 +83,6 @@ fn wait_rows(out: &Path, want: u64, within: Duration) {
 
 /// Counts each id of one Parquet file into `ids` (checking every row has a
 /// non-empty text); returns the file's row count.
-fn count_ids(bytes: Vec<u8>, ids: &mut BTreeMap<String, u32>) -> u64 {
-    use arrow::array::{Array, StringArray};
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-        bytes::Bytes::from(bytes),
-    )
-    .expect("parquet")
-    .build()
-    .expect("reader");
-    let mut rows = 0;
-    for batch in reader {
-        let batch = batch.expect("batch");
-        rows += batch.num_rows() as u64;
-        let utf8 = |name: &str| {
-            batch
-                .column_by_name(name)
-                .unwrap_or_else(|| panic!("no {name} column"))
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .unwrap_or_else(|| panic!("{name} is not utf8"))
-        };
-        let (col, text) = (utf8("id"), utf8("text"));
-        for i in 0..col.len() {
-            assert!(
-                !text.is_null(i) && !text.value(i).is_empty(),
-                "empty text for {}",
-                col.value(i)
-            );
-            *ids.entry(col.value(i).to_string()).or_insert(0) += 1;
-        }
-    }
-    rows
-}
-
 /// Every id in the dataset with how often it occurs, read with the parquet
 /// crate from the files the manifest lists; also checks each file's CRC.
 fn read_ids(out: &Path) -> BTreeMap<String, u32> {
@@ -655,4 +622,110 @@ async fn a_rebalance_between_two_live_consumers_loses_and_duplicates_nothing() {
         ids.values().all(|n| *n == 1),
         "an id is in two files after the rebalance"
     );
+}
+
+/// `mlstack ingest create-topic` creates once and then leaves the topic as
+/// it is; a bad partition count is refused without contacting the broker;
+/// an unreachable broker fails at --timeout naming it.
+#[test]
+fn create_topic_is_idempotent_and_checks_its_arguments() {
+    let (_dir, b) = broker();
+    let create = |brokers: &str, topic: &str, extra: &[&str]| {
+        let mut args = vec![
+            "ingest",
+            "create-topic",
+            "--brokers",
+            brokers,
+            "--topic",
+            topic,
+        ];
+        args.extend_from_slice(extra);
+        run_mlstack(&args, &[])
+    };
+    let (ok, out, err) = create(&b.addr, "made", &["--partitions", "3"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("created; partitions: 3"), "{out}");
+    let (ok, out, err) = create(&b.addr, "made", &["--partitions", "5"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("exists (left as it is); partitions: 3"),
+        "{out}"
+    );
+    let (ok, _, err) = create(&b.addr, "bad", &["--partitions", "0"]);
+    assert!(!ok && err.contains("--partitions 0"), "{err}");
+    let dead = format!("127.0.0.1:{}", tests::free_port());
+    let t0 = Instant::now();
+    let (ok, _, err) = create(&dead, "x", &["--timeout", "3s"]);
+    assert!(!ok && err.contains("create topic"), "{err}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        t0.elapsed()
+    );
+}
+
+/// `datasets snapshot --caught-up-with` waits until ingest has committed
+/// every record the broker held (the compose stack's snapshot job runs it
+/// right after the producer), fails naming the lag when ingest does not
+/// catch up in --wait, and `--exist-ok` keeps an existing snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_waits_for_ingest_to_catch_up() {
+    let (dir, b) = broker();
+    b.create_topic("cu", 2).expect("topic");
+    b.create_topic("cu.dlq", 1).expect("dlq topic");
+    let (_kv, kv_addr) = spawn_kv(dir.path(), "snapshot-wait");
+    let out = dir.path().join("out");
+    let status = tokio::task::spawn_blocking({
+        let addr = b.addr.clone();
+        move || produce(&addr, "cu", 800, "cu", &[]).wait()
+    })
+    .await
+    .expect("join")
+    .expect("produce");
+    assert!(status.success());
+    let snapshot = |name: &'static str, extra: &'static [&'static str]| {
+        let (brokers, kv) = (b.addr.clone(), kv_addr.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut args = vec![
+                "datasets",
+                "snapshot",
+                "--kv",
+                &kv,
+                "--topic",
+                "cu",
+                "--name",
+                name,
+                "--caught-up-with",
+                &brokers,
+            ];
+            args.extend_from_slice(extra);
+            run_mlstack(&args, &[])
+        })
+    };
+    // No ingest yet: 800 records of lag, named, at --wait.
+    let (ok, _, err) = snapshot("early", &["--wait", "2s"]).await.expect("join");
+    assert!(!ok, "a snapshot with nothing ingested succeeded");
+    assert!(
+        err.contains("did not catch up") && err.contains("p0:"),
+        "{err}"
+    );
+    // Ingest starts after the snapshot command: it waits, then has all 800.
+    let waiting = snapshot("full", &["--wait", "120s"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ing = ingest(&b.addr, "cu", &out, &["--kv", &kv_addr, "--assign-all"]);
+    let (ok, stdout, err) = waiting.await.expect("join");
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("created datasets/cu/full") && stdout.contains("800 rows"),
+        "{stdout}"
+    );
+    let (ok, stdout, err) = snapshot("full", &["--exist-ok"]).await.expect("join");
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("exists (kept) datasets/cu/full") && stdout.contains("800 rows"),
+        "{stdout}"
+    );
+    let (ok, _, err) = snapshot("full", &[]).await.expect("join");
+    assert!(!ok && err.contains("snapshots are immutable"), "{err}");
+    assert!(ing.terminate(Duration::from_secs(20)).success());
 }
