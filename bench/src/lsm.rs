@@ -1,5 +1,7 @@
-//! `mlstack lsm bench`: this engine and fjall side by side, same workloads, same
-//! process, one after the other.
+//! `mlstack lsm bench`: this engine, fjall and RocksDB side by side, same
+//! workloads, one after the other: the two Rust engines in this process,
+//! RocksDB through its own `db_bench` ([`crate::rocksdb`], which states its
+//! flags and where its workloads differ).
 //!
 //! Workloads (db_bench's names): `fillseq`, `fillrandom` (N keys, 16-byte keys,
 //! 100-byte values, WAL on, no per-write fsync), `fillsync` (fsync on every
@@ -219,7 +221,7 @@ fn wchar() -> u64 {
         .unwrap_or(0)
 }
 
-fn dir_bytes(dir: &Path) -> u64 {
+pub(crate) fn dir_bytes(dir: &Path) -> u64 {
     let mut total = 0;
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
@@ -297,7 +299,7 @@ fn timed(
     })
 }
 
-fn fresh(dir: &Path) -> Result<(), String> {
+pub(crate) fn fresh(dir: &Path) -> Result<(), String> {
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(|e| format!("clearing {}: {e}", dir.display()))?;
     }
@@ -497,7 +499,11 @@ pub fn run(cfg: &Config, mut progress: impl FnMut(&str)) -> Result<Vec<Row>, Str
                 r + 1,
                 cfg.repeats.max(1)
             ));
-            all.extend(run_system(system, cfg, &vals, &perm)?);
+            if system == "rocksdb" {
+                all.extend(crate::rocksdb::run_system(cfg)?);
+            } else {
+                all.extend(run_system(system, cfg, &vals, &perm)?);
+            }
         }
     }
     let mut out = report::medians(&all);
@@ -540,14 +546,21 @@ pub fn report(cfg: &Config, rows: Vec<Row>) -> Report {
             "mixed_threads": 2, "repeats": cfg.repeats, "seed": cfg.seed, "statistic": "median",
             "durability": "every write reaches the OS (no fsync) except fillsync (fsync per write)",
             "fjall_version": "3.1.13", "block_cache_bytes": Options::default().block_cache_bytes,
+            "rocksdb": {"tool": "db_bench 7.8.3 (Debian rocksdb-tools)",
+                        "flags": crate::rocksdb::common_flags(cfg).join(" "),
+                        "fillrandom_is": "filluniquerandom (each key once)",
+                        "write_amplification": "(rocksdb.wal.bytes + flush.write.bytes + compact.write.bytes) / logical",
+                        "readwhilewriting": "reads of 1 reader thread while 1 writer writes (reads_per_sec_with_one_writer)"},
             "order": "alternating between repeats",
         }),
         results: rows,
     }
 }
 
-/// The human table: one line per workload, systems side by side.
+/// The human table: one line per workload, systems side by side (those
+/// present in `rows`), mlstack's ratio to each peer.
 pub fn table(rows: &[Row]) -> String {
+    use std::fmt::Write;
     let mut s = String::new();
     let workloads = [
         "fillseq",
@@ -559,45 +572,72 @@ pub fn table(rows: &[Row]) -> String {
         "readwhilewriting",
     ];
     let get = |sys: &str, w: &str, m: &str| report::find(rows, sys, w, m);
-    let fmt = cell;
-    s.push_str(&format!(
-        "{:<17} {:>12} {:>12} {:>7} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}\n",
-        "workload",
-        "mlstack op/s",
-        "fjall op/s",
-        "ratio",
-        "ml p50us",
-        "ml p99us",
-        "fj p50us",
-        "fj p99us",
-        "ml WA",
-        "fj WA"
-    ));
-    for w in workloads {
-        s.push_str(&format!(
-            "{:<17} {:>12} {:>12} {:>7} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}\n",
-            w,
-            fmt(get("mlstack", w, "ops_per_sec"), 0),
-            fmt(get("fjall", w, "ops_per_sec"), 0),
-            fmt(get("mlstack", w, "ops_per_sec_ratio_to_fjall"), 2),
-            fmt(get("mlstack", w, "latency_p50_us"), 1),
-            fmt(get("mlstack", w, "latency_p99_us"), 1),
-            fmt(get("fjall", w, "latency_p50_us"), 1),
-            fmt(get("fjall", w, "latency_p99_us"), 1),
-            fmt(get("mlstack", w, "write_amplification"), 2),
-            fmt(get("fjall", w, "write_amplification"), 2),
-        ));
+    let systems: Vec<&str> = ["mlstack", "rocksdb", "fjall"]
+        .into_iter()
+        .filter(|sys| rows.iter().any(|r| r.system == *sys))
+        .collect();
+    let peers: Vec<&str> = systems
+        .iter()
+        .copied()
+        .filter(|p| *p != "mlstack")
+        .collect();
+    let _ = write!(s, "{:<17}", "workload");
+    for sys in &systems {
+        let _ = write!(s, " {:>13}", format!("{sys} op/s"));
     }
-    s.push_str(&format!(
-        "space amplification after fillrandom: mlstack {} fjall {}\n",
-        fmt(get("mlstack", "fillrandom", "space_amplification"), 2),
-        fmt(get("fjall", "fillrandom", "space_amplification"), 2)
-    ));
+    for p in &peers {
+        let _ = write!(s, " {:>10}", format!("vs {p}"));
+    }
+    for sys in &systems {
+        let _ = write!(s, " {:>13}", format!("{sys} p99us"));
+    }
+    for sys in &systems {
+        let _ = write!(s, " {:>11}", format!("{sys} WA"));
+    }
+    s.push('\n');
+    for w in workloads {
+        let _ = write!(s, "{w:<17}");
+        for sys in &systems {
+            let ops = get(sys, w, "ops_per_sec").or(get(sys, w, "reads_per_sec_with_one_writer"));
+            let _ = write!(s, " {:>13}", cell(ops, 0));
+        }
+        for p in &peers {
+            let _ = write!(
+                s,
+                " {:>10}",
+                cell(get("mlstack", w, &format!("ops_per_sec_ratio_to_{p}")), 2)
+            );
+        }
+        for sys in &systems {
+            let p99 = get(sys, w, "latency_p99_us").or(get(sys, w, "read_latency_p99_us"));
+            let _ = write!(s, " {:>13}", cell(p99, 1));
+        }
+        for sys in &systems {
+            let _ = write!(s, " {:>11}", cell(get(sys, w, "write_amplification"), 2));
+        }
+        s.push('\n');
+    }
+    if systems.contains(&"rocksdb") {
+        s.push_str("rocksdb readwhilewriting: reads/s of one reader beside one writer (db_bench), not comparable\n");
+    }
+    let _ = writeln!(
+        s,
+        "space amplification after fillrandom: {}",
+        systems
+            .iter()
+            .map(|sys| format!(
+                "{sys} {}",
+                cell(get(sys, "fillrandom", "space_amplification"), 2)
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     if let Some(fpr) = get("mlstack", "readmissing", "bloom_false_positive_rate") {
-        s.push_str(&format!(
-            "bloom false-positive rate at 10 bits/key: {:.3}%\n",
+        let _ = writeln!(
+            s,
+            "bloom false-positive rate at 10 bits/key: {:.3}%",
             fpr * 100.0
-        ));
+        );
     }
     s
 }

@@ -202,3 +202,78 @@ fn the_health_probe_tells_ready_from_missing_and_unreachable() {
             .success()
     );
 }
+
+/// `mlstack lsm bench` with both peers at a tiny size, so the peer paths
+/// (RocksDB's db_bench, fjall) cannot rot: every system has a figure for
+/// every workload, in the JSON convention, and the table names them.
+#[test]
+fn the_storage_benchmark_runs_its_peers_at_a_tiny_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("lsm.json");
+    let scratch = dir.path().join("scratch");
+    let (ok, table, err) = run(&[
+        "lsm",
+        "bench",
+        "--keys",
+        "5000",
+        "--reads",
+        "2000",
+        "--seeks",
+        "500",
+        "--sync-writes",
+        "50",
+        "--mixed-ops",
+        "1000",
+        "--repeats",
+        "1",
+        "--systems",
+        "mlstack,rocksdb,fjall",
+        "--dir",
+        scratch.to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        table.contains("rocksdb op/s") && table.contains("vs rocksdb"),
+        "{table}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).expect("report")).expect("json");
+    let rows = v["results"].as_array().expect("results");
+    let has = |sys: &str, w: &str, m: &str| {
+        rows.iter().any(|r| {
+            r["system"] == sys
+                && r["workload"] == w
+                && r["metric"] == m
+                && r["value"].as_f64().is_some_and(|x| x > 0.0)
+        })
+    };
+    for w in [
+        "fillseq",
+        "fillrandom",
+        "fillsync",
+        "readrandom",
+        "readmissing",
+        "seekrandom",
+    ] {
+        for sys in ["mlstack", "rocksdb", "fjall"] {
+            assert!(
+                has(sys, w, "ops_per_sec"),
+                "no {sys} {w} ops_per_sec in {v}"
+            );
+        }
+        assert!(has("mlstack", w, "ops_per_sec_ratio_to_rocksdb"), "{w}");
+    }
+    assert!(has("rocksdb", "fillrandom", "write_amplification"));
+    assert!(has(
+        "rocksdb",
+        "readwhilewriting",
+        "reads_per_sec_with_one_writer"
+    ));
+    assert!(
+        v["config"]["rocksdb"]["flags"]
+            .as_str()
+            .is_some_and(|f| f.contains("--bloom_bits=10"))
+    );
+}
