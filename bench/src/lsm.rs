@@ -70,6 +70,17 @@ impl Default for Config {
     }
 }
 
+/// The workloads, in db_bench's names and the table's order.
+pub const WORKLOADS: [&str; 7] = [
+    "fillseq",
+    "fillrandom",
+    "fillsync",
+    "readrandom",
+    "readmissing",
+    "seekrandom",
+    "readwhilewriting",
+];
+
 pub const KEY_BYTES: usize = 16;
 pub const VALUE_BYTES: usize = 100;
 
@@ -562,15 +573,6 @@ pub fn report(cfg: &Config, rows: Vec<Row>) -> Report {
 pub fn table(rows: &[Row]) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let workloads = [
-        "fillseq",
-        "fillrandom",
-        "fillsync",
-        "readrandom",
-        "readmissing",
-        "seekrandom",
-        "readwhilewriting",
-    ];
     let get = |sys: &str, w: &str, m: &str| report::find(rows, sys, w, m);
     let systems: Vec<&str> = ["mlstack", "rocksdb", "fjall"]
         .into_iter()
@@ -595,7 +597,7 @@ pub fn table(rows: &[Row]) -> String {
         let _ = write!(s, " {:>11}", format!("{sys} WA"));
     }
     s.push('\n');
-    for w in workloads {
+    for w in WORKLOADS {
         let _ = write!(s, "{w:<17}");
         for sys in &systems {
             let ops = get(sys, w, "ops_per_sec").or(get(sys, w, "reads_per_sec_with_one_writer"));
