@@ -38,7 +38,7 @@ pub enum Command {
     #[command(subcommand)]
     Diag(DiagCommand),
     /// The LSM storage engine: inspect a database directory, or benchmark the
-    /// engine against fjall.
+    /// engine against RocksDB's db_bench and fjall.
     #[command(subcommand)]
     Lsm(LsmCommand),
     /// The inference engine: generate text from a GGUF or safetensors model,
@@ -764,8 +764,8 @@ pub enum LsmCommand {
     Verify(LsmDirArgs),
     /// Compact the whole key space down to the last level.
     Compact(LsmDirArgs),
-    /// Benchmark this engine and fjall side by side; prints a table and writes
-    /// JSON.
+    /// Benchmark this engine, RocksDB (its own db_bench) and fjall side by
+    /// side; prints a table and writes JSON.
     Bench(LsmBenchArgs),
 }
 
