@@ -54,7 +54,7 @@ fi
 # independent Parquet reader and the real gRPC and OpenAI clients of the
 # inference server (tests/python/infer_clients.py).
 pip_missing=()
-for pair in pyarrow:pyarrow grpc:grpcio grpc_tools:grpcio-tools openai:openai kubernetes_validate:kubernetes-validate; do
+for pair in pyarrow:pyarrow grpc:grpcio grpc_tools:grpcio-tools openai:openai kubernetes_validate:kubernetes-validate yaml:PyYAML; do
   module="${pair%%:*}" package="${pair#*:}"
   python3 -c "import ${module}" 2>/dev/null || pip_missing+=("$package")
 done
@@ -62,7 +62,7 @@ if [ "${#pip_missing[@]}" -gt 0 ]; then
   echo "installing PyPI packages: ${pip_missing[*]}"
   python3 -m pip install --quiet "${pip_missing[@]}"
 else
-  echo "PyPI packages present: pyarrow grpcio grpcio-tools openai kubernetes-validate"
+  echo "PyPI packages present: pyarrow grpcio grpcio-tools openai kubernetes-validate PyYAML"
 fi
 tansu_bin="${MLSTACK_TANSU_BIN:-$(command -v tansu || echo "$HOME/.cargo/bin/tansu")}"
 if [ -x "$tansu_bin" ] && "$tansu_bin" --version 2>/dev/null | grep -q "0\.6\.0"; then

@@ -43,10 +43,9 @@ async fn create_topic(a: &IngestCreateTopicArgs) -> Result<(), Error> {
                 );
                 return Ok(());
             }
-            // A bad argument will not get better by waiting.
-            Err(e @ stream::Error::Config { .. }) if !is_transient(&e) => {
-                return Err(stream_err(e));
-            }
+            // A bad argument will not get better by waiting; only the
+            // broker's errors (unreachable, not ready) are retried.
+            Err(e @ stream::Error::Config { .. }) => return Err(stream_err(e)),
             Err(e) if start.elapsed() + std::time::Duration::from_secs(1) >= a.timeout => {
                 return Err(stream_err(e));
             }
@@ -56,11 +55,6 @@ async fn create_topic(a: &IngestCreateTopicArgs) -> Result<(), Error> {
             }
         }
     }
-}
-
-/// Errors worth retrying while a broker starts (everything but a bad flag).
-fn is_transient(e: &stream::Error) -> bool {
-    !matches!(e, stream::Error::Config { reason } if reason.starts_with("--"))
 }
 
 async fn ingest(a: &IngestRunArgs) -> Result<(), Error> {

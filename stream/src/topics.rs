@@ -68,11 +68,15 @@ pub async fn create(
     match results.into_iter().next() {
         Some(Ok(_)) => Ok(Created::Created),
         Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok(Created::Existed),
-        Some(Err((name, code))) => Err(Error::Config {
-            reason: format!("creating topic {name:?} at {brokers}: {code}"),
+        // The broker's answer (not ready, no controller yet, ...): a Kafka
+        // error, which a caller may retry; bad arguments are `Config`.
+        Some(Err((_, code))) => Err(Error::Kafka {
+            op: "create topic",
+            source: rdkafka::error::KafkaError::AdminOp(code),
         }),
-        None => Err(Error::Config {
-            reason: format!("creating topic {topic:?} at {brokers}: the broker answered nothing"),
+        None => Err(Error::Kafka {
+            op: "create topic (no result for the topic)",
+            source: rdkafka::error::KafkaError::AdminOp(RDKafkaErrorCode::Unknown),
         }),
     }
 }
