@@ -30,10 +30,15 @@ sha() { sha256sum "$@" | awk '{print $1}' | sha256sum | cut -c1-16; }
 
 # 1. The base: debootstrap minbase (about 90 s and 90 MB here), once per recipe.
 suite=bookworm
-# The mirror apt uses: the first `URIs:` (deb822) or `deb URL` line that is
-# not the security archive.
-mirror="${MLSTACK_MIRROR:-$(awk '($1 == "URIs:" || $1 == "deb") && $2 !~ /security/ { print $2; exit }' \
-  /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list 2>/dev/null || true)}"
+# The mirror apt uses: the first Debian archive (not the security one) in a
+# `URIs:` (deb822) or `deb [options] URL` line of any sources file.
+mirror="${MLSTACK_MIRROR:-$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources \
+  /etc/apt/sources.list.d/*.list 2>/dev/null | awk '
+    $1 == "URIs:" || $1 == "deb" {
+      url = ""
+      for (i = 2; i <= NF; i++) if ($i !~ /^\[/ && $i !~ /\]$/) { url = $i; break }
+      if (url ~ /debian/ && url !~ /security/) { print url; exit }
+    }' || true)}"
 mirror="${mirror:-http://deb.debian.org/debian}"
 base="mlstack-base:${suite}-$(printf '%s\n' "$suite minbase v1" | sha256sum | cut -c1-12)"
 if docker image inspect "$base" >/dev/null 2>&1; then

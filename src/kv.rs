@@ -236,6 +236,9 @@ pub async fn chaos(a: &ChaosArgs) -> Result<(), Error> {
     });
     let (dir, keep) = match &a.dir {
         Some(d) => (d.clone(), true),
+        // Against containers nothing is written locally: the nodes' data
+        // and logs are the compose stack's.
+        None if a.docker.is_some() => (std::path::PathBuf::new(), true),
         None => (
             tempfile::Builder::new()
                 .prefix("mlstack-chaos-")
@@ -244,6 +247,10 @@ pub async fn chaos(a: &ChaosArgs) -> Result<(), Error> {
                 .keep(),
             false,
         ),
+    };
+    let logs = match &a.docker {
+        None => dir.display().to_string(),
+        Some(p) => format!("docker-compose -p {p} logs kv1 kv2 kv3"),
     };
     match &a.docker {
         None => eprintln!(
@@ -293,11 +300,11 @@ pub async fn chaos(a: &ChaosArgs) -> Result<(), Error> {
         Err(Error::ChaosFailed {
             drill: drill.name().into(),
             reason: format!(
-                "linearizable={} missing_acks={} converged={}; seed {seed}; logs in {}",
+                "linearizable={} missing_acks={} converged={}; seed {seed}; logs: {}",
                 report.linearizable,
                 report.acked_writes_missing.len(),
                 report.converged,
-                dir.display()
+                logs
             ),
         })
     }

@@ -101,6 +101,9 @@ impl DockerCluster {
                 &format!("label=com.docker.compose.project={}", spec.project),
                 "--filter",
                 &format!("label=com.docker.compose.service={service}"),
+                // Not a one-off `docker-compose run kvN` container.
+                "--filter",
+                "label=com.docker.compose.oneoff=False",
             ])?;
             let c = found.lines().next().unwrap_or("").to_string();
             if c.is_empty() {
@@ -252,8 +255,11 @@ impl Target for DockerCluster {
     }
 
     fn resume(&mut self, id: NodeId) -> Result<(), Error> {
-        if self.paused.remove(&id) {
+        if self.paused.contains(&id) {
             docker(&["unpause", &self.containers[&id]])?;
+            // Forgotten only once it is running again, so a failed unpause
+            // is retried by the next heal.
+            self.paused.remove(&id);
         }
         Ok(())
     }
@@ -347,14 +353,28 @@ impl Target for DockerCluster {
         Ok(())
     }
 
+    /// Best effort: every step is tried even when one fails (one node that
+    /// will not unpause must not leave the others dead or cut off); the
+    /// first error is returned at the end.
     fn heal_all(&mut self) -> Result<(), Error> {
+        let mut first: Option<Error> = None;
+        let mut note = |r: Result<(), Error>| {
+            if let Err(e) = r {
+                first.get_or_insert(e);
+            }
+        };
         for id in self.paused.clone() {
-            self.resume(id)?;
+            note(self.resume(id));
         }
         for id in self.killed.clone() {
-            self.restart(id)?;
+            note(self.restart(id));
         }
-        self.heal_network()
+        for id in self.ids() {
+            if !self.paused.contains(&id) {
+                note(self.flush(id));
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 
     fn client(&self, timeouts: Timeouts) -> Result<Client, Error> {
@@ -396,8 +416,9 @@ impl Target for DockerCluster {
 }
 
 impl Drop for DockerCluster {
-    /// A drill that ends early (an error, Ctrl-C) leaves no node frozen,
-    /// dead or cut off.
+    /// A drill that ends early with an error leaves no node frozen, dead or
+    /// cut off. (Ctrl-C kills the process without this; the next `connect`
+    /// unpauses and starts the nodes and flushes their rules.)
     fn drop(&mut self) {
         self.stop();
     }

@@ -383,6 +383,15 @@ fn record_write(
     }
 }
 
+/// Sets the flag the workload's clients poll when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Runs one drill to its verdict on a local cluster of child processes
 /// behind fault-injecting proxies.
 pub async fn run(cfg: ChaosConfig) -> Result<ChaosReport, Error> {
@@ -421,6 +430,9 @@ pub async fn run_on<T: Target>(cfg: &ChaosConfig, cluster: &mut T) -> Result<Cha
     let prefix: Arc<str> = format!("chaos/{:016x}/", rand::random::<u64>()).into();
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
+    // Stops the clients however this function returns: a fault that fails
+    // to apply (`?` below) must not leave them writing to the cluster.
+    let _stop_on_return = StopOnDrop(stop.clone());
     let mut workers = Vec::new();
     for cid in 0..cfg.clients as u64 {
         let client = cluster.client(timeouts)?;

@@ -76,8 +76,20 @@ pub fn wait_caught_up(
     mut progress: impl FnMut(&str),
 ) -> Result<(), Error> {
     let start = std::time::Instant::now();
-    let targets =
-        crate::topics::high_watermarks(brokers, topic, std::time::Duration::from_secs(10))?;
+    // The broker's answer is retried within `timeout` (it may be starting
+    // or briefly unreachable, as in a compose stack coming up).
+    let targets = loop {
+        match crate::topics::high_watermarks(brokers, topic, std::time::Duration::from_secs(10)) {
+            Ok(t) => break t,
+            Err(e) if start.elapsed() >= timeout => return Err(e),
+            Err(e) => {
+                progress(&format!(
+                    "reading {topic}'s high watermarks at {brokers}: {e}; retrying"
+                ));
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
+    };
     let mut m = KvManifest::new(endpoints.to_vec(), group, topic)?;
     let mut last_report = None::<std::time::Instant>;
     loop {
