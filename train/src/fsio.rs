@@ -12,10 +12,15 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(io("fsync", dir))
 }
 
-/// Writes `bytes` to `path` atomically: `path.tmp` → fsync → rename → fsync
-/// of the parent, so a crash leaves the old file or the new, never a torn one.
+/// Writes `bytes` to `path` atomically: a temp file → fsync → rename →
+/// fsync of the parent, so a crash leaves the old file or the new, never a
+/// torn one. The temp name is the writer's own (process id and a counter):
+/// data-parallel ranks build the same token cache at once, and with one
+/// shared temp name one rank's rename took the file from under the other's.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
     {
         let mut f = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
         f.write_all(bytes).map_err(io("write", &tmp))?;
