@@ -272,7 +272,14 @@ fn compose_runs_the_pipeline_in_containers() {
     // 5. Prometheus: targets and series. Scrapes run every 2 s; give the
     // answers to the question one scrape to arrive.
     let prom_base = format!("http://127.0.0.1:{prom}");
-    std::thread::sleep(Duration::from_secs(5));
+    let scraped = Instant::now() + Duration::from_secs(60);
+    while prom_query(&prom_base, "mlstack_infer_requests_total").is_empty() {
+        assert!(
+            Instant::now() < scraped,
+            "Prometheus never scraped the answered requests"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
     let targets = get_json(&format!("{prom_base}/api/v1/targets"));
     let active = targets["data"]["activeTargets"]
         .as_array()
@@ -298,7 +305,10 @@ fn compose_runs_the_pipeline_in_containers() {
             "no {job} target in Prometheus: {jobs_seen:?}"
         );
     }
-    let end = unix_now();
+    // Past now: a range query evaluates every `step` from its start, so the
+    // last point can fall up to a step before `end`; a later end keeps the
+    // newest samples in range (each point looks back 5 minutes).
+    let end = unix_now() + 10;
     for (component, q) in [
         ("kv", "count({__name__=~\"mlstack_kv_.+\"})"),
         ("ingest", "count({__name__=~\"mlstack_ingest_.+\"})"),
