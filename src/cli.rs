@@ -401,6 +401,11 @@ pub struct KvServeArgs {
     /// Log entries kept behind the latest snapshot.
     #[arg(long, env = "MLSTACK_KEEP_LOGS", default_value_t = 1_000)]
     pub keep_logs: u64,
+    /// Seconds a client may stay silent before its request-deduplication
+    /// state is dropped (its older retries are then applied again). The
+    /// leader's value decides.
+    #[arg(long, env = "MLSTACK_SESSION_TTL_S", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub session_ttl_s: u64,
     /// Proposal batches in flight at once: concurrent writes arriving while
     /// these are replicating are packed into the next log entry.
     #[arg(long, env = "MLSTACK_INFLIGHT_BATCHES", default_value_t = 1)]

@@ -188,6 +188,7 @@ async fn serve(a: &crate::cli::KvServeArgs) -> Result<(), Error> {
     cfg.election_max_ms = a.election_max_ms;
     cfg.snapshot_every = a.snapshot_every;
     cfg.keep_logs = a.keep_logs;
+    cfg.session_ttl = std::time::Duration::from_secs(a.session_ttl_s);
     cfg.inflight_batches = a.inflight_batches;
     let component = Component::start(metrics_listen).await?;
     let node = Node::start(cfg).await?;

@@ -29,6 +29,7 @@ fn command_bytes(c: &Command) -> usize {
             })
             .sum(),
         Op::Batch(cmds) => cmds.iter().map(command_bytes).sum(),
+        Op::ExpireSessions { .. } => 8,
     }
 }
 

@@ -39,6 +39,13 @@ pub struct NodeConfig {
     /// Register metrics in the process-wide registry (off for in-process
     /// multi-node tests, where names would collide).
     pub register_metrics: bool,
+    /// The node's LSM (the Raft log, the state machine, the dedup table).
+    /// Tests hand a simulated power cut in here ([`storage::power_loss`]).
+    pub storage: storage::Options,
+    /// A client silent this long loses its deduplication state (its retries
+    /// from before are no longer recognised). Only the leader's value
+    /// matters: it proposes the expiry (`session_expiry.rs`).
+    pub session_ttl: Duration,
 }
 
 impl NodeConfig {
@@ -65,6 +72,8 @@ impl NodeConfig {
             proposal_timeout: Duration::from_secs(5),
             inflight_batches: 1,
             register_metrics: true,
+            storage: storage::Options::default(),
+            session_ttl: Duration::from_secs(600),
         }
     }
 

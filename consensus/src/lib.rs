@@ -19,6 +19,8 @@
 //! - [`network`]: the Raft transport over gRPC (streamed snapshots).
 //! - [`service`]: the client API `mlstack.kv.v1.KV` (read index, leader hints).
 //! - [`batcher`]: proposal batching (many client writes, one log entry).
+//! - [`session_expiry`]: the leader proposes the expiry of idle clients'
+//!   deduplication state (`store/sessions.rs` applies it).
 //! - [`config`]: a node's configuration and `--peers` parsing.
 //! - [`node`]: starting a node from its configuration.
 //! - [`metrics`]: `mlstack_kv_*` Prometheus metrics.
@@ -36,6 +38,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod service;
+pub mod session_expiry;
 pub mod store;
 pub mod types;
 

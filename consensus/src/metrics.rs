@@ -48,6 +48,8 @@ pub struct Metrics {
     pub reads_serializable: IntCounter,
     pub read_index_seconds: Histogram,
     pub dedup_hits: IntCounter,
+    pub sessions: IntGauge,
+    pub sessions_expired: IntCounter,
 }
 
 impl Default for Metrics {
@@ -148,6 +150,14 @@ impl Metrics {
                 "mlstack_kv_dedup_hits_total",
                 "Retried writes answered from the deduplication table instead of applied again.",
             ),
+            sessions: gauge(
+                "mlstack_kv_sessions",
+                "Clients with deduplication state (see the session TTL).",
+            ),
+            sessions_expired: counter(
+                "mlstack_kv_sessions_expired_total",
+                "Client sessions dropped by a leader-proposed expiry or the session bound.",
+            ),
         }
     }
 
@@ -179,7 +189,9 @@ impl Metrics {
             reads_linearizable,
             reads_serializable,
             read_index_seconds,
-            dedup_hits
+            dedup_hits,
+            sessions,
+            sessions_expired
         );
         Ok(())
     }

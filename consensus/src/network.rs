@@ -372,6 +372,14 @@ impl pb::raft_server::Raft for RaftService {
                     chunk.crc32c
                 )));
             }
+            if data.len().saturating_add(chunk.data.len())
+                > crate::types::limits::MAX_SNAPSHOT_BYTES
+            {
+                return Err(tonic::Status::resource_exhausted(format!(
+                    "snapshot stream passes {} bytes, the limit (MAX_SNAPSHOT_BYTES); nothing installed",
+                    crate::types::limits::MAX_SNAPSHOT_BYTES
+                )));
+            }
             data.extend_from_slice(&chunk.data);
             if chunk.done {
                 done = true;

@@ -40,7 +40,8 @@ impl Node {
         let kv_dir = cfg.data_dir.join("kv");
         let db = {
             let dir = kv_dir.clone();
-            tokio::task::spawn_blocking(move || open_db(&dir, &identity))
+            let opts = cfg.storage.clone();
+            tokio::task::spawn_blocking(move || open_db(&dir, &identity, opts))
                 .await
                 .map_err(|e| Error::Config {
                     reason: format!("opening storage: {e}"),
@@ -131,6 +132,12 @@ impl Node {
         tasks.push(tokio::spawn(watch_metrics(
             raft.clone(),
             metrics.clone(),
+            stop.clone(),
+        )));
+        tasks.push(tokio::spawn(crate::session_expiry::expire_sessions(
+            raft.clone(),
+            shared.clone(),
+            cfg.session_ttl,
             stop.clone(),
         )));
 

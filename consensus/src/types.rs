@@ -62,6 +62,11 @@ pub enum Op {
     /// (proposal batching: one append, one fsync, one replication round for
     /// all of them). Each keeps its request id and gets its own answer.
     Batch(Vec<Command>),
+    /// Forget the deduplication state of every client whose last command is
+    /// below this log index (proposed by the leader; see `store/sessions.rs`).
+    ExpireSessions {
+        before_index: u64,
+    },
 }
 
 /// One condition of a transaction (etcd's `Compare`).
@@ -218,4 +223,10 @@ pub mod limits {
     /// 1 MiB values a 10,000-entry page would be 10 GiB, and a gRPC client
     /// refuses messages over 4 MiB by default.
     pub const MAX_SCAN_BYTES: usize = 3 << 20;
+    /// Largest snapshot a node accepts from a peer. The stream is buffered
+    /// in memory and installed in one LSM batch, whose limit
+    /// (`storage::Options::max_batch_bytes`) is the same 256 MiB: a larger
+    /// state could not be installed anyway, and without the bound a peer
+    /// could make a node buffer without end.
+    pub const MAX_SNAPSHOT_BYTES: usize = 256 << 20;
 }

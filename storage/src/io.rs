@@ -5,12 +5,19 @@
 //! remove. Tests use the hook to make those calls fail and check that the error
 //! reaches the caller and that a reopen finds a consistent database. It is a test
 //! double for faults only: the bytes still go to real files.
+//!
+//! The optional [`PowerLoss`] layer records what each fsync made durable, so a
+//! test can cut the power and see the disk a real power cut would leave
+//! (see [`crate::power_loss`]).
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use parking_lot::MutexGuard;
+
+use crate::power_loss::{PowerLoss, State};
 use crate::{Error, Result};
 
 /// A file-system operation the engine is about to perform.
@@ -33,24 +40,55 @@ pub trait FaultInjector: Send + Sync + std::fmt::Debug {
 #[derive(Clone, Debug, Default)]
 pub struct Fs {
     fault: Option<Arc<dyn FaultInjector>>,
+    power: Option<Arc<PowerLoss>>,
 }
 
 impl Fs {
     pub fn new(fault: Option<Arc<dyn FaultInjector>>) -> Self {
-        Self { fault }
+        Self { fault, power: None }
     }
 
-    fn check(&self, op: IoOp, path: &Path, what: &'static str) -> Result<()> {
-        match &self.fault {
-            Some(f) => f.before(op, path).map_err(|e| Error::io(what, path, e)),
-            None => Ok(()),
+    /// Records every operation in `power` (a test's simulated power cut).
+    pub fn with_power_loss(mut self, power: Option<Arc<PowerLoss>>) -> Self {
+        self.power = power;
+        self
+    }
+
+    /// Asks the fault injector and the power-loss layer whether `op` may
+    /// run. The returned guard holds the power-loss layer's lock until the
+    /// caller has done the operation and recorded it: a cut cannot fall
+    /// between the two.
+    fn check(
+        &self,
+        op: IoOp,
+        path: &Path,
+        what: &'static str,
+    ) -> Result<Option<MutexGuard<'_, State>>> {
+        let guard = match &self.power {
+            Some(p) => {
+                let g = p.lock();
+                g.check().map_err(|e| Error::io(what, path, e))?;
+                Some(g)
+            }
+            None => None,
+        };
+        if let Some(f) = &self.fault {
+            f.before(op, path).map_err(|e| Error::io(what, path, e))?;
         }
+        Ok(guard)
     }
 
     /// Creates (truncating) a file for writing.
     pub fn create(&self, path: &Path) -> Result<WritableFile> {
-        self.check(IoOp::Create, path, "create")?;
+        let mut power = self.check(IoOp::Create, path, "create")?;
+        if let Some(s) = power.as_deref_mut() {
+            s.before_create(path)
+                .map_err(|e| Error::io("create", path, e))?;
+        }
         let file = File::create(path).map_err(|e| Error::io("create", path, e))?;
+        if let Some(s) = power.as_deref_mut() {
+            s.after_create(path);
+        }
         Ok(WritableFile {
             file,
             path: path.to_path_buf(),
@@ -60,12 +98,24 @@ impl Fs {
     }
 
     pub fn rename(&self, from: &Path, to: &Path) -> Result<()> {
-        self.check(IoOp::Rename, to, "rename")?;
-        std::fs::rename(from, to).map_err(|e| Error::io("rename", from, e))
+        let mut power = self.check(IoOp::Rename, to, "rename")?;
+        if let Some(s) = power.as_deref_mut() {
+            s.before_rename(from, to)
+                .map_err(|e| Error::io("rename", from, e))?;
+        }
+        std::fs::rename(from, to).map_err(|e| Error::io("rename", from, e))?;
+        if let Some(s) = power.as_deref_mut() {
+            s.after_rename(from, to);
+        }
+        Ok(())
     }
 
     pub fn remove(&self, path: &Path) -> Result<()> {
-        self.check(IoOp::Remove, path, "remove")?;
+        let mut power = self.check(IoOp::Remove, path, "remove")?;
+        if let Some(s) = power.as_deref_mut() {
+            s.before_remove(path)
+                .map_err(|e| Error::io("remove", path, e))?;
+        }
         match std::fs::remove_file(path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -75,10 +125,29 @@ impl Fs {
 
     /// fsyncs a directory, making creates, renames and removes in it durable.
     pub fn sync_dir(&self, dir: &Path) -> Result<()> {
-        self.check(IoOp::SyncDir, dir, "fsync directory")?;
+        let mut power = self.check(IoOp::SyncDir, dir, "fsync directory")?;
         File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io("fsync directory", dir, e))
+            .map_err(|e| Error::io("fsync directory", dir, e))?;
+        if let Some(s) = power.as_deref_mut() {
+            s.after_sync_dir(dir);
+        }
+        Ok(())
+    }
+
+    /// Cuts an existing file to `len` bytes and fsyncs it (recovery drops a
+    /// torn WAL tail this way).
+    pub fn truncate(&self, path: &Path, len: u64) -> Result<()> {
+        let mut power = self.check(IoOp::Write, path, "truncate")?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_len(len).and_then(|_| f.sync_all()))
+            .map_err(|e| Error::io("truncate", path, e))?;
+        if let Some(s) = power.as_deref_mut() {
+            s.after_truncate(path, len);
+        }
+        Ok(())
     }
 
     /// Replaces `dir/name` atomically: write a temp file, fsync it, rename it over
@@ -106,7 +175,8 @@ pub struct WritableFile {
 
 impl WritableFile {
     pub fn write_all(&mut self, data: &[u8]) -> Result<()> {
-        self.fs.check(IoOp::Write, &self.path, "write")?;
+        // Held across the write: after a power cut no byte reaches the file.
+        let _power = self.fs.check(IoOp::Write, &self.path, "write")?;
         self.file
             .write_all(data)
             .map_err(|e| Error::io("write", &self.path, e))?;
@@ -116,20 +186,29 @@ impl WritableFile {
 
     /// fdatasync: the data (and the size) is durable when this returns.
     pub fn sync(&mut self) -> Result<()> {
-        self.fs.check(IoOp::Sync, &self.path, "fsync")?;
+        let mut power = self.fs.check(IoOp::Sync, &self.path, "fsync")?;
         self.file
             .sync_data()
-            .map_err(|e| Error::io("fsync", &self.path, e))
+            .map_err(|e| Error::io("fsync", &self.path, e))?;
+        if let Some(s) = power.as_deref_mut() {
+            s.after_sync(&self.path, self.len);
+        }
+        Ok(())
     }
 
     /// Extends the file to `bytes` with zeros (the write position stays at the
     /// end of the data written so far) and makes the new size durable.
     pub fn preallocate(&mut self, bytes: u64) -> Result<()> {
-        self.fs.check(IoOp::Write, &self.path, "preallocate")?;
+        let mut power = self.fs.check(IoOp::Write, &self.path, "preallocate")?;
+        let size = bytes.max(self.len);
         self.file
-            .set_len(bytes.max(self.len))
+            .set_len(size)
             .and_then(|_| self.file.sync_all())
-            .map_err(|e| Error::io("preallocate", &self.path, e))
+            .map_err(|e| Error::io("preallocate", &self.path, e))?;
+        if let Some(s) = power.as_deref_mut() {
+            s.after_preallocate(&self.path, self.len, size);
+        }
+        Ok(())
     }
 
     pub fn len(&self) -> u64 {

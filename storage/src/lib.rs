@@ -36,6 +36,7 @@
 //! - [`iter`]: merging iterators and [`DbIter`].
 //! - [`key`]: internal keys (user key + sequence + kind) and their order.
 //! - [`io`]: the file layer with its fault-injection hook.
+//! - [`power_loss`]: a simulated power cut: drops what no fsync covered.
 //! - [`stats`], [`metrics`]: counters and their Prometheus collector.
 //! - [`coding`], [`options`], [`error`].
 
@@ -49,6 +50,7 @@ pub mod key;
 pub mod memtable;
 pub mod metrics;
 pub mod options;
+pub mod power_loss;
 pub mod sstable;
 pub mod stats;
 pub mod version;

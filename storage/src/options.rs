@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::io::FaultInjector;
+use crate::power_loss::PowerLoss;
 
 /// When the WAL is fsynced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +62,9 @@ pub struct Options {
     pub max_batch_bytes: usize,
     /// Test hook: fails chosen file operations (see [`crate::io`]).
     pub fault_injector: Option<Arc<dyn FaultInjector>>,
+    /// Test hook: records what each fsync made durable so a test can cut the
+    /// power (see [`crate::power_loss`]).
+    pub power_loss: Option<Arc<PowerLoss>>,
 }
 
 impl Default for Options {
@@ -85,6 +89,7 @@ impl Default for Options {
             max_value_bytes: 16 << 20,
             max_batch_bytes: 256 << 20,
             fault_injector: None,
+            power_loss: None,
         }
     }
 }

@@ -54,6 +54,9 @@ const KEY_APPLIED: &[u8] = b"a/applied";
 const LOG_PREFIX: &[u8] = b"l/";
 pub(crate) const DATA_PREFIX: &[u8] = b"s/";
 const DEDUP_PREFIX: &[u8] = b"d/";
+/// The key spaces a snapshot carries: the data, the deduplication answers
+/// and the client sessions.
+const STATE_PREFIXES: [&[u8]; 3] = [DATA_PREFIX, DEDUP_PREFIX, sessions::SESSION_PREFIX];
 
 /// How many recent responses are kept per client for deduplication. A retry
 /// older than this is refused (`OpResult::Expired`), never applied twice.
@@ -143,8 +146,12 @@ pub enum OpenError {
 }
 
 /// Opens (or creates) a node's LSM and checks it belongs to `identity`.
-pub fn open_db(dir: &Path, identity: &Identity) -> Result<Arc<Db>, OpenError> {
-    let db = Db::open(dir, storage::Options::default()).map_err(|source| OpenError::Db {
+pub fn open_db(
+    dir: &Path,
+    identity: &Identity,
+    opts: storage::Options,
+) -> Result<Arc<Db>, OpenError> {
+    let db = Db::open(dir, opts).map_err(|source| OpenError::Db {
         dir: dir.to_path_buf(),
         source,
     })?;
@@ -187,10 +194,13 @@ pub fn open_db(dir: &Path, identity: &Identity) -> Result<Arc<Db>, OpenError> {
 // ---------------------------------------------------------------------------
 
 mod log;
+mod sessions;
 mod snapshot;
 mod state_machine;
 
 pub use log::LogStore;
+pub use sessions::MAX_SESSIONS;
+use sessions::Sessions;
 pub use state_machine::{Shared, StateMachine};
 
 /// For tests and the CLI: the ids of a membership's voters and all nodes.

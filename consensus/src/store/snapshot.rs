@@ -44,27 +44,21 @@ pub(super) fn load_snapshot_file(dir: &Path) -> Result<Option<StoredSnapshot>, s
     Ok(Some((f.meta, Arc::new(f.data))))
 }
 
-/// temp file → fsync → rename → fsync directory.
+/// temp file → fsync → rename → fsync directory, through the LSM's file
+/// layer (so a simulated power cut sees the snapshot file too).
 pub(super) fn save_snapshot_file(
+    fs: &storage::io::Fs,
     dir: &Path,
     meta: &SnapshotMeta<NodeId, Node>,
     data: &[u8],
 ) -> Result<(), std::io::Error> {
-    use std::io::Write;
     let f = SnapshotFile {
         meta: meta.clone(),
         crc32c: crc32c::crc32c(data),
         data: data.to_vec(),
     };
-    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-    {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&encode(&f))?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
+    fs.write_atomic(dir, SNAPSHOT_FILE, &encode(&f))
+        .map_err(io_err)
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
@@ -87,7 +81,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             None => Applied::default(),
         };
         let mut entries = Vec::new();
-        for prefix in [DATA_PREFIX, DEDUP_PREFIX] {
+        for prefix in STATE_PREFIXES {
             for kv in shared
                 .db
                 .prefix(prefix, false, &ro)
@@ -110,7 +104,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 applied.last_applied.map(|l| l.index).unwrap_or(0)
             ),
         };
-        save_snapshot_file(&shared.snapshot_dir, &meta, &data)
+        save_snapshot_file(shared.db.fs(), &shared.snapshot_dir, &meta, &data)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         *shared
             .current_snapshot

@@ -48,8 +48,8 @@ impl History {
 pub struct Shared {
     pub db: Arc<Db>,
     pub(super) applied: Mutex<Applied>,
-    /// Per client: retained seqs (for pruning) and the lowest retained seq.
-    pub(super) dedup: Mutex<HashMap<u64, BTreeSet<u64>>>,
+    /// Client sessions: the request-deduplication table (`sessions.rs`).
+    pub(super) dedup: Mutex<Sessions>,
     pub(super) watch_tx: broadcast::Sender<WatchEvent>,
     pub(super) history: Mutex<History>,
     pub(super) snapshot_dir: PathBuf,
@@ -61,6 +61,14 @@ pub struct Shared {
 impl Shared {
     pub(super) fn applied(&self) -> std::sync::MutexGuard<'_, Applied> {
         self.applied.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The log index of the least recently seen client session, if any.
+    pub fn oldest_session(&self) -> Option<u64> {
+        self.dedup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .oldest()
     }
 
     /// Last applied log index (the revision reads are served at).
@@ -195,18 +203,8 @@ impl StateMachine {
             Some(b) => decode("applied state", &b)?,
             None => Applied::default(),
         };
-        let mut dedup: HashMap<u64, BTreeSet<u64>> = HashMap::new();
-        for kv in db
-            .prefix(DEDUP_PREFIX, false, &ReadOptions::default())
-            .map_err(io_err)?
-        {
-            let (k, _) = kv.map_err(io_err)?;
-            if k.len() == 18 {
-                let c = u64::from_be_bytes(k[2..10].try_into().unwrap_or_default());
-                let s = u64::from_be_bytes(k[10..18].try_into().unwrap_or_default());
-                dedup.entry(c).or_default().insert(s);
-            }
-        }
+        let dedup = Sessions::load(&db)?;
+        metrics.sessions.set(dedup.clients() as i64);
         let current_snapshot = load_snapshot_file(&snapshot_dir)?;
         let (watch_tx, _) = broadcast::channel(4096);
         Ok(Self {
@@ -311,8 +309,9 @@ impl Applier<'_> {
             Op::Delete { key } => OpResult::Delete {
                 deleted: self.delete(key, rev)?,
             },
-            // Batches are unpacked by `apply_command`, never reach here.
-            Op::Batch(_) => OpResult::None,
+            // Batches and session expiry are handled by `apply_command` and
+            // never reach here.
+            Op::Batch(_) | Op::ExpireSessions { .. } => OpResult::None,
             Op::Txn {
                 compare,
                 success,
@@ -363,7 +362,7 @@ impl Applier<'_> {
 pub(super) fn apply_command(
     shared: &Shared,
     ap: &mut Applier<'_>,
-    dedup: &mut HashMap<u64, BTreeSet<u64>>,
+    sessions: &mut Sessions,
     fresh: &mut HashMap<RequestId, Response>,
     cmd: Command,
     log_id: LogId<NodeId>,
@@ -375,7 +374,7 @@ pub(super) fn apply_command(
         // request id, answer and trace.
         let mut results = Vec::with_capacity(cmds.len());
         for c in cmds {
-            results.push(apply_command(shared, ap, dedup, fresh, c, log_id)?);
+            results.push(apply_command(shared, ap, sessions, fresh, c, log_id)?);
         }
         return Ok(Response {
             revision: rev,
@@ -393,6 +392,16 @@ pub(super) fn apply_command(
         span
     };
     let _g = span.enter();
+    if let Op::ExpireSessions { before_index } = cmd.op {
+        // Decided by the log, not by this replica's clock: every replica
+        // forgets the same clients at the same index.
+        let n = sessions.expire_before(before_index, &mut ap.batch);
+        shared.metrics.sessions_expired.inc_by(n as u64);
+        return Ok(Response {
+            revision: rev,
+            result: OpResult::None,
+        });
+    }
     let Some(id) = cmd.request_id else {
         return Ok(Response {
             revision: rev,
@@ -402,8 +411,7 @@ pub(super) fn apply_command(
     if let Some(r) = fresh.get(&id) {
         return Ok(r.clone());
     }
-    let seen = dedup.get(&id.client_id);
-    if seen.is_some_and(|q| q.contains(&id.seq)) {
+    if sessions.contains(id) {
         // A retry of an applied write: answer what the first application
         // answered.
         shared.metrics.dedup_hits.inc();
@@ -414,8 +422,7 @@ pub(super) fn apply_command(
             },
         );
     }
-    let floor = seen.and_then(|q| q.first().copied());
-    if floor.is_some_and(|f| id.seq < f) && seen.is_some_and(|q| q.len() >= DEDUP_WINDOW) {
+    if sessions.is_pruned(id) {
         return Ok(Response {
             revision: rev,
             result: OpResult::Expired { request_id: id },
@@ -426,16 +433,8 @@ pub(super) fn apply_command(
         result: ap.apply_op(&cmd.op, rev).map_err(err)?,
     };
     ap.batch.put(dedup_key(id), encode(&r));
-    let q = dedup.entry(id.client_id).or_default();
-    q.insert(id.seq);
-    if q.len() > DEDUP_WINDOW
-        && let Some(old) = q.pop_first()
-    {
-        ap.batch.delete(dedup_key(RequestId {
-            client_id: id.client_id,
-            seq: old,
-        }));
-    }
+    let evicted = sessions.record(id, rev, &mut ap.batch);
+    shared.metrics.sessions_expired.inc_by(evicted as u64);
     fresh.insert(id, r.clone());
     Ok(r)
 }
@@ -482,6 +481,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             out.push(resp);
         }
+        shared.metrics.sessions.set(dedup.clients() as i64);
         drop(dedup);
         // The applied pointer goes in the same batch as the changes it covers:
         // after a crash either both are there or neither.
@@ -534,7 +534,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // pointer. The WAL makes it atomic, so a crash mid-install leaves the
         // old state (and openraft will send the snapshot again).
         let mut b = WriteBatch::new();
-        for prefix in [DATA_PREFIX, DEDUP_PREFIX] {
+        for prefix in STATE_PREFIXES {
             for kv in shared
                 .db
                 .prefix(prefix, false, &ReadOptions::default())
@@ -544,22 +544,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 b.delete(k);
             }
         }
-        let mut dedup: HashMap<u64, BTreeSet<u64>> = HashMap::new();
         for (k, v) in &body.entries {
-            if !(k.starts_with(DATA_PREFIX) || k.starts_with(DEDUP_PREFIX)) {
+            if !STATE_PREFIXES.iter().any(|p| k.starts_with(p)) {
                 return Err(werr(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!("snapshot holds a key outside the state key spaces: {k:?}"),
                 ))
                 .into());
             }
-            if k.starts_with(DEDUP_PREFIX) && k.len() == 18 {
-                let c = u64::from_be_bytes(k[2..10].try_into().unwrap_or_default());
-                let s = u64::from_be_bytes(k[10..18].try_into().unwrap_or_default());
-                dedup.entry(c).or_default().insert(s);
-            }
             b.put(k, v);
         }
+        let dedup = Sessions::from_keys(
+            body.entries
+                .iter()
+                .map(|(k, v)| (k.as_slice(), v.as_slice())),
+        );
+        shared.metrics.sessions.set(dedup.clients() as i64);
         let applied = Applied {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
@@ -572,7 +572,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .db
             .write(b, &WriteOptions { sync: true })
             .map_err(|e| werr(io_err(e)))?;
-        save_snapshot_file(&shared.snapshot_dir, meta, &data).map_err(werr)?;
+        save_snapshot_file(shared.db.fs(), &shared.snapshot_dir, meta, &data).map_err(werr)?;
         *shared.applied() = applied;
         *shared.dedup.lock().unwrap_or_else(|p| p.into_inner()) = dedup;
         *shared

@@ -203,8 +203,16 @@ impl Db {
     pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Db> {
         opts.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        let fs = Fs::new(opts.fault_injector.clone());
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+        let fs = Fs::new(opts.fault_injector.clone()).with_power_loss(opts.power_loss.clone());
+        if !dir.is_dir() {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+            // The new directory's entry in its parent must be durable before
+            // anything in it is counted on (a power cut could drop the whole
+            // directory otherwise).
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs.sync_dir(parent)?;
+            }
+        }
         let lock_path = dir.join(LOCK);
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -275,6 +283,12 @@ impl Db {
 
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// The file layer this database writes through: files kept beside the
+    /// database (a Raft snapshot) share its fault and power-loss hooks.
+    pub fn fs(&self) -> &Fs {
+        &self.inner.fs
     }
 
     pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {

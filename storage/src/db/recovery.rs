@@ -157,13 +157,7 @@ pub(super) fn recover(
                     "cutting a torn WAL tail"
                 );
             }
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(|e| Error::io("open WAL for truncation", &path, e))?;
-            f.set_len(contents.valid_len)
-                .and_then(|_| f.sync_all())
-                .map_err(|e| Error::io("truncate torn WAL tail", &path, e))?;
+            fs.truncate(&path, contents.valid_len)?;
         }
     }
 
