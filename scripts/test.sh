@@ -11,7 +11,8 @@
 #        installed with --no-deps: its dependencies would build llama.cpp;
 #        grpcio, grpcio-tools and openai (real clients of the inference server);
 #        pyarrow (an independent Parquet reader of what ingest writes);
-#        kubernetes-validate (the Kubernetes schemas deploy/k8s is checked against).
+#        kubernetes-validate (the Kubernetes schemas deploy/k8s is checked against);
+#        schemathesis (property-based tests of the inference server's OpenAPI).
 #      - Docker: the compose test (tests/tests/compose.rs) builds its images
 #        with scripts/compose-images.sh, which installs debootstrap when
 #        missing; Docker Engine and docker-compose come with the machine.
@@ -54,7 +55,7 @@ fi
 # independent Parquet reader and the real gRPC and OpenAI clients of the
 # inference server (tests/python/infer_clients.py).
 pip_missing=()
-for pair in pyarrow:pyarrow grpc:grpcio grpc_tools:grpcio-tools openai:openai kubernetes_validate:kubernetes-validate yaml:PyYAML; do
+for pair in pyarrow:pyarrow grpc:grpcio grpc_tools:grpcio-tools openai:openai kubernetes_validate:kubernetes-validate yaml:PyYAML schemathesis:schemathesis==4.32.5; do
   module="${pair%%:*}" package="${pair#*:}"
   python3 -c "import ${module}" 2>/dev/null || pip_missing+=("$package")
 done
@@ -62,7 +63,7 @@ if [ "${#pip_missing[@]}" -gt 0 ]; then
   echo "installing PyPI packages: ${pip_missing[*]}"
   python3 -m pip install --quiet "${pip_missing[@]}"
 else
-  echo "PyPI packages present: pyarrow grpcio grpcio-tools openai kubernetes-validate PyYAML"
+  echo "PyPI packages present: pyarrow grpcio grpcio-tools openai kubernetes-validate PyYAML schemathesis"
 fi
 tansu_bin="${MLSTACK_TANSU_BIN:-$(command -v tansu || echo "$HOME/.cargo/bin/tansu")}"
 if [ -x "$tansu_bin" ] && "$tansu_bin" --version 2>/dev/null | grep -q "0\.6\.0"; then

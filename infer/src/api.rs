@@ -565,6 +565,18 @@ fn async_stream_sse(
         }))
 }
 
+/// The OpenAPI 3 document of this HTTP API (`openapi.json` beside this
+/// file; `tests/tests/infer_openapi.rs` runs schemathesis against it).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
+}
+
 async fn models(State(st): State<HttpState>) -> Json<serde_json::Value> {
     Json(serde_json::json!({"object": "list", "data": [
         {"id": st.model_name, "object": "model", "created": 0, "owned_by": "mlstack"}]}))
@@ -689,6 +701,8 @@ pub async fn start(
         Some(k) => app.layer(axum::middleware::from_fn_with_state(k, http_auth)),
         None => app,
     }
+    // The API's description is public, as vLLM's is: it holds no data.
+    .route("/openapi.json", axum::routing::get(openapi))
     // Outermost: each request (refused ones too) in an `http.server` span
     // parented to the client's `traceparent`, as gRPC requests are.
     .layer(axum::middleware::from_fn(observe::http_trace::server));
