@@ -61,6 +61,9 @@ fn the_openapi_document_holds_and_schemathesis_finds_no_server_error() {
         ])
         .args(["-n", "25", "--seed", "42", "--request-timeout", "60"])
         .env("NO_COLOR", "1")
+        // schemathesis keeps a cache (`.schemathesis/`) in its working
+        // directory: not in the repository.
+        .current_dir(std::env::temp_dir())
         .output()
         .expect("running python3 (schemathesis; the test command pip-installs it)");
     let stdout = String::from_utf8_lossy(&out.stdout);
