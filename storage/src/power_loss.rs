@@ -304,6 +304,15 @@ impl State {
             .filter_map(|(p, &i)| p.file_name().map(|n| (OsString::from(n), i)))
             .collect();
         self.durable.insert(dir.to_path_buf(), names);
+        // Forget inodes no name reaches any more (and the bytes kept for
+        // them): a long test would otherwise hold every deleted file.
+        let reachable: std::collections::HashSet<u64> = self
+            .durable
+            .values()
+            .flat_map(|m| m.values().copied())
+            .chain(self.live.values().copied())
+            .collect();
+        self.inodes.retain(|ino, _| reachable.contains(ino));
     }
 }
 
