@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{ApiKeys, Caller};
 use crate::engine_loop::{Event, Finish, Request, ServingHandle, SubmitError, Usage};
+use crate::http_body::{self, BodyRequest, PromptInput};
 use crate::sampling::SamplingParams;
 use model::tokenizer::ChatMessage;
 
@@ -41,7 +42,7 @@ pub enum ServerError {
 
 /// Sampling settings from a request, with mlstack's defaults for the unset
 /// ones (greedy unless a temperature is given).
-fn sampling(
+pub(crate) fn sampling(
     temperature: Option<f32>,
     top_p: Option<f32>,
     top_k: Option<u32>,
@@ -313,25 +314,6 @@ fn async_stream_with_deadline(
 
 // ---------------------------------------------------------------- HTTP --
 
-#[derive(Debug, serde::Deserialize)]
-struct CompletionBody {
-    prompt: Option<serde_json::Value>,
-    messages: Option<Vec<ChatMessage>>,
-    max_tokens: Option<usize>,
-    #[serde(default)]
-    max_completion_tokens: Option<usize>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    top_k: Option<u32>,
-    min_p: Option<f32>,
-    repetition_penalty: Option<f32>,
-    seed: Option<u64>,
-    stop: Option<serde_json::Value>,
-    #[serde(default)]
-    stream: bool,
-    n: Option<u32>,
-}
-
 /// OpenAI's error shape.
 fn http_error(code: StatusCode, kind: &str, message: String) -> Response {
     (
@@ -365,21 +347,21 @@ struct HttpState {
 
 async fn completions(
     state: State<HttpState>,
-    body: Result<Json<CompletionBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<http_body::CompletionBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     handle_completion(state, body, false).await
 }
 
 async fn chat_completions(
     state: State<HttpState>,
-    body: Result<Json<CompletionBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<http_body::CompletionBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     handle_completion(state, body, true).await
 }
 
 async fn handle_completion(
     State(st): State<HttpState>,
-    body: Result<Json<CompletionBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<http_body::CompletionBody>, axum::extract::rejection::JsonRejection>,
     chat: bool,
 ) -> Response {
     let Json(b) = match body {
@@ -392,64 +374,20 @@ async fn handle_completion(
             );
         }
     };
-    if b.n.is_some_and(|n| n != 1) {
-        return http_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "only n=1 is supported".into(),
-        );
-    }
-    let prompt = if chat {
-        match &b.messages {
-            Some(m) => prompt_ids(&st.handle, None, Some(m)),
-            None => Err(SubmitError::Invalid("'messages' is required".into())),
-        }
-    } else {
-        match &b.prompt {
-            Some(serde_json::Value::String(p)) => prompt_ids(&st.handle, Some(p), None),
-            Some(serde_json::Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
-                prompt_ids(&st.handle, a[0].as_str(), None)
-            }
-            _ => Err(SubmitError::Invalid(
-                "'prompt' must be a string (one prompt per request)".into(),
-            )),
-        }
+    let b = match BodyRequest::from_body(b, chat) {
+        Ok(b) => b,
+        Err(m) => return http_error(StatusCode::BAD_REQUEST, "invalid_request_error", m),
+    };
+    let prompt = match &b.prompt {
+        PromptInput::Chat(m) => prompt_ids(&st.handle, None, Some(m)),
+        PromptInput::Text(p) => prompt_ids(&st.handle, Some(p), None),
     };
     let prompt = match prompt {
         Ok(p) => p,
         Err(e) => return submit_error(e),
     };
-    let stop = match &b.stop {
-        None | Some(serde_json::Value::Null) => vec![],
-        Some(serde_json::Value::String(s)) => vec![s.clone()],
-        Some(serde_json::Value::Array(a)) => a
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        Some(_) => {
-            return http_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "'stop' must be a string or a list of strings".into(),
-            );
-        }
-    };
-    let req = Request {
-        prompt,
-        max_tokens: b.max_completion_tokens.or(b.max_tokens).unwrap_or(256),
-        // OpenAI's default temperature is 1.0.
-        sampling: sampling(
-            Some(b.temperature.unwrap_or(1.0)),
-            b.top_p.or(Some(1.0)),
-            b.top_k.or(Some(0)),
-            b.min_p.or(Some(0.0)),
-            b.repetition_penalty,
-            b.seed,
-        ),
-        stop,
-        priority: 0,
-        ignore_eos: false,
-    };
+    let stream = b.stream;
+    let req = b.into_request(prompt);
     let span = tracing::info_span!(
         "infer.request",
         gen_ai.system = "mlstack",
@@ -478,7 +416,7 @@ async fn handle_completion(
         serde_json::json!({"prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens, "total_tokens": u.prompt_tokens + u.completion_tokens})
     };
-    if !b.stream {
+    if !stream {
         let mut text = String::new();
         while let Some(e) = rx.recv().await {
             match e {

@@ -31,11 +31,14 @@
 //!   scheduler), request channels, metrics.
 //! - [`api`]: the front: gRPC `mlstack.infer.v1.Inference` and
 //!   OpenAI-compatible HTTP.
+//! - [`http_body`]: an OpenAI request body → the engine request (before
+//!   tokenization); `openapi.json` describes the HTTP API.
 
 pub mod api;
 pub mod auth;
 pub mod engine_loop;
 pub mod generate;
+pub mod http_body;
 pub mod model;
 pub mod paged;
 pub mod request;

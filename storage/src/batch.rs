@@ -95,7 +95,7 @@ impl WriteBatch {
 pub type BatchEntry<'a> = (Kind, &'a [u8], &'a [u8]);
 
 /// Decodes a WAL payload into (first seq, entries). `None` when malformed.
-pub(crate) fn decode_wal_payload(payload: &[u8]) -> Option<(u64, Vec<BatchEntry<'_>>)> {
+pub fn decode_wal_payload(payload: &[u8]) -> Option<(u64, Vec<BatchEntry<'_>>)> {
     let seq = crate::coding::get_u64(payload, 0)?;
     let count = crate::coding::get_u32(payload, 8)? as usize;
     let mut it = BatchIter {

@@ -149,6 +149,12 @@ pub struct WalContents {
 /// Reads a WAL file; see the module doc for torn tail vs corruption.
 pub fn read_wal(path: &Path) -> Result<WalContents> {
     let data = std::fs::read(path).map_err(|e| Error::io("read WAL", path, e))?;
+    parse_wal(path, &data)
+}
+
+/// Splits a WAL's bytes into records (`path` only names the file in errors).
+/// Outside bytes meet this on every recovery; `fuzz/` fuzzes it.
+pub fn parse_wal(path: &Path, data: &[u8]) -> Result<WalContents> {
     let mut records = Vec::new();
     let mut pos = 0usize;
     // Compare against a zero block (memcmp) rather than byte by byte: the tail
@@ -174,8 +180,8 @@ pub fn read_wal(path: &Path) -> Result<WalContents> {
         if data.len() - pos < HEADER_LEN {
             return Ok(stop(records, pos));
         }
-        let len = get_u32(&data, pos).unwrap_or(0) as usize;
-        let crc = get_u32(&data, pos + 4).unwrap_or(0);
+        let len = get_u32(data, pos).unwrap_or(0) as usize;
+        let crc = get_u32(data, pos + 4).unwrap_or(0);
         let end = pos + HEADER_LEN + len;
         if end > data.len() {
             return Ok(stop(records, pos));
