@@ -1022,6 +1022,10 @@ pub struct IngestRunArgs {
     pub max_age: std::time::Duration,
     #[arg(long, env = "MLSTACK_ROW_GROUP_ROWS", default_value_t = 65_536)]
     pub row_group_rows: usize,
+    /// Open files per partition, one per date= the records' timestamps
+    /// name; a record for one date more rolls and commits them all first.
+    #[arg(long, env = "MLSTACK_MAX_OPEN_FILES_PER_PARTITION", default_value_t = stream::ingest::DEFAULT_MAX_OPEN_FILES_PER_PARTITION, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub max_open_files_per_partition: usize,
     /// Larger records go to the DLQ as oversized.
     #[arg(long, env = "MLSTACK_MAX_RECORD_BYTES", default_value_t = 1 << 20)]
     pub max_record_bytes: usize,

@@ -5,6 +5,10 @@ use crate::cli::{
     IngestBenchArgs, IngestCommand, IngestCreateTopicArgs, IngestRunArgs, ProduceArgs,
 };
 
+/// The test failpoint's environment variable (see
+/// [`stream::ingest::IngestConfig::stop_after_rename`]).
+const STOP_AFTER_RENAME_ENV: &str = "MLSTACK_INGEST_FAILPOINT_STOP_AFTER_RENAME";
+
 fn stream_err(e: stream::Error) -> Error {
     Error::Stream(e)
 }
@@ -74,6 +78,16 @@ async fn ingest(a: &IngestRunArgs) -> Result<(), Error> {
     }
     cfg.kv_endpoints = a.kv.clone();
     cfg.assign_all = a.assign_all;
+    cfg.max_open_files_per_partition = a.max_open_files_per_partition;
+    // A test failpoint, not a flag: `tests/tests/ingest_fencing.rs` stops an
+    // ingest between a file's rename and its manifest commit (a zombie).
+    if let Ok(n) = std::env::var(STOP_AFTER_RENAME_ENV) {
+        cfg.stop_after_rename = Some(n.trim().parse().map_err(|_| {
+            Error::Stream(stream::Error::Config {
+                reason: format!("{STOP_AFTER_RENAME_ENV}={n:?}: expected a roll count (1, 2, ...)"),
+            })
+        })?);
+    }
     let manifest: Box<dyn stream::manifest::Manifest> = if a.kv.is_empty() {
         Box::new(stream::manifest::LocalManifest::open(&a.out).map_err(stream_err)?)
     } else {

@@ -33,6 +33,21 @@ pub enum Error {
         first_offset: i64,
         expected: i64,
     },
+    /// A commit by a deposed owner: another consumer claimed the partition
+    /// (bumped its owner key) after this one did, so this one's files must
+    /// not be listed (the new owner may already have removed them as
+    /// orphans and be rewriting the same records).
+    #[error(
+        "partition {partition}: fenced: this consumer's epoch is {epoch}, the partition's is now {current} (owner: {owner}); its commit of offsets {first_offset}..={last_offset} was refused"
+    )]
+    Fenced {
+        partition: i32,
+        epoch: u64,
+        current: u64,
+        owner: String,
+        first_offset: i64,
+        last_offset: i64,
+    },
     #[error("KV manifest: {reason}")]
     Manifest { reason: String },
     /// Snapshots are immutable: a name is created once.

@@ -1,19 +1,51 @@
 //! The ingest loop: consume, validate, write, commit: in that order.
 //!
 //! # The commit protocol (why a record lands exactly once)
-//! For each Kafka partition one part file is open. When it rolls (max rows,
-//! max bytes or max age), ingest:
-//! 1. closes it, fsyncs it, renames it to its final deterministic name
+//! For each Kafka partition, one part file per date is open (a record's date
+//! is part of its file's path), at most
+//! [`IngestConfig::max_open_files_per_partition`] of them. Together they hold
+//! one contiguous offset range of the partition. When one rolls (max rows,
+//! max bytes or max age), ingest rolls all of that partition's files:
+//! 1. closes each, fsyncs it, links it to its final deterministic name
 //!    `part-<partition>-<first>-<last>.parquet` and fsyncs the directory;
-//! 2. records the commit in the manifest (durable before `commit` returns);
+//! 2. records them in the manifest as one commit (durable before `commit`
+//!    returns; all or nothing);
 //! 3. only then commits `last + 1` to Kafka (asynchronously: it is a hint).
 //!
-//! On start and on every partition assignment ingest reads the manifest,
-//! removes part files it does not list (orphans of a crash between 1 and 2),
-//! seeks each assigned partition to the manifest's next offset, and skips any
+//! Committing a partition's files together is what keeps the manifest's
+//! invariant (per partition, commits are contiguous offset ranges and the
+//! next offset is the last commit's `last + 1`) when records of different
+//! dates interleave: each file's own range may interleave with another's of
+//! the same commit, but the commit's range does not. Kafka Connect's S3 and
+//! HDFS sinks do the same (one writer per encoded partition of a Kafka
+//! partition, all committed at once); they bound nothing, though, and with
+//! `rotate.interval.ms` they roll on every change of encoded partition (one
+//! file per record for alternating timestamps). Here a record whose date
+//! would open one file too many rolls the partition's open files first
+//! (counted in `mlstack_ingest_forced_rolls_total`): memory and open files
+//! stay bounded, and only input cycling through more dates than the bound
+//! degrades to small files.
+//!
+//! On start and on every partition assignment ingest claims the partitions
+//! in the manifest (fencing any previous owner), reads the manifest, removes
+//! part files it does not list (orphans of a crash between 1 and 2), seeks
+//! each assigned partition to the manifest's next offset, and skips any
 //! record below it (Kafka's committed offset may trail the manifest after a
 //! crash between 2 and 3). Before partitions are revoked in a rebalance, their
 //! open files are committed the same way.
+//!
+//! # Zombies
+//! A consumer that stalls (GC pause, SIGSTOP) after step 1 can resume after
+//! the group gave its partition to another consumer, which has already
+//! removed the stalled one's file as an orphan. Its commit must then fail, or
+//! the manifest would list a missing file. This is Kafka Connect's zombie
+//! fencing (KIP-618 for exactly-once sources; the transactional producer's
+//! epoch for sinks writing to Kafka): the newest owner bumps an epoch and
+//! every commit carries the epoch it was made under. Here the epoch is the
+//! version of the partition's owner key in the KV manifest, bumped by
+//! [`Manifest::claim`] on assignment *before* orphans are removed; a commit
+//! compares it, and a deposed owner gets [`Error::Fenced`], removes its own
+//! files and ignores the partition until the group assigns it again.
 //!
 //! Bad records (not JSON, schema mismatch, oversized) go to `<topic>.dlq`
 //! with their original bytes and headers plus `error`/`error-kind`/`source-*`
@@ -25,7 +57,7 @@ use crate::error::{Error, Result, kafka};
 use crate::manifest::{Manifest, ManifestState, remove_orphans};
 use crate::metrics::Metrics;
 use crate::schema::{Meta, RecordSchema};
-use crate::writer::{FileCommit, PartFile, RollPolicy, date_of};
+use crate::writer::{FileCommit, PartFile, RollPolicy, date_of, remove_own};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
@@ -35,7 +67,7 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -72,7 +104,23 @@ pub struct IngestConfig {
     /// long-running ingest would keep a sample per record; the
     /// `mlstack_ingest_*` histograms cover it there.
     pub keep_latency_samples: bool,
+    /// At most this many part files (one per date) open per partition. A
+    /// record whose date has no open file when this many are open rolls and
+    /// commits all of the partition's open files first. Each open file holds
+    /// up to a row group of rows in memory and one file descriptor; the
+    /// bound is what keeps producer-controlled timestamps from making
+    /// either unbounded. 0 counts as 1.
+    pub max_open_files_per_partition: usize,
+    /// Test failpoint: after the N-th roll's files are renamed, and before
+    /// their manifest commit, the process stops itself (SIGSTOP), as a GC
+    /// pause would: the window in which a zombie's commit must be fenced.
+    pub stop_after_rename: Option<u64>,
 }
+
+/// The default of [`IngestConfig::max_open_files_per_partition`]: a
+/// partition's stream normally spans one date, two around midnight; late
+/// records a few more.
+pub const DEFAULT_MAX_OPEN_FILES_PER_PARTITION: usize = 8;
 
 impl IngestConfig {
     pub fn new(brokers: &str, topic: &str, group: &str, out: PathBuf) -> Self {
@@ -90,6 +138,8 @@ impl IngestConfig {
             instance_id: None,
             assign_all: false,
             keep_latency_samples: false,
+            max_open_files_per_partition: DEFAULT_MAX_OPEN_FILES_PER_PARTITION,
+            stop_after_rename: None,
         }
     }
 }
@@ -104,6 +154,12 @@ pub struct Summary {
     pub file_bytes: u64,
     pub skipped_replayed: u64,
     pub orphans_removed: u64,
+    /// Commits refused because another consumer had claimed the partition.
+    pub fenced_commits: u64,
+    /// Records of a partition this consumer was fenced from, not written.
+    pub skipped_fenced: u64,
+    /// Rolls forced by the bound on open files per partition.
+    pub forced_rolls: u64,
     /// Record timestamp → file commit, per record (ms); only with
     /// [`IngestConfig::keep_latency_samples`].
     #[serde(skip)]
@@ -118,36 +174,94 @@ struct State {
     cfg: IngestConfig,
     manifest: Box<dyn Manifest>,
     mstate: ManifestState,
-    open: BTreeMap<i32, PartFile>,
+    /// Per partition: its open files, one per date, oldest opened first.
+    /// Together they cover one contiguous offset range.
+    open: BTreeMap<i32, Vec<PartFile>>,
+    /// Partitions whose commit was fenced: another consumer owns them now.
+    /// Their records are ignored until the group assigns them here again.
+    fenced: BTreeSet<i32>,
+    /// Rolls whose files were renamed (for the test failpoint).
+    renamed: u64,
     metrics: Metrics,
     summary: Summary,
 }
 
 impl State {
-    /// Closes and commits partition `p`'s open file (steps 1 and 2).
-    fn commit_partition(&mut self, p: i32) -> Result<Option<FileCommit>> {
-        let Some(file) = self.open.remove(&p) else {
+    /// The last offset partition `p`'s open files cover.
+    fn open_last(&self, p: i32) -> Option<i64> {
+        self.open
+            .get(&p)
+            .and_then(|fs| fs.iter().map(|f| f.last_offset).max())
+    }
+
+    /// Closes and commits partition `p`'s open files as one commit (steps 1
+    /// and 2). `Ok(None)` when nothing was open, or when the commit was
+    /// fenced: then the files are removed and `p` is ignored from now on.
+    fn commit_partition(&mut self, p: i32) -> Result<Option<Vec<FileCommit>>> {
+        let files = self.open.remove(&p).unwrap_or_default();
+        if files.is_empty() {
             return Ok(None);
-        };
+        }
         let t0 = Instant::now();
+        let first = files.iter().map(|f| f.first_offset).min().unwrap_or(0);
+        let last = files.iter().map(|f| f.last_offset).max().unwrap_or(0);
         let span = tracing::info_span!(
             "stream.commit",
             partition = p,
-            first_offset = file.first_offset,
-            last_offset = file.last_offset,
-            rows = file.total_rows
+            first_offset = first,
+            last_offset = last,
+            files = files.len(),
+            rows = files.iter().map(|f| f.total_rows).sum::<u64>()
         );
         {
             use tracing_opentelemetry::OpenTelemetrySpanExt;
-            for l in &file.links {
+            for l in files.iter().flat_map(|f| f.links.iter()).take(128) {
                 span.add_link(l.clone());
             }
         }
         let _g = span.enter();
-        let ts = file.record_ts_ms.clone();
-        let commit = file.finish(&self.cfg.out, &self.cfg.topic)?;
-        self.manifest.commit(&commit)?;
-        self.mstate.apply(&commit);
+        let ts: Vec<i64> = files
+            .iter()
+            .flat_map(|f| f.record_ts_ms.iter().copied())
+            .collect();
+        let mut finished = Vec::with_capacity(files.len());
+        for f in files {
+            finished.push(f.finish_with_id(&self.cfg.out, &self.cfg.topic)?);
+        }
+        self.renamed += 1;
+        if self.cfg.stop_after_rename == Some(self.renamed) {
+            tracing::warn!(
+                partition = p,
+                "failpoint: stopping after rename, before the manifest commit"
+            );
+            // SAFETY: raise(3) with a valid signal number.
+            unsafe {
+                libc::raise(libc::SIGSTOP);
+            }
+        }
+        let commits: Vec<FileCommit> = finished.iter().map(|(c, _)| c.clone()).collect();
+        match self.manifest.commit(&commits) {
+            Ok(()) => {}
+            Err(e @ Error::Fenced { .. }) => {
+                // A zombie: the partition's new owner may already have
+                // removed these files as orphans and be rewriting the same
+                // records. Drop ours (only if the name is still our file).
+                for (c, id) in &finished {
+                    if let Err(err) = remove_own(&self.cfg.out, &c.path, *id) {
+                        tracing::warn!(error = %err, path = %c.path, "removing a fenced file (the owner's orphan removal will)");
+                    }
+                }
+                tracing::warn!(error = %e, "fenced: another consumer owns this partition now; its files are dropped and its records ignored until it is assigned here again");
+                self.fenced.insert(p);
+                self.metrics.fenced_commits.inc();
+                self.summary.fenced_commits += 1;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
+        for c in &commits {
+            self.mstate.apply(c);
+        }
         let now_ms = chrono::Utc::now().timestamp_millis();
         let keep = self.cfg.keep_latency_samples;
         for t in ts {
@@ -157,40 +271,45 @@ impl State {
                 self.summary.e2e_ms.push(ms);
             }
         }
-        self.metrics.files_written.inc();
-        self.metrics.file_bytes.inc_by(commit.bytes);
-        self.metrics.rows_written.inc_by(commit.rows);
         let commit_secs = t0.elapsed().as_secs_f64();
         self.metrics.commit_seconds.observe(commit_secs);
         if keep {
             self.summary.commit_ms.push(commit_secs * 1e3);
         }
-        self.summary.files += 1;
-        self.summary.file_bytes += commit.bytes;
-        self.summary.rows_written += commit.rows;
-        tracing::debug!(path = %commit.path, rows = commit.rows, "committed part file");
-        Ok(Some(commit))
+        for commit in &commits {
+            self.metrics.files_written.inc();
+            self.metrics.file_bytes.inc_by(commit.bytes);
+            self.metrics.rows_written.inc_by(commit.rows);
+            self.summary.files += 1;
+            self.summary.file_bytes += commit.bytes;
+            self.summary.rows_written += commit.rows;
+            tracing::debug!(path = %commit.path, rows = commit.rows, "committed part file");
+        }
+        Ok(Some(commits))
     }
 
-    /// Commits each partition's open file, in order; stops at the first error.
+    /// Commits each partition's open files, in order; stops at the first error.
     fn commit_partitions(&mut self, parts: Vec<i32>) -> Result<Vec<FileCommit>> {
         let mut commits = Vec::new();
         for p in parts {
             if let Some(c) = self.commit_partition(p)? {
-                commits.push(c);
+                commits.extend(c);
             }
         }
         Ok(commits)
     }
 
+    /// Kafka offsets to commit after `commits`: per partition, the last
+    /// offset committed plus one.
     fn offsets_tpl(&self, commits: &[FileCommit]) -> TopicPartitionList {
-        let mut tpl = TopicPartitionList::new();
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
         for c in commits {
-            let _ = tpl.add_partition_offset(
-                &self.cfg.topic,
-                c.partition,
-                Offset::Offset(c.last_offset + 1),
-            );
+            let n = next.entry(c.partition).or_insert(0);
+            *n = (*n).max(c.last_offset + 1);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in next {
+            let _ = tpl.add_partition_offset(&self.cfg.topic, p, Offset::Offset(o));
         }
         tpl
     }
@@ -237,7 +356,7 @@ impl ConsumerContext for Ctx {
         let mut commits = Vec::new();
         for e in tpl.elements_for_topic(&self.topic) {
             match st.commit_partition(e.partition()) {
-                Ok(Some(c)) => commits.push(c),
+                Ok(Some(c)) => commits.extend(c),
                 Ok(None) => {}
                 Err(err) => {
                     *self.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
@@ -258,6 +377,23 @@ impl ConsumerContext for Ctx {
     fn post_rebalance(&self, base: &BaseConsumer<Self>, r: &Rebalance<'_>) {
         let Rebalance::Assign(tpl) = r else { return };
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let parts: Vec<i32> = tpl
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        // Fence the previous owners first: once our claim is in, no commit
+        // of theirs can list a file, so the manifest read next is final for
+        // everything before our own commits, and the orphans removed below
+        // cannot be listed afterwards by a consumer that stalled.
+        if let Err(e) = st.manifest.claim(&parts) {
+            *self.error.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(format!("claiming partitions {parts:?} on assignment: {e}"));
+            return;
+        }
+        for p in &parts {
+            st.fenced.remove(p);
+        }
         // Re-read the manifest: with a shared (KV) manifest another consumer
         // may have committed these partitions since we last looked.
         match st.manifest.load() {
@@ -291,11 +427,6 @@ impl ConsumerContext for Ctx {
                 tracing::warn!(error = %e, "re-assigning with manifest offsets failed; relying on the replay filter");
             }
         }
-        let parts: Vec<i32> = tpl
-            .elements_for_topic(&self.topic)
-            .iter()
-            .map(|e| e.partition())
-            .collect();
         let (out, topic) = (st.cfg.out.clone(), st.cfg.topic.clone());
         let mstate = st.mstate.clone();
         match remove_orphans(&out, &topic, &mstate, Some(&parts)) {
@@ -314,8 +445,17 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<Summary> {
     let mut manifest = manifest;
-    let mstate = manifest.load()?;
-    let removed = remove_orphans(&cfg.out, &cfg.topic, &mstate, None)?;
+    let mut mstate = manifest.load()?;
+    // With a manifest only this process writes (the local one, locked),
+    // every orphan is ours to remove now. With a shared one, only orphans of
+    // partitions this process has claimed are (on assignment, or below for
+    // --assign-all): another consumer may be between its rename and its
+    // commit.
+    let removed = if manifest.shared() {
+        Vec::new()
+    } else {
+        remove_orphans(&cfg.out, &cfg.topic, &mstate, None)?
+    };
     if !removed.is_empty() {
         tracing::info!(
             count = removed.len(),
@@ -326,8 +466,10 @@ pub async fn run(
     let state = Arc::new(Mutex::new(State {
         cfg: cfg.clone(),
         manifest,
-        mstate,
+        mstate: std::mem::take(&mut mstate),
         open: BTreeMap::new(),
+        fenced: BTreeSet::new(),
+        renamed: 0,
         metrics: metrics.clone(),
         summary: Summary {
             orphans_removed: removed.len() as u64,
@@ -376,7 +518,15 @@ pub async fn run(
                 reason: format!("topic {} has no partitions (does it exist?)", cfg.topic),
             });
         }
-        let st = state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        // Claim, then read where the previous owner got to, then remove its
+        // orphans (as on a group assignment).
+        st.manifest.claim(&parts)?;
+        st.mstate = st.manifest.load()?;
+        if st.manifest.shared() {
+            let removed = remove_orphans(&cfg.out, &cfg.topic, &st.mstate, Some(&parts))?;
+            st.summary.orphans_removed += removed.len() as u64;
+        }
         let mut tpl = TopicPartitionList::new();
         for p in &parts {
             // The manifest says where to start; a partition it never saw
@@ -417,7 +567,12 @@ pub async fn run(
             _ = tick.tick() => {
                 // Age-based rolls: commit files whose age is up.
                 let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-                let due: Vec<i32> = st.open.iter().filter(|(_, f)| f.should_roll(&cfg.roll)).map(|(p, _)| *p).collect();
+                let due: Vec<i32> = st
+                    .open
+                    .iter()
+                    .filter(|(_, fs)| fs.iter().any(|f| f.should_roll(&cfg.roll)))
+                    .map(|(p, _)| *p)
+                    .collect();
                 let commits = st.commit_partitions(due)?;
                 if !commits.is_empty() {
                     let tpl = st.offsets_tpl(&commits);
@@ -440,7 +595,7 @@ pub async fn run(
                 }
                 let commit = handle(&state, &m, &cfg, &metrics, &dlq).await?;
                 if let Some(c) = commit {
-                    let tpl = state.lock().unwrap_or_else(|p| p.into_inner()).offsets_tpl(&[c]);
+                    let tpl = state.lock().unwrap_or_else(|p| p.into_inner()).offsets_tpl(&c);
                     consumer.commit(&tpl, CommitMode::Async).map_err(kafka("commit offsets"))?;
                 }
             }
@@ -467,7 +622,7 @@ async fn handle(
     cfg: &IngestConfig,
     metrics: &Metrics,
     dlq: &FutureProducer,
-) -> Result<Option<FileCommit>> {
+) -> Result<Option<Vec<FileCommit>>> {
     let p = m.partition();
     let offset = m.offset();
     let payload = m.payload().unwrap_or_default();
@@ -477,8 +632,14 @@ async fn handle(
     let validated = {
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
         st.summary.records += 1;
+        if st.fenced.contains(&p) {
+            // Another consumer owns this partition now; whoever is assigned
+            // it next reads these records from the manifest's next offset.
+            st.summary.skipped_fenced += 1;
+            return Ok(None);
+        }
         let next = st.mstate.next_offset.get(&p).copied().unwrap_or(0);
-        let open_last = st.open.get(&p).map(|f| f.last_offset).unwrap_or(i64::MIN);
+        let open_last = st.open_last(p).unwrap_or(i64::MIN);
         if offset < next || offset <= open_last {
             // Already in a committed (or the open) file: a replay.
             st.summary.skipped_replayed += 1;
@@ -491,14 +652,7 @@ async fn handle(
         Ok(values) => {
             let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
             let date = date_of(ts_ms.unwrap_or_else(|| chrono::Utc::now().timestamp_millis()));
-            // A new day starts a new file (the date is part of the path).
-            if st.open.get(&p).is_some_and(|f| f.date != date) {
-                let c = st.commit_partition(p)?;
-                if c.is_some() {
-                    return finish_record(&mut st, p, offset, values, ts_ms, m, &date, c);
-                }
-            }
-            return finish_record(&mut st, p, offset, values, ts_ms, m, &date, None);
+            return finish_record(&mut st, p, offset, values, ts_ms, m, &date);
         }
         Err(e) => e,
     };
@@ -552,10 +706,15 @@ async fn handle(
     tracing::debug!(partition = p, offset, %reason, "record sent to the dead-letter topic");
     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
     st.summary.dlq_records += 1;
-    // The offset is done even though it has no row: the open file covers it.
-    if let std::collections::btree_map::Entry::Vacant(slot) = st.open.entry(p) {
+    if st.fenced.contains(&p) {
+        return Ok(None);
+    }
+    // The offset is done even though it has no row: an open file covers it
+    // (the partition's commit covers the union of its files' ranges).
+    let files = st.open.entry(p).or_default();
+    if files.is_empty() {
         let date = date_of(ts_ms.unwrap_or_else(|| chrono::Utc::now().timestamp_millis()));
-        slot.insert(PartFile::create(
+        files.push(PartFile::create(
             &cfg.out,
             &cfg.topic,
             &date,
@@ -565,12 +724,14 @@ async fn handle(
             &cfg.roll,
         )?);
     }
-    if let Some(f) = st.open.get_mut(&p) {
+    if let Some(f) = files.iter_mut().max_by_key(|f| f.last_offset) {
         f.skip(offset);
     }
     Ok(None)
 }
 
+/// Appends a validated record to its partition's file for `date`, opening
+/// that file if needed. Returns the partition's commit if it rolled.
 #[allow(clippy::too_many_arguments)]
 fn finish_record(
     st: &mut State,
@@ -580,9 +741,32 @@ fn finish_record(
     ts_ms: Option<i64>,
     m: &BorrowedMessage<'_>,
     date: &str,
-    rolled: Option<FileCommit>,
-) -> Result<Option<FileCommit>> {
-    if !st.open.contains_key(&p) {
+) -> Result<Option<Vec<FileCommit>>> {
+    let mut rolled: Option<Vec<FileCommit>> = None;
+    let has_date = st
+        .open
+        .get(&p)
+        .is_some_and(|fs| fs.iter().any(|f| f.date == date));
+    if !has_date {
+        let bound = st.cfg.max_open_files_per_partition.max(1);
+        if st.open.get(&p).map_or(0, Vec::len) >= bound {
+            // Beyond the bound: roll and commit all of the partition's open
+            // files, then open this date's. Rolling only the oldest file is
+            // not possible: its records interleave with the others' and a
+            // commit must cover a contiguous range.
+            tracing::debug!(
+                partition = p,
+                date,
+                bound,
+                "open-file bound reached; rolling the partition"
+            );
+            st.metrics.forced_rolls.inc();
+            st.summary.forced_rolls += 1;
+            rolled = st.commit_partition(p)?;
+            if st.fenced.contains(&p) {
+                return Ok(rolled);
+            }
+        }
         let f = PartFile::create(
             &st.cfg.out,
             &st.cfg.topic,
@@ -592,12 +776,16 @@ fn finish_record(
             &st.cfg.schema,
             &st.cfg.roll,
         )?;
-        st.open.insert(p, f);
+        st.open.entry(p).or_default().push(f);
     }
     let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
     let links_cap = 128;
     let roll = {
-        let Some(f) = st.open.get_mut(&p) else {
+        let Some(f) = st
+            .open
+            .get_mut(&p)
+            .and_then(|fs| fs.iter_mut().find(|f| f.date == date))
+        else {
             return Ok(rolled);
         };
         f.push(
@@ -625,9 +813,8 @@ fn finish_record(
         }
         f.should_roll(&st.cfg.roll)
     };
-    if roll {
-        let c = st.commit_partition(p)?;
-        return Ok(c.or(rolled));
+    if roll && let Some(c) = st.commit_partition(p)? {
+        rolled.get_or_insert_with(Vec::new).extend(c);
     }
     Ok(rolled)
 }

@@ -13,7 +13,8 @@
 //! - [`schema`]: the declared schema, per-record validation, Arrow builders.
 //! - [`writer`]: Parquet part files (temp → fsync → rename → fsync dir).
 //! - [`manifest`]: the authoritative record of committed files: a local
-//!   checksummed file, or the Raft KV cluster with compare-and-set.
+//!   checksummed file, or the Raft KV cluster (one key per commit,
+//!   compare-and-set on a per-partition head, fenced by an owner epoch).
 //! - [`snapshot`]: dataset snapshots: the manifest frozen under a name in
 //!   the KV (`datasets/<topic>/<name>`), what a training run names as its data.
 //! - [`ingest`]: the consume → validate → write → commit loop, rebalances, DLQ.

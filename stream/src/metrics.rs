@@ -14,6 +14,8 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     pub e2e_latency_seconds: Histogram,
     pub replayed_skipped: IntCounter,
+    pub fenced_commits: IntCounter,
+    pub forced_rolls: IntCounter,
 }
 
 impl Default for Metrics {
@@ -82,6 +84,14 @@ impl Metrics {
                 "mlstack_ingest_replayed_records_skipped_total",
                 "Records below the manifest's next offset (already in a committed file) skipped on replay.",
             ),
+            fenced_commits: c(
+                "mlstack_ingest_fenced_commits_total",
+                "Commits refused because another consumer claimed the partition since (this one was a zombie); their files were dropped.",
+            ),
+            forced_rolls: c(
+                "mlstack_ingest_forced_rolls_total",
+                "Partitions rolled early because a record's date would have opened more than the bound of open files per partition.",
+            ),
         }
     }
 
@@ -96,6 +106,8 @@ impl Metrics {
         observe::metrics::register(self.consumer_lag.clone())?;
         observe::metrics::register(self.e2e_latency_seconds.clone())?;
         observe::metrics::register(self.replayed_skipped.clone())?;
+        observe::metrics::register(self.fenced_commits.clone())?;
+        observe::metrics::register(self.forced_rolls.clone())?;
         Ok(())
     }
 }

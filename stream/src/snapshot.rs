@@ -3,7 +3,7 @@
 //! say exactly what it read (what DVC's `dvc add` + tag gives a dataset).
 //!
 //! ```text
-//! ingest/<group>/<topic>/<partition>  (the live manifest, grows)
+//! ingest/<group>/<topic>/<partition>/c/<first offset>  (the live manifest: one key per commit)
 //!            │ mlstack datasets snapshot --name S
 //!            ▼
 //! datasets/<topic>/<S> = {files: [path, crc32c, partition, first..last offset, rows], ...}

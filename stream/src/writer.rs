@@ -1,10 +1,11 @@
 //! Rolling Parquet part files: temp name → fsync → rename → fsync directory.
 //!
-//! One open file per Kafka partition. A file covers a contiguous offset range
-//! `[first, last]` of its partition (records sent to the DLQ inside that range
-//! are simply not in it), so the manifest can say "everything before `last + 1`
-//! is done" and a replay can only rewrite the same file: names are
-//! deterministic, `part-<partition>-<first>-<last>.parquet`, under a Hive-style
+//! One open file per Kafka partition and date. A file holds records of its
+//! partition between offsets `[first, last]`; a partition's open files are
+//! committed together, as one contiguous range (records sent to the DLQ
+//! inside it are simply in no file), so the manifest can say "everything
+//! before `last + 1` is done" and a replay normally rewrites the same file:
+//! names are deterministic, `part-<partition>-<first>-<last>.parquet`, under a Hive-style
 //! directory `topic=<T>/date=<YYYY-MM-DD>/` that DuckDB, pyarrow and Spark read
 //! as partition columns.
 
@@ -66,6 +67,8 @@ pub struct PartFile {
     rows: Rows,
     writer: ArrowWriter<BufWriter<File>>,
     tmp: PathBuf,
+    /// This writer's unique token (pid-counter), for a fallback final name.
+    token: String,
     /// Rows written (flushed + pending).
     pub total_rows: u64,
     /// Kafka timestamps of the rows, for the end-to-end latency histogram.
@@ -91,6 +94,46 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Er
         path: path.to_path_buf(),
         source,
     }
+}
+
+static TMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Which file a finished part file is on disk (device and inode), so that a
+/// fenced writer removes its own file and never a same-named one another
+/// consumer wrote after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    fn of(path: &Path) -> Option<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+}
+
+/// Removes the finished file `rel` (relative to `out`) if it is still the
+/// one this process wrote (`id`). Returns whether it removed it. A
+/// different file under that name (a new owner's) is left alone.
+pub fn remove_own(out: &Path, rel: &str, id: Option<FileId>) -> Result<bool, Error> {
+    let path = out.join(rel);
+    if id.is_none() || FileId::of(&path) != id {
+        return Ok(false);
+    }
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io("remove", &path)(e)),
+    }
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(true)
 }
 
 /// `topic=T/date=D`.
@@ -132,6 +175,18 @@ fn create_dir_durable(dir: &Path) -> Result<(), Error> {
     }
 }
 
+/// Whether a live process holds `path` locked (an open part file's temp
+/// file, see [`PartFile::create`]).
+pub fn locked_by_a_writer(path: &Path) -> bool {
+    let Ok(f) = File::open(path) else {
+        return false;
+    };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    // SAFETY: flock(2) on a file descriptor we own; released when `f` closes.
+    let rc = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) };
+    rc != 0
+}
+
 /// fsync a directory so a rename in it is durable.
 pub fn sync_dir(dir: &Path) -> Result<(), Error> {
     File::open(dir)
@@ -152,8 +207,27 @@ impl PartFile {
     ) -> Result<PartFile, Error> {
         let dir = out.join(dir_for(topic, date));
         create_dir_durable(&dir)?;
-        let tmp = dir.join(format!(".part-{partition}-{first_offset}.parquet.tmp"));
+        // The temp name is this writer's own (pid and a counter): with a
+        // shared output directory a deposed owner and the new one may write
+        // the same range at once, and must not write or rename each other's
+        // file. Orphan removal still knows it by its `.part-<p>-` prefix.
+        let n = TMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let token = format!("{}-{n}", std::process::id());
+        let tmp = dir.join(format!(
+            ".part-{partition}-{first_offset}.{token}.parquet.tmp"
+        ));
         let file = File::create(&tmp).map_err(io("create", &tmp))?;
+        // Held until the file is closed in `finish` (or this process dies):
+        // orphan removal skips a temp file someone holds locked, so a
+        // consumer that is only paused keeps its open file, and its commit is
+        // then fenced instead of failing on a vanished file.
+        // SAFETY: flock(2) on a file descriptor we own.
+        unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                libc::LOCK_EX | libc::LOCK_NB,
+            );
+        }
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
             .set_max_row_group_row_count(Some(policy.row_group_rows))
@@ -176,6 +250,7 @@ impl PartFile {
             rows: Rows::new(schema),
             writer,
             tmp,
+            token,
             total_rows: 0,
             record_ts_ms: Vec::new(),
             links: Vec::new(),
@@ -239,7 +314,22 @@ impl PartFile {
     /// Closes the file: footer, fsync, rename to its final name, fsync the
     /// directory. Returns what the manifest records. A file with no rows (every
     /// record went to the DLQ) is still committed: it proves the range is done.
-    pub fn finish(mut self, out: &Path, topic: &str) -> Result<FileCommit, Error> {
+    pub fn finish(self, out: &Path, topic: &str) -> Result<FileCommit, Error> {
+        self.finish_with_id(out, topic).map(|(c, _)| c)
+    }
+
+    /// [`PartFile::finish`], also returning which file it is on disk.
+    ///
+    /// The final name is taken without replacing anything (a hard link, then
+    /// the temp name is removed): if the deterministic name exists, it is a
+    /// file this process did not write (another consumer's, possibly listed
+    /// in the manifest), so this one gets the name with its writer token
+    /// appended instead of overwriting it.
+    pub fn finish_with_id(
+        mut self,
+        out: &Path,
+        topic: &str,
+    ) -> Result<(FileCommit, Option<FileId>), Error> {
         self.flush_rows()?;
         let tmp = self.tmp.clone();
         let perr = |e: parquet::errors::ParquetError| Error::Parquet {
@@ -274,17 +364,37 @@ impl PartFile {
                 ),
             });
         }
-        let rel = dir_for(topic, &self.date).join(file_name(
+        let dir = dir_for(topic, &self.date);
+        let mut rel = dir.join(file_name(
             self.partition,
             self.first_offset,
             self.last_offset,
         ));
-        let fin = out.join(&rel);
-        std::fs::rename(&tmp, &fin).map_err(io("rename", &tmp))?;
+        let mut fin = out.join(&rel);
+        match std::fs::hard_link(&tmp, &fin) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                rel = dir.join(format!(
+                    "part-{}-{}-{}.{}.parquet",
+                    self.partition, self.first_offset, self.last_offset, self.token
+                ));
+                fin = out.join(&rel);
+                tracing::warn!(path = %fin.display(), "the part file's name is taken (another consumer's file); using the writer's own name");
+                std::fs::hard_link(&tmp, &fin).map_err(io("link", &tmp))?;
+            }
+            // A file system without hard links: rename (which replaces).
+            Err(_) => std::fs::rename(&tmp, &fin).map_err(io("rename", &tmp))?,
+        }
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("remove temp", &tmp)(e)),
+        }
         if let Some(dir) = fin.parent() {
             sync_dir(dir)?;
         }
-        Ok(FileCommit {
+        let id = FileId::of(&fin);
+        let commit = FileCommit {
             path: rel.to_string_lossy().into_owned(),
             partition: self.partition,
             first_offset: self.first_offset,
@@ -293,6 +403,7 @@ impl PartFile {
             bytes: bytes_on_disk.len() as u64,
             crc32c: crc32c::crc32c(&bytes_on_disk),
             traceparent: observe::traceparent_of(&tracing::Span::current()),
-        })
+        };
+        Ok((commit, id))
     }
 }

@@ -218,3 +218,58 @@ pub fn count_ids(bytes: Vec<u8>, ids: &mut std::collections::BTreeMap<String, u3
     }
     rows
 }
+
+/// A one-node Raft KV cluster (`mlstack kv serve --init`) under `dir`, and
+/// its address.
+pub fn spawn_kv_node(dir: &std::path::Path, cluster: &str) -> (Proc, String) {
+    let kv_addr = format!("127.0.0.1:{}", free_port());
+    let data_s = dir.join("kv").to_string_lossy().into_owned();
+    let peers = format!("1={kv_addr}");
+    let kv = Proc::spawn_mlstack(
+        &[
+            "kv",
+            "serve",
+            "--id",
+            "1",
+            "--init",
+            "--listen",
+            &kv_addr,
+            "--peers",
+            &peers,
+            "--data-dir",
+            &data_s,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--cluster",
+            cluster,
+        ],
+        &[],
+    );
+    (kv, kv_addr)
+}
+
+/// `mlstack ingest run` of `topic` from `brokers` into `out`, metrics on an
+/// ephemeral port, with `extra` flags and `env`.
+pub fn spawn_ingest(
+    brokers: &str,
+    topic: &str,
+    out: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Proc {
+    let out_s = out.to_string_lossy().into_owned();
+    let mut args = vec![
+        "ingest",
+        "run",
+        "--brokers",
+        brokers,
+        "--topic",
+        topic,
+        "--out",
+        &out_s,
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn_mlstack(&args, env)
+}

@@ -14,24 +14,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use stream::broker::Tansu;
 use tests::{Proc, count_ids, mlstack_bin, run_mlstack};
 
+/// `mlstack ingest run` rolling files every 300 ms.
 fn ingest(brokers: &str, topic: &str, out: &Path, extra: &[&str]) -> Proc {
-    let out_s = out.to_string_lossy().into_owned();
-    let mut args = vec![
-        "ingest",
-        "run",
-        "--brokers",
-        brokers,
-        "--topic",
-        topic,
-        "--out",
-        &out_s,
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--max-age",
-        "300ms",
-    ];
+    let mut args = vec!["--max-age", "300ms"];
     args.extend_from_slice(extra);
-    Proc::spawn_mlstack(&args, &[])
+    tests::spawn_ingest(brokers, topic, out, &args, &[])
 }
 
 fn produce(
@@ -469,35 +456,6 @@ async fn kv_manifest_rows(endpoint: &str, prefix: &str) -> u64 {
         .sum()
 }
 
-/// A one-node Raft KV cluster (`mlstack kv serve --init`) under `dir`, and
-/// its address.
-fn spawn_kv(dir: &Path, cluster: &str) -> (Proc, String) {
-    let kv_addr = format!("127.0.0.1:{}", tests::free_port());
-    let data_s = dir.join("kv").to_string_lossy().into_owned();
-    let peers = format!("1={kv_addr}");
-    let kv = Proc::spawn_mlstack(
-        &[
-            "kv",
-            "serve",
-            "--id",
-            "1",
-            "--init",
-            "--listen",
-            &kv_addr,
-            "--peers",
-            &peers,
-            "--data-dir",
-            &data_s,
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--cluster",
-            cluster,
-        ],
-        &[],
-    );
-    (kv, kv_addr)
-}
-
 /// Waits until the KV manifest lists at least `want` rows under `prefix`.
 async fn wait_kv_rows(kv_addr: &str, prefix: &str, want: u64, within: Duration) {
     let t0 = Instant::now();
@@ -512,7 +470,7 @@ async fn the_raft_kv_cluster_serves_as_the_manifest_across_restarts() {
     let (dir, b) = broker();
     b.create_topic("kvm", 3).expect("topic");
     b.create_topic("kvm.dlq", 1).expect("dlq topic");
-    let (_kv, kv_addr) = spawn_kv(dir.path(), "ingest-test");
+    let (_kv, kv_addr) = tests::spawn_kv_node(dir.path(), "ingest-test");
     let out = dir.path().join("out");
     let prefix = "ingest/mlstack-ingest/kvm/";
     for (round, count) in [(0, 500u64), (1, 200)] {
@@ -581,7 +539,7 @@ async fn a_rebalance_between_two_live_consumers_loses_and_duplicates_nothing() {
     let (dir, b) = broker();
     b.create_topic("rb", 3).expect("topic");
     b.create_topic("rb.dlq", 1).expect("dlq topic");
-    let (_kv, kv_addr) = spawn_kv(dir.path(), "rebalance-test");
+    let (_kv, kv_addr) = tests::spawn_kv_node(dir.path(), "rebalance-test");
     let out = dir.path().join("out");
     let prefix = "ingest/mlstack-ingest/rb/";
     let mut a = ingest(&b.addr, "rb", &out, &["--kv", &kv_addr]);
@@ -673,7 +631,7 @@ async fn a_snapshot_waits_for_ingest_to_catch_up() {
     let (dir, b) = broker();
     b.create_topic("cu", 2).expect("topic");
     b.create_topic("cu.dlq", 1).expect("dlq topic");
-    let (_kv, kv_addr) = spawn_kv(dir.path(), "snapshot-wait");
+    let (_kv, kv_addr) = tests::spawn_kv_node(dir.path(), "snapshot-wait");
     let out = dir.path().join("out");
     let status = tokio::task::spawn_blocking({
         let addr = b.addr.clone();
