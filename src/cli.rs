@@ -404,7 +404,9 @@ pub struct KvServeArgs {
     /// Seconds a client may stay silent before its request-deduplication
     /// state is dropped (its older retries are then applied again). The
     /// leader's value decides.
-    #[arg(long, env = "MLSTACK_SESSION_TTL_S", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    /// At least 60: well above kvclient's retry window, so a retried write
+    /// is never applied twice for want of its session.
+    #[arg(long, env = "MLSTACK_SESSION_TTL_S", default_value_t = 600, value_parser = clap::value_parser!(u64).range(60..=604_800))]
     pub session_ttl_s: u64,
     /// Proposal batches in flight at once: concurrent writes arriving while
     /// these are replicating are packed into the next log entry.

@@ -23,8 +23,11 @@
 //! - Truncating a file by re-creating it is undone the same way.
 //!
 //! Real file systems often keep more (ext4's `data=ordered` commits a
-//! rename's data with it), so a test that passes here passes there; the
-//! reverse is what this layer is for.
+//! rename's data with it), so for files a test that passes here passes
+//! there; the reverse is what this layer is for. Directories themselves are
+//! not modelled: a directory created and never fsynced in its parent
+//! survives the cut, so a missing parent fsync after `create_dir` goes
+//! unseen.
 //!
 //! # Use
 //! Give a [`PowerLoss`] to [`crate::Options::power_loss`], write, call
@@ -268,11 +271,11 @@ impl State {
         }
     }
 
-    /// `path` was cut to `len` bytes and synced.
+    /// `path` was cut to `len` bytes and fully synced (`sync_all`).
     pub(crate) fn after_truncate(&mut self, path: &Path, len: u64) {
         self.track(&parent(path));
         if let Some(n) = self.live.get(path).and_then(|i| self.inodes.get_mut(i)) {
-            n.data_len = n.data_len.min(len);
+            n.data_len = len;
             n.size = len;
         }
     }

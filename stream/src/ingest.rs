@@ -57,7 +57,7 @@ use crate::error::{Error, Result, kafka};
 use crate::manifest::{Manifest, ManifestState, remove_orphans};
 use crate::metrics::Metrics;
 use crate::schema::{Meta, RecordSchema};
-use crate::writer::{FileCommit, PartFile, RollPolicy, date_of, remove_own};
+use crate::writer::{FileCommit, PartFile, RollPolicy, date_of};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
@@ -226,7 +226,7 @@ impl State {
             .collect();
         let mut finished = Vec::with_capacity(files.len());
         for f in files {
-            finished.push(f.finish_with_id(&self.cfg.out, &self.cfg.topic)?);
+            finished.push(f.finish(&self.cfg.out, &self.cfg.topic)?);
         }
         self.renamed += 1;
         if self.cfg.stop_after_rename == Some(self.renamed) {
@@ -239,19 +239,19 @@ impl State {
                 libc::raise(libc::SIGSTOP);
             }
         }
-        let commits: Vec<FileCommit> = finished.iter().map(|(c, _)| c.clone()).collect();
+        let commits = finished;
         match self.manifest.commit(&commits) {
             Ok(()) => {}
             Err(e @ Error::Fenced { .. }) => {
                 // A zombie: the partition's new owner may already have
                 // removed these files as orphans and be rewriting the same
-                // records. Drop ours (only if the name is still our file).
-                for (c, id) in &finished {
-                    if let Err(err) = remove_own(&self.cfg.out, &c.path, *id) {
-                        tracing::warn!(error = %err, path = %c.path, "removing a fenced file (the owner's orphan removal will)");
-                    }
-                }
-                tracing::warn!(error = %e, "fenced: another consumer owns this partition now; its files are dropped and its records ignored until it is assigned here again");
+                // records under the same names. Leave every file alone: an
+                // unlisted file is invisible to readers (they go through the
+                // manifest) and the owner's next orphan removal takes it,
+                // whereas deleting by name, even after an inode check, can
+                // hit the owner's committed file if the file system reused
+                // the freed inode number for it.
+                tracing::warn!(error = %e, files = commits.len(), "fenced: another consumer owns this partition now; this commit's files are left unlisted for the owner's orphan removal, and the partition's records are ignored until it is assigned here again");
                 self.fenced.insert(p);
                 self.metrics.fenced_commits.inc();
                 self.summary.fenced_commits += 1;

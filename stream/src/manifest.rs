@@ -16,7 +16,9 @@
 //! that hold it: usually one file, several when records of that range went
 //! to different dates (one open file per date, see [`crate::ingest`]). Those
 //! files' own ranges may interleave; the commit's range is their union and
-//! is what must be contiguous with the partition's last commit.
+//! must start at or after the end of the partition's last commit (a gap is
+//! legitimate: transaction markers and compaction leave offsets with no
+//! record).
 
 use crate::Error;
 use crate::writer::FileCommit;
@@ -422,6 +424,15 @@ fn got(resp: &proto::kv::v1::TxnResponse) -> Vec<Option<proto::kv::v1::KeyValue>
 
 impl KvManifest {
     pub fn new(endpoints: Vec<String>, group: &str, topic: &str) -> Result<Self, Error> {
+        // Kafka topics cannot hold '/', group ids can: one would make the
+        // prefix of group "g/t", topic "x" nest inside group "g", topic "t".
+        if let Some(bad) = [group, topic].into_iter().find(|s| s.contains('/')) {
+            return Err(Error::Config {
+                reason: format!(
+                    "{bad:?}: a group or topic with '/' cannot name a KV manifest prefix"
+                ),
+            });
+        }
         let client = kvclient::blocking::Client::new(&endpoints).map_err(kv_err("KV client"))?;
         let owner_id = format!(
             "pid {} client {:016x}",

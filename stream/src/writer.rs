@@ -98,44 +98,6 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Er
 
 static TMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Which file a finished part file is on disk (device and inode), so that a
-/// fenced writer removes its own file and never a same-named one another
-/// consumer wrote after it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FileId {
-    dev: u64,
-    ino: u64,
-}
-
-impl FileId {
-    fn of(path: &Path) -> Option<FileId> {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(path).ok().map(|m| FileId {
-            dev: m.dev(),
-            ino: m.ino(),
-        })
-    }
-}
-
-/// Removes the finished file `rel` (relative to `out`) if it is still the
-/// one this process wrote (`id`). Returns whether it removed it. A
-/// different file under that name (a new owner's) is left alone.
-pub fn remove_own(out: &Path, rel: &str, id: Option<FileId>) -> Result<bool, Error> {
-    let path = out.join(rel);
-    if id.is_none() || FileId::of(&path) != id {
-        return Ok(false);
-    }
-    match std::fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(io("remove", &path)(e)),
-    }
-    if let Some(dir) = path.parent() {
-        sync_dir(dir)?;
-    }
-    Ok(true)
-}
-
 /// `topic=T/date=D`.
 pub fn dir_for(topic: &str, date: &str) -> PathBuf {
     PathBuf::from(format!("topic={topic}")).join(format!("date={date}"))
@@ -314,22 +276,13 @@ impl PartFile {
     /// Closes the file: footer, fsync, rename to its final name, fsync the
     /// directory. Returns what the manifest records. A file with no rows (every
     /// record went to the DLQ) is still committed: it proves the range is done.
-    pub fn finish(self, out: &Path, topic: &str) -> Result<FileCommit, Error> {
-        self.finish_with_id(out, topic).map(|(c, _)| c)
-    }
-
-    /// [`PartFile::finish`], also returning which file it is on disk.
     ///
     /// The final name is taken without replacing anything (a hard link, then
     /// the temp name is removed): if the deterministic name exists, it is a
     /// file this process did not write (another consumer's, possibly listed
     /// in the manifest), so this one gets the name with its writer token
     /// appended instead of overwriting it.
-    pub fn finish_with_id(
-        mut self,
-        out: &Path,
-        topic: &str,
-    ) -> Result<(FileCommit, Option<FileId>), Error> {
+    pub fn finish(mut self, out: &Path, topic: &str) -> Result<FileCommit, Error> {
         self.flush_rows()?;
         let tmp = self.tmp.clone();
         let perr = |e: parquet::errors::ParquetError| Error::Parquet {
@@ -393,7 +346,6 @@ impl PartFile {
         if let Some(dir) = fin.parent() {
             sync_dir(dir)?;
         }
-        let id = FileId::of(&fin);
         let commit = FileCommit {
             path: rel.to_string_lossy().into_owned(),
             partition: self.partition,
@@ -404,6 +356,6 @@ impl PartFile {
             crc32c: crc32c::crc32c(&bytes_on_disk),
             traceparent: observe::traceparent_of(&tracing::Span::current()),
         };
-        Ok((commit, id))
+        Ok(commit)
     }
 }

@@ -198,7 +198,14 @@ impl StateMachine {
         snapshot_dir: PathBuf,
         metrics: Arc<Metrics>,
     ) -> Result<Self, std::io::Error> {
-        std::fs::create_dir_all(&snapshot_dir)?;
+        if !snapshot_dir.is_dir() {
+            std::fs::create_dir_all(&snapshot_dir)?;
+            // The new directory's entry must be durable before a snapshot
+            // file in it is counted on.
+            if let Some(parent) = snapshot_dir.parent() {
+                db.fs().sync_dir(parent).map_err(io_err)?;
+            }
+        }
         let applied: Applied = match db.get(KEY_APPLIED).map_err(io_err)? {
             Some(b) => decode("applied state", &b)?,
             None => Applied::default(),
