@@ -76,9 +76,47 @@ pub enum Command {
     /// project's LSM (a stand-in for Jaeger), and one trace shown as a tree.
     #[command(subcommand)]
     Trace(TraceCommand),
+    /// A development PKI for the KV cluster: a cluster CA, a client CA, node
+    /// and client certificates (`kv serve --tls-cert ...`).
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// A health probe for containers (images carry no curl): GET a
     /// component's /readyz (or any URL); exit 0 on a 2xx answer, 1 otherwise.
     Health(HealthArgs),
+}
+
+#[derive(Clone, Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Write ca.pem/.key (the cluster CA), client-ca.pem/.key, node-<i>.pem/.key
+    /// and client-<name>.pem/.key into --out. Never replaces an existing CA.
+    Generate(CertsGenerateArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct CertsGenerateArgs {
+    /// Directory to write into (created; must not hold a ca.pem).
+    #[arg(long, env = "MLSTACK_CERTS_OUT")]
+    pub out: std::path::PathBuf,
+    /// Names and addresses the node certificates are valid for: where clients
+    /// and peers dial the nodes (each node also gets node-<i>).
+    #[arg(
+        long,
+        env = "MLSTACK_CERTS_HOSTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1,localhost"
+    )]
+    pub hosts: Vec<String>,
+    /// How many node certificates (node-1 .. node-N).
+    #[arg(long, env = "MLSTACK_CERTS_NODES", default_value_t = 3)]
+    pub nodes: u64,
+    /// Client certificate names.
+    #[arg(
+        long,
+        env = "MLSTACK_CERTS_CLIENTS",
+        value_delimiter = ',',
+        default_value = "admin,app"
+    )]
+    pub clients: Vec<String>,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -344,7 +382,7 @@ pub struct TrainPlotArgs {
 pub enum KvCommand {
     /// Run one node: client API and Raft transport on --listen, /metrics on
     /// --metrics-listen. Runs until SIGINT/SIGTERM.
-    Serve(KvServeArgs),
+    Serve(Box<KvServeArgs>),
     /// Write a key.
     Put(KvPutArgs),
     /// Read a key (linearizable unless --serializable).
@@ -412,6 +450,28 @@ pub struct KvServeArgs {
     /// these are replicating are packed into the next log entry.
     #[arg(long, env = "MLSTACK_INFLIGHT_BATCHES", default_value_t = 1)]
     pub inflight_batches: usize,
+    /// This node's certificate (PEM, from `mlstack certs generate`): serves
+    /// TLS on the port, dials peers over TLS with it, and requires every Raft
+    /// caller to hold a certificate of the cluster CA (--tls-ca). Without it
+    /// the node speaks plaintext and any process that reaches the port can
+    /// speak Raft to it.
+    #[arg(long, env = "MLSTACK_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, env = "MLSTACK_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// The cluster CA (PEM): peers' certificates must chain to it.
+    #[arg(long, env = "MLSTACK_TLS_CA", requires = "tls_cert")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Require client certificates on the client API, signed by this CA (or
+    /// by the cluster CA).
+    #[arg(long, env = "MLSTACK_CLIENT_CA", requires = "tls_cert")]
+    pub client_ca: Option<std::path::PathBuf>,
+    /// Require an API key on the client API (`authorization: Bearer <key>`;
+    /// clients set MLSTACK_KV_TOKEN): lines of 'KEY NAME [admin]'. Only keys
+    /// with the admin grant may change membership.
+    #[arg(long, env = "MLSTACK_KV_API_KEYS_FILE")]
+    pub api_keys_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug, Args)]

@@ -190,6 +190,7 @@ async fn serve(a: &crate::cli::KvServeArgs) -> Result<(), Error> {
     cfg.keep_logs = a.keep_logs;
     cfg.session_ttl = std::time::Duration::from_secs(a.session_ttl_s);
     cfg.inflight_batches = a.inflight_batches;
+    (cfg.tls, cfg.access) = security(a)?;
     let component = Component::start(metrics_listen).await?;
     let node = Node::start(cfg).await?;
     component.ready(serde_json::json!({"id": a.id, "grpc": node.addr.to_string()}));
@@ -197,6 +198,52 @@ async fn serve(a: &crate::cli::KvServeArgs) -> Result<(), Error> {
     node.shutdown().await;
     component.stop().await;
     Ok(())
+}
+
+/// The node's TLS and client access from `kv serve`'s flags.
+fn security(
+    a: &crate::cli::KvServeArgs,
+) -> Result<(Option<consensus::config::NodeTls>, proto::access::Access), Error> {
+    let pem = |what, p: &std::path::Path| proto::tls::read_pem(what, p).map_err(proto::Error::from);
+    let tls = match (&a.tls_cert, &a.tls_key, &a.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => {
+            let cluster_ca_pem = pem("--tls-ca", ca)?;
+            let mut client_roots = cluster_ca_pem.clone();
+            if let Some(c) = &a.client_ca {
+                client_roots.push(b'\n');
+                client_roots.extend(pem("--client-ca", c)?);
+            }
+            Some(consensus::config::NodeTls {
+                server: proto::tls::ServerTls {
+                    cert_pem: pem("--tls-cert", cert)?,
+                    key_pem: pem("--tls-key", key)?,
+                    client_roots_pem: Some(client_roots),
+                    // Optional at the handshake: clients without a
+                    // certificate reach the client API when it does not
+                    // require one; the Raft gate requires one regardless.
+                    require_client_cert: false,
+                },
+                cluster_ca_pem,
+            })
+        }
+        // clap's `requires` makes the three go together.
+        _ => None,
+    };
+    let keys = match &a.api_keys_file {
+        Some(p) => Some(std::sync::Arc::new(
+            proto::auth::ApiKeys::from_file(p).map_err(|e| {
+                Error::Kv(consensus::Error::Config {
+                    reason: e.to_string(),
+                })
+            })?,
+        )),
+        None => None,
+    };
+    let access = proto::access::Access {
+        keys,
+        require_cert: a.client_ca.is_some(),
+    };
+    Ok((tls, access))
 }
 
 fn exe() -> Result<std::path::PathBuf, Error> {

@@ -69,6 +69,9 @@ pub enum Error {
     /// A benchmark could not run.
     #[error("benchmark: {0}")]
     Bench(String),
+    /// `mlstack certs generate` failed.
+    #[error("certs generate: {0}")]
+    Certs(#[from] proto::certs::CertsError),
     #[error(transparent)]
     Generate(#[from] ::infer::generate::GenerateError),
     /// The inference command could not start (model not found, bad flags).
@@ -165,6 +168,7 @@ fn service_name(command: &Command) -> String {
         Command::Datasets(_) | Command::Models(_) => "registry-client".into(),
         Command::Trace(_) => "trace".into(),
         Command::Health(_) => "health".into(),
+        Command::Certs(_) => "certs".into(),
     }
 }
 
@@ -229,6 +233,18 @@ async fn dispatch(
         Command::Demo(a) => demo::run(a, telemetry, traces).await,
         Command::Trace(cmd) => trace::run(cmd).await,
         Command::Health(a) => component::probe(&a.url, a.timeout).await,
+        Command::Certs(cli::CertsCommand::Generate(a)) => {
+            let written = proto::certs::generate(&proto::certs::CertsSpec {
+                out: a.out.clone(),
+                hosts: a.hosts.clone(),
+                nodes: a.nodes,
+                clients: a.clients.clone(),
+            })?;
+            for p in written {
+                println!("{}", p.display());
+            }
+            Ok(())
+        }
         Command::Diag(DiagCommand::Serve(a)) => diag::serve_until_signal(a, telemetry).await,
         Command::Diag(DiagCommand::Ping(a)) => diag::ping_command(a).await,
         // Blocking file I/O and CPU-bound loops: off the runtime's workers.

@@ -49,8 +49,13 @@ pub struct LocalCluster {
     paused: BTreeSet<NodeId>,
 }
 
-fn free_addr() -> Result<SocketAddr, std::io::Error> {
-    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+/// Why a cluster start failed.
+enum Started {
+    /// A node process exited (most often: its port was taken).
+    NodeExited(String),
+    /// Every node runs and none became leader in time.
+    NoLeader(String),
+    Client(Error),
 }
 
 fn drill_err(reason: impl Into<String>) -> Error {
@@ -63,6 +68,14 @@ fn drill_err(reason: impl Into<String>) -> Error {
 impl LocalCluster {
     /// Starts every node (node 1 initializes the cluster) and waits for a
     /// leader.
+    ///
+    /// The nodes' ports are picked by binding port 0 and closing the socket
+    /// just before the node starts, so another process (a proxy, a node's
+    /// metrics server, a parallel test) can take one in between; the node then
+    /// exits with "address in use". A start in which a node exits is retried
+    /// with fresh ports and empty data directories, up to three times; a start
+    /// in which every node runs and no leader shows is not retried (that is a
+    /// bug to see), and the error carries the tail of every node's log.
     pub async fn start(spec: ClusterSpec) -> Result<LocalCluster, Error> {
         if spec.nodes == 0 || spec.nodes > 9 {
             return Err(drill_err(format!(
@@ -75,14 +88,42 @@ impl LocalCluster {
             path: spec.dir.clone(),
             source,
         })?;
+        const ATTEMPTS: u32 = 3;
+        for attempt in 1..=ATTEMPTS {
+            let mut c = Self::start_once(spec.clone()).await?;
+            match c.wait_started(Duration::from_secs(20)).await {
+                Ok(_) => return Ok(c),
+                Err(Started::NodeExited(why)) if attempt < ATTEMPTS => {
+                    tracing::warn!(attempt, %why, "a node exited while the cluster started; retrying with fresh ports");
+                    c.stop();
+                    for id in c.ids() {
+                        let _ = std::fs::remove_dir_all(c.spec.dir.join(format!("node-{id}")));
+                    }
+                }
+                Err(Started::NodeExited(why) | Started::NoLeader(why)) => {
+                    return Err(drill_err(why));
+                }
+                Err(Started::Client(e)) => return Err(e),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// Picks ports, starts the proxies and spawns every node.
+    async fn start_once(spec: ClusterSpec) -> Result<LocalCluster, Error> {
         let io = |source| Error::Io {
             op: "bind a free port",
             path: PathBuf::new(),
             source,
         };
+        // Held until the proxies are bound, so no proxy is handed a node's
+        // port.
+        let mut held = Vec::new();
         let mut addrs = BTreeMap::new();
         for id in 1..=spec.nodes {
-            addrs.insert(id, free_addr().map_err(io)?);
+            let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io)?;
+            addrs.insert(id, l.local_addr().map_err(io)?);
+            held.push(l);
         }
         let mut peer_proxies = BTreeMap::new();
         let mut client_proxies = BTreeMap::new();
@@ -98,6 +139,7 @@ impl LocalCluster {
                 }
             }
         }
+        drop(held);
         let mut c = LocalCluster {
             name: format!("local-{}-{:08x}", std::process::id(), rand::random::<u32>()),
             spec,
@@ -110,8 +152,49 @@ impl LocalCluster {
         for id in 1..=c.spec.nodes {
             c.spawn(id)?;
         }
-        c.wait_leader(Duration::from_secs(20)).await?;
         Ok(c)
+    }
+
+    /// Waits for a leader while watching that every node is still running.
+    async fn wait_started(&mut self, timeout: Duration) -> Result<NodeId, Started> {
+        let direct = self.direct_client().map_err(Started::Client)?;
+        let t0 = std::time::Instant::now();
+        loop {
+            for (&id, child) in self.children.iter_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(Started::NodeExited(format!(
+                        "node {id} exited ({status}) while the cluster started; {}",
+                        self.log_tails()
+                    )));
+                }
+            }
+            if let Some(l) = crate::target::leader_of(&direct, &self.ids(), |_| false).await {
+                return Ok(l);
+            }
+            if t0.elapsed() > timeout {
+                return Err(Started::NoLeader(format!(
+                    "no leader within {timeout:?}; {}",
+                    self.log_tails()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The last lines of every node's log, and where the logs are.
+    fn log_tails(&self) -> String {
+        let mut out = format!("node logs are in {}", self.spec.dir.display());
+        for id in self.ids() {
+            let text = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(8)..];
+            out.push_str(&format!(
+                "\n--- node-{id}.log (last {} lines)\n{}",
+                tail.len(),
+                tail.join("\n")
+            ));
+        }
+        out
     }
 
     pub fn ids(&self) -> Vec<NodeId> {
@@ -282,15 +365,18 @@ impl LocalCluster {
 
     /// A client that knows which endpoint is which node.
     pub fn client(&self, timeouts: Timeouts) -> Result<Client, Error> {
-        Ok(Client::new(&self.client_endpoints())?
-            .with_node_ids(&self.ids())
-            .with_timeouts(timeouts))
+        // The local cluster speaks plaintext whatever MLSTACK_KV_* says.
+        Ok(
+            Client::with_security(&self.client_endpoints(), &kvclient::Security::default())?
+                .with_node_ids(&self.ids())
+                .with_timeouts(timeouts),
+        )
     }
 
     /// A client that talks to the nodes directly (bypassing proxies).
     fn direct_client(&self) -> Result<Client, Error> {
         let eps: Vec<String> = self.addrs.values().map(|a| a.to_string()).collect();
-        Ok(Client::new(&eps)?
+        Ok(Client::with_security(&eps, &kvclient::Security::default())?
             .with_node_ids(&self.ids())
             .with_timeouts(Timeouts {
                 attempt: Duration::from_millis(500),

@@ -13,6 +13,12 @@ pub struct NodeConfig {
     pub id: NodeId,
     /// Where to listen (client API and Raft transport share the port).
     pub listen: SocketAddr,
+    /// TLS on the port, and the Raft transport's peer check; `None` serves
+    /// plaintext (the tests, the demo).
+    pub tls: Option<NodeTls>,
+    /// Who may call the client API (client certificate, API key); open by
+    /// default. Membership changes need an admin key once any is required.
+    pub access: proto::access::Access,
     pub data_dir: PathBuf,
     /// The initial members and their advertised addresses (`--peers`).
     pub peers: BTreeMap<NodeId, String>,
@@ -48,6 +54,30 @@ pub struct NodeConfig {
     pub session_ttl: Duration,
 }
 
+/// A node's TLS (etcd's `--cert-file`, `--key-file`, `--trusted-ca-file`,
+/// `--peer-trusted-ca-file`, on one port).
+#[derive(Clone, Debug)]
+pub struct NodeTls {
+    /// The node's certificate and key (server and, to its peers, client),
+    /// and the CAs a caller's certificate may chain to: the cluster CA, plus
+    /// the client CA when clients present certificates.
+    pub server: proto::tls::ServerTls,
+    /// The cluster CA: peers' certificates must chain to it, and it signs
+    /// the certificates this node checks when it dials a peer.
+    pub cluster_ca_pem: Vec<u8>,
+}
+
+impl NodeTls {
+    /// The configuration this node dials its peers with (its own certificate
+    /// as the client identity).
+    pub fn peer_client(&self) -> proto::tls::ClientTls {
+        proto::tls::ClientTls {
+            ca_pem: self.cluster_ca_pem.clone(),
+            identity: Some((self.server.cert_pem.clone(), self.server.key_pem.clone())),
+        }
+    }
+}
+
 impl NodeConfig {
     /// Defaults for node `id` of `peers`.
     pub fn new(
@@ -62,6 +92,8 @@ impl NodeConfig {
             data_dir,
             peers,
             routes: BTreeMap::new(),
+            tls: None,
+            access: proto::access::Access::default(),
             init: false,
             cluster: "mlstack-kv".into(),
             heartbeat_ms: 50,
@@ -105,6 +137,9 @@ impl NodeConfig {
         }
         if self.cluster.is_empty() {
             return bad("cluster name is empty".into());
+        }
+        if self.access.require_cert && self.tls.is_none() {
+            return bad("client certificates need TLS (--tls-cert, --tls-key, --tls-ca)".into());
         }
         Ok(())
     }

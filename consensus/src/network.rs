@@ -48,14 +48,22 @@ pub struct NetworkFactory {
     /// fault-injecting proxy on every link this way.
     routes: Arc<BTreeMap<NodeId, String>>,
     channels: Arc<Mutex<HashMap<(NodeId, String), Channel>>>,
+    /// TLS to the peers (the cluster CA, this node's certificate); `None`:
+    /// plaintext.
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl NetworkFactory {
-    pub fn new(cluster: String, routes: BTreeMap<NodeId, String>) -> Self {
+    pub fn new(
+        cluster: String,
+        routes: BTreeMap<NodeId, String>,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Self {
         Self {
             cluster,
             routes: Arc::new(routes),
             channels: Default::default(),
+            tls,
         }
     }
 
@@ -65,12 +73,7 @@ impl NetworkFactory {
         if let Some(c) = map.get(&(target, addr.to_string())) {
             return Ok(c.clone());
         }
-        let uri = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let ch = tonic::transport::Endpoint::from_shared(uri)
+        let ch = proto::server::endpoint_of(addr, self.tls.as_ref())
             .map_err(|e| {
                 io(
                     std::io::ErrorKind::InvalidInput,

@@ -607,6 +607,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        proto::access::Access::admin(&request, "add-learner")?;
         let r = request.into_inner();
         if r.id == 0 {
             return Err(Status::invalid_argument(
@@ -627,6 +628,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        proto::access::Access::admin(&request, "change-membership")?;
         let r = request.into_inner();
         if r.voters.is_empty() {
             return Err(Status::invalid_argument(
@@ -656,8 +658,9 @@ impl pb::kv_server::Kv for KvService {
 
     async fn transfer_leader(
         &self,
-        _request: Request<pb::TransferLeaderRequest>,
+        request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        proto::access::Access::admin(&request, "transfer-leader")?;
         Err(Status::unimplemented(
             "leader transfer: openraft 0.9 has no leader-transfer API (it arrives in 0.10); \
              stop the leader or let its lease lapse instead",

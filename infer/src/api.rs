@@ -21,7 +21,7 @@ use proto::server::GrpcServer;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{ApiKeys, Caller};
-use crate::engine_loop::{Event, Finish, Request, ServingHandle, SubmitError, Usage};
+use crate::engine_loop::{Admission, Event, Finish, Request, ServingHandle, SubmitError, Usage};
 use crate::http_body::{self, BodyRequest, PromptInput};
 use crate::sampling::SamplingParams;
 use model::tokenizer::ChatMessage;
@@ -62,30 +62,52 @@ pub(crate) fn sampling(
     }
 }
 
-/// Tokenizes plain text (special tokens as text) or a chat (template rendered,
-/// its markers parsed as special tokens).
-fn prompt_ids(
+/// Takes a place in the queue, then tokenizes plain text (special tokens as
+/// text) or a chat (template rendered, only its own markers special).
+///
+/// Tokenizing is the costly part of admitting a request, and a client
+/// chooses its size, so it comes after the queue limit (a full queue refuses
+/// before any tokenizing) and after a bound on the text: a prompt longer than
+/// `context_length` tokens of the vocabulary's longest token cannot fit,
+/// whatever it tokenizes to. So at most `--max-waiting` prompts of bounded
+/// size are ever being tokenized at once, on blocking threads, not on the
+/// async workers that serve every other connection.
+async fn prompt_ids(
     h: &ServingHandle,
-    prompt: Option<&str>,
-    chat: Option<&[ChatMessage]>,
-) -> Result<Vec<u32>, SubmitError> {
-    let tok = &h.engine.tokenizer;
-    let ids = match (prompt, chat) {
-        (_, Some(messages)) => {
+    input: PromptInput,
+) -> Result<(Admission, Vec<u32>), SubmitError> {
+    let admission = h.admit()?;
+    let text_bytes = match &input {
+        PromptInput::Chat(messages) => {
             if messages.is_empty() {
                 return Err(SubmitError::Invalid("messages must not be empty".into()));
             }
-            // Content is text: only the template's own markers are special.
-            tok.encode_chat(messages, true)
+            messages.iter().fold(0usize, |n, m| {
+                n.saturating_add(m.content.len())
+                    .saturating_add(m.role.len())
+            })
         }
-        (Some(p), None) => tok.encode(p, false),
-        (None, None) => {
-            return Err(SubmitError::Invalid(
-                "a prompt or chat messages are required".into(),
-            ));
-        }
+        PromptInput::Text(p) => p.len(),
     };
-    ids.map_err(|e| SubmitError::Invalid(e.to_string()))
+    let limit = h.max_prompt_bytes();
+    if text_bytes > limit {
+        return Err(SubmitError::Invalid(format!(
+            "prompt of {text_bytes} bytes cannot fit in the context of {} tokens (at most {limit} bytes)",
+            h.engine.model.config.context_length
+        )));
+    }
+    let engine = h.engine.clone();
+    let ids = tokio::task::spawn_blocking(move || {
+        let tok = &engine.tokenizer;
+        match &input {
+            PromptInput::Chat(messages) => tok.encode_chat(messages, true),
+            PromptInput::Text(p) => tok.encode(p, false),
+        }
+    })
+    .await
+    .map_err(|e| SubmitError::Invalid(format!("tokenizing: {e}")))?
+    .map_err(|e| SubmitError::Invalid(e.to_string()))?;
+    Ok((admission, ids))
 }
 
 fn status(e: SubmitError) -> tonic::Status {
@@ -186,24 +208,24 @@ impl pb::inference_server::Inference for InferenceService {
             opt(s.repetition_penalty),
             s.seed,
         );
-        let prompt = match &r.input {
-            Some(pb::generate_request::Input::Prompt(p)) => prompt_ids(&self.handle, Some(p), None),
-            Some(pb::generate_request::Input::Chat(c)) => {
-                let msgs: Vec<ChatMessage> = c
-                    .messages
-                    .iter()
+        let input = match r.input {
+            Some(pb::generate_request::Input::Prompt(p)) => PromptInput::Text(p),
+            Some(pb::generate_request::Input::Chat(c)) => PromptInput::Chat(
+                c.messages
+                    .into_iter()
                     .map(|m| ChatMessage {
-                        role: m.role.clone(),
-                        content: m.content.clone(),
+                        role: m.role,
+                        content: m.content,
                     })
-                    .collect();
-                prompt_ids(&self.handle, None, Some(&msgs))
+                    .collect(),
+            ),
+            None => {
+                return Err(status(SubmitError::Invalid(
+                    "a prompt or chat messages are required".into(),
+                )));
             }
-            None => Err(SubmitError::Invalid(
-                "a prompt or chat messages are required".into(),
-            )),
-        }
-        .map_err(status)?;
+        };
+        let (admission, prompt) = prompt_ids(&self.handle, input).await.map_err(status)?;
         let req = Request {
             prompt,
             max_tokens: if r.max_tokens == 0 {
@@ -216,7 +238,9 @@ impl pb::inference_server::Inference for InferenceService {
             priority: r.priority,
             ignore_eos: false,
         };
-        let (_, rx) = span.in_scope(|| self.handle.submit(req)).map_err(status)?;
+        let (_, rx) = span
+            .in_scope(|| self.handle.submit_admitted(admission, req))
+            .map_err(status)?;
         let events = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
         let stream = events.map(|e| match e {
             Event::Token { id, text } => Ok(pb::GenerateResponse {
@@ -374,15 +398,12 @@ async fn handle_completion(
             );
         }
     };
-    let b = match BodyRequest::from_body(b, chat) {
+    let mut b = match BodyRequest::from_body(b, chat) {
         Ok(b) => b,
         Err(m) => return http_error(StatusCode::BAD_REQUEST, "invalid_request_error", m),
     };
-    let prompt = match &b.prompt {
-        PromptInput::Chat(m) => prompt_ids(&st.handle, None, Some(m)),
-        PromptInput::Text(p) => prompt_ids(&st.handle, Some(p), None),
-    };
-    let prompt = match prompt {
+    let input = std::mem::replace(&mut b.prompt, PromptInput::Text(String::new()));
+    let (admission, prompt) = match prompt_ids(&st.handle, input).await {
         Ok(p) => p,
         Err(e) => return submit_error(e),
     };
@@ -398,7 +419,7 @@ async fn handle_completion(
         gen_ai.usage.output_tokens = tracing::field::Empty,
         gen_ai.response.finish_reasons = tracing::field::Empty,
     );
-    let (id, mut rx) = match span.in_scope(|| st.handle.submit(req)) {
+    let (id, mut rx) = match span.in_scope(|| st.handle.submit_admitted(admission, req)) {
         Ok(x) => x,
         Err(e) => return submit_error(e),
     };

@@ -250,6 +250,22 @@ pub struct EngineStats {
     pub steps: u64,
 }
 
+/// A place in the engine's queue, taken before the costly part of a request
+/// (tokenization); dropping it unused gives the place back.
+#[derive(Debug)]
+pub struct Admission {
+    /// `None` once the engine owns the place.
+    pending: Option<Arc<AtomicUsize>>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some(p) = self.pending.take() {
+            p.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
 /// The handlers' side: submit requests, read stats. Cheap to clone.
 #[derive(Clone)]
 pub struct ServingHandle {
@@ -261,6 +277,11 @@ pub struct ServingHandle {
     pub metrics: ServeMetrics,
     stats: Arc<std::sync::Mutex<EngineStats>>,
     capacity_tokens: usize,
+    /// The longest prompt text worth tokenizing: twice what could fit the
+    /// context (context length × the vocabulary's longest token in bytes);
+    /// the factor 2 leaves room for a normalizer that shrinks text (NFKC
+    /// composition) before tokens are counted.
+    max_prompt_bytes: usize,
 }
 
 impl std::fmt::Debug for ServingHandle {
@@ -272,10 +293,40 @@ impl std::fmt::Debug for ServingHandle {
 }
 
 impl ServingHandle {
+    /// Takes a place in the queue, or refuses at once when it is full
+    /// (`max_waiting`). The API takes it *before* tokenizing a prompt or
+    /// rendering a chat template, so that work counts against the same limit
+    /// as the queue: a flood of large prompts is refused, not tokenized.
+    pub fn admit(&self) -> Result<Admission, SubmitError> {
+        // Reserve first so concurrent admissions cannot overshoot the limit.
+        let waiting = self.pending.fetch_add(1, Ordering::SeqCst);
+        if waiting >= self.config.max_waiting {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+            self.metrics.requests.with_label_values(&["rejected"]).inc();
+            return Err(SubmitError::QueueFull {
+                waiting,
+                limit: self.config.max_waiting,
+            });
+        }
+        Ok(Admission {
+            pending: Some(self.pending.clone()),
+        })
+    }
+
     /// Validates and queues a request; its events arrive on the receiver.
     /// Dropping the receiver cancels the request within one step.
     pub fn submit(
         &self,
+        req: Request,
+    ) -> Result<(SeqId, tokio::sync::mpsc::UnboundedReceiver<Event>), SubmitError> {
+        self.submit_admitted(self.admit()?, req)
+    }
+
+    /// [`ServingHandle::submit`] with a place already taken
+    /// ([`ServingHandle::admit`]); a refused request gives it back.
+    pub fn submit_admitted(
+        &self,
+        mut admission: Admission,
         req: Request,
     ) -> Result<(SeqId, tokio::sync::mpsc::UnboundedReceiver<Event>), SubmitError> {
         let context = self.engine.model.config.context_length;
@@ -323,17 +374,9 @@ impl ServingHandle {
         req.sampling
             .validate()
             .map_err(|e| SubmitError::Invalid(e.to_string()))?;
-        // Reserve a waiting slot first so concurrent submissions cannot
-        // overshoot the limit.
-        let waiting = self.pending.fetch_add(1, Ordering::SeqCst);
-        if waiting >= self.config.max_waiting {
-            self.pending.fetch_sub(1, Ordering::SeqCst);
-            self.metrics.requests.with_label_values(&["rejected"]).inc();
-            return Err(SubmitError::QueueFull {
-                waiting,
-                limit: self.config.max_waiting,
-            });
-        }
+        // From here the engine owns the place: it gives it back when the
+        // request ends (or below, if the engine is gone).
+        admission.pending = None;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         self.tx
@@ -353,6 +396,11 @@ impl ServingHandle {
 
     pub fn stats(&self) -> EngineStats {
         *self.stats.lock().expect("stats lock")
+    }
+
+    /// The longest prompt text (bytes) worth tokenizing.
+    pub fn max_prompt_bytes(&self) -> usize {
+        self.max_prompt_bytes
     }
 
     /// Token slots in the whole KV pool.
@@ -407,6 +455,12 @@ pub fn start(
             ..EngineStats::default()
         })),
         capacity_tokens,
+        max_prompt_bytes: engine
+            .model
+            .config
+            .context_length
+            .saturating_mul(engine.tokenizer.max_token_bytes())
+            .saturating_mul(2),
     };
     let scheduler = Scheduler::new(
         SchedulerConfig {

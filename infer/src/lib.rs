@@ -35,7 +35,8 @@
 //!   tokenization); `openapi.json` describes the HTTP API.
 
 pub mod api;
-pub mod auth;
+/// API keys live in `proto` (the KV nodes read the same files).
+pub use proto::auth;
 pub mod engine_loop;
 pub mod generate;
 pub mod http_body;

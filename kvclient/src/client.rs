@@ -16,6 +16,7 @@
 //! operations as *unknown* in the history.
 
 use crate::error::ClientError;
+use crate::security::{Outgoing, Security};
 use crate::{LEADER_ADDR_HEADER, LEADER_ID_HEADER, NodeId};
 use proto::kv::v1 as pb;
 use proto::kv::v1::kv_client::KvClient;
@@ -56,19 +57,49 @@ pub struct Client {
     client_id: u64,
     seq: AtomicU64,
     pub timeouts: Timeouts,
+    /// TLS and the key every call carries ([`Security`]).
+    wire: Wire,
+}
+
+/// How a stub reaches a node: TLS (or not) and what every call carries.
+#[derive(Clone, Debug, Default)]
+struct Wire {
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    outgoing: Outgoing,
 }
 
 /// The client stub: every call carries the caller's trace context
-/// (`traceparent`), so a request's trace continues on the leader.
-type Stub = KvClient<InterceptedService<Channel, observe::grpc::InjectContext>>;
+/// (`traceparent`), so a request's trace continues on the leader, and the
+/// API key when one is configured.
+type Stub = KvClient<InterceptedService<Channel, Outgoing>>;
 
-fn channel(endpoint: &str) -> Result<Stub, ClientError> {
-    let ch = proto::server::channel(endpoint).map_err(|e| ClientError::Endpoint {
-        endpoint: endpoint.to_string(),
-        reason: e.to_string(),
-    })?;
-    Ok(KvClient::with_interceptor(ch, observe::grpc::InjectContext)
-        .max_decoding_message_size(64 << 20))
+impl Wire {
+    fn new(security: &Security) -> Result<Self, ClientError> {
+        let tls = match &security.tls {
+            Some(t) => Some(t.config().map_err(|e| ClientError::Security {
+                var: "MLSTACK_KV_CA",
+                reason: e.to_string(),
+            })?),
+            None => None,
+        };
+        Ok(Self {
+            tls,
+            outgoing: Outgoing {
+                authorization: security.authorization(),
+            },
+        })
+    }
+
+    fn stub(&self, endpoint: &str) -> Result<Stub, ClientError> {
+        let ch = proto::server::channel_tls(endpoint, self.tls.as_ref()).map_err(|e| {
+            ClientError::Endpoint {
+                endpoint: endpoint.to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(KvClient::with_interceptor(ch, self.outgoing.clone())
+            .max_decoding_message_size(64 << 20))
+    }
 }
 
 enum Attempt<T> {
@@ -82,16 +113,27 @@ enum Attempt<T> {
 }
 
 impl Client {
-    /// A client over `endpoints` (`host:port`), any of the cluster's nodes.
+    /// A client over `endpoints` (`host:port`), any of the cluster's nodes,
+    /// with the credentials the environment names ([`Security::from_env`]).
     pub fn new<S: AsRef<str>>(endpoints: &[S]) -> Result<Self, ClientError> {
+        Self::with_security(endpoints, &Security::from_env()?)
+    }
+
+    /// A client with explicit credentials.
+    pub fn with_security<S: AsRef<str>>(
+        endpoints: &[S],
+        security: &Security,
+    ) -> Result<Self, ClientError> {
         if endpoints.is_empty() {
             return Err(ClientError::NoEndpoints);
         }
+        let wire = Wire::new(security)?;
         let eps = endpoints
             .iter()
-            .map(|e| Ok((e.as_ref().to_string(), channel(e.as_ref())?)))
+            .map(|e| Ok((e.as_ref().to_string(), wire.stub(e.as_ref())?)))
             .collect::<Result<Vec<_>, ClientError>>()?;
         Ok(Self {
+            wire,
             endpoints: RwLock::new(eps),
             ids: RwLock::new(HashMap::new()),
             preferred: AtomicUsize::new(0),
@@ -161,7 +203,7 @@ impl Client {
             self.preferred.store(i, Ordering::Relaxed);
             return true;
         }
-        match channel(addr) {
+        match self.wire.stub(addr) {
             Ok(c) => {
                 eps.push((addr.to_string(), c));
                 self.preferred.store(eps.len() - 1, Ordering::Relaxed);

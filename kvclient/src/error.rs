@@ -7,6 +7,9 @@ pub enum ClientError {
     NoEndpoints,
     #[error("endpoint {endpoint:?}: {reason}")]
     Endpoint { endpoint: String, reason: String },
+    /// The credentials in the environment cannot be used.
+    #[error("{var}: {reason}")]
+    Security { var: &'static str, reason: String },
     /// The server answered with a definite error (the write did not apply).
     #[error("{op}: {code:?}: {message}")]
     Status {

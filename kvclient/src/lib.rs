@@ -18,15 +18,19 @@
 //! - [`blocking`]: [`blocking::Client`], the same client for synchronous callers
 //!   (librdkafka's rebalance callbacks), driven on a runtime thread of its own.
 //! - [`error`]: [`ClientError`], and whether a failed write may have applied.
+//! - [`security`]: [`Security`], TLS and the API key from `MLSTACK_KV_*`
+//!   (as `etcdctl` reads `ETCDCTL_*`).
 //! - [`LEADER_ADDR_HEADER`], [`LEADER_ID_HEADER`]: the leader hint a follower
 //!   attaches to `UNAVAILABLE`; the server (`consensus::service`) sets them.
 
 pub mod blocking;
 pub mod client;
 pub mod error;
+pub mod security;
 
 pub use client::{Client, Timeouts};
 pub use error::ClientError;
+pub use security::Security;
 
 /// Whether `s` may be one `/`-separated segment of a key that names a
 /// user's thing (`datasets/<topic>/<name>`, `models/<run>/<name>`): 1–128

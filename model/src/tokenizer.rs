@@ -399,6 +399,22 @@ impl Tokenizer {
             .map_err(|e| TokenizerError::Decode(e.to_string()))
     }
 
+    /// The longest token's text in bytes, as the vocabulary spells it. It is
+    /// at least the bytes of input the token stands for (byte-level BPE spells
+    /// each byte as one 1–2 byte character, SentencePiece spells text as
+    /// itself or `<0xNN>`), so `n` tokens never cover more than
+    /// `n * max_token_bytes()` bytes of input: a cheap bound checked before
+    /// tokenizing untrusted text.
+    pub fn max_token_bytes(&self) -> usize {
+        self.plain
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(1)
+            .max(1)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
     }

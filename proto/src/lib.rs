@@ -26,6 +26,14 @@
 //!   reflection, `Diag`, trace context, drain on stop), and the client
 //!   [`server::channel`].
 //! - [`diag_service`]: the `Diag` service every server mounts.
+//! - [`tls`]: TLS for servers and clients (rustls through tonic), and
+//!   [`tls::PeerVerifier`], the Raft transport's check that a caller holds a
+//!   certificate of the cluster CA.
+//! - [`auth`]: API keys (`Authorization: Bearer`), shared by the inference
+//!   server and the KV nodes.
+//! - [`access`]: [`access::Access`], the interceptor that requires the
+//!   configured credentials (client certificate, key) and says who is admin.
+//! - [`certs`]: `mlstack certs generate`, a development PKI (`rcgen`).
 //! - [`trace_receiver`]: [`trace_receiver::TraceReceiver`], OpenTelemetry's
 //!   OTLP `TraceService/Export` (a contract of the field, not ours) writing to
 //!   `observe`'s span store, with the `/api/traces` query port
@@ -64,8 +72,12 @@ pub mod infer {
     }
 }
 
+pub mod access;
+pub mod auth;
+pub mod certs;
 pub mod diag_service;
 pub mod server;
+pub mod tls;
 pub mod trace_receiver;
 
 /// Encoded `FileDescriptorSet` of every mlstack `.proto`, for server reflection.
@@ -88,6 +100,9 @@ pub enum Error {
         #[source]
         source: tonic::transport::Error,
     },
+    /// A TLS file or setting could not be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// An endpoint string is not a valid URI.
     #[error("invalid endpoint {endpoint:?}: {reason}")]
     InvalidEndpoint { endpoint: String, reason: String },

@@ -72,6 +72,17 @@ impl GrpcServer {
         timeout: Option<Duration>,
         add: impl FnOnce(&mut RoutesBuilder),
     ) -> Result<Self, Error> {
+        Self::start_tls(listen, service, timeout, None, add).await
+    }
+
+    /// [`GrpcServer::start`], over TLS when `tls` is given.
+    pub async fn start_tls(
+        listen: SocketAddr,
+        service: &str,
+        timeout: Option<Duration>,
+        tls: Option<&crate::tls::ServerTls>,
+        add: impl FnOnce(&mut RoutesBuilder),
+    ) -> Result<Self, Error> {
         let bind = |source| Error::Bind {
             addr: listen,
             source,
@@ -95,6 +106,15 @@ impl GrpcServer {
         if let Some(t) = timeout {
             builder = builder.timeout(t);
         }
+        if let Some(tls) = tls {
+            builder =
+                builder
+                    .tls_config(tls.config()?)
+                    .map_err(|e| crate::tls::TlsError::Invalid {
+                        what: "server TLS",
+                        reason: e.to_string(),
+                    })?;
+        }
         let task = tokio::spawn(
             builder
                 // Every request's span continues the caller's trace.
@@ -102,7 +122,7 @@ impl GrpcServer {
                 .add_routes(routes.routes())
                 .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
         );
-        tracing::info!(%addr, service, "gRPC server listening");
+        tracing::info!(%addr, service, tls = tls.is_some(), "gRPC server listening");
         Ok(Self {
             addr,
             health,
@@ -137,19 +157,43 @@ impl GrpcServer {
 /// with the timeouts every mlstack client uses. Connection reuse comes from
 /// tonic's channel: clone it freely, it multiplexes over one HTTP/2 connection.
 pub fn channel(endpoint: &str) -> Result<Channel, Error> {
-    let uri = if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    };
-    let ep = Endpoint::from_shared(uri).map_err(|e| Error::InvalidEndpoint {
-        endpoint: endpoint.to_string(),
-        reason: e.to_string(),
-    })?;
-    Ok(ep
+    channel_tls(endpoint, None)
+}
+
+/// [`channel`] over TLS when `tls` is given (`host:port` then means
+/// `https://host:port`; the host is checked against the server's
+/// certificate).
+pub fn channel_tls(
+    endpoint: &str,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<Channel, Error> {
+    Ok(endpoint_of(endpoint, tls)?
         .connect_timeout(std::time::Duration::from_secs(3))
         .tcp_nodelay(true)
         .connect_lazy())
+}
+
+/// The endpoint of `host:port` or a URI, with TLS when given.
+pub fn endpoint_of(
+    endpoint: &str,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<Endpoint, Error> {
+    let invalid = |e: &dyn std::fmt::Display| Error::InvalidEndpoint {
+        endpoint: endpoint.to_string(),
+        reason: e.to_string(),
+    };
+    let uri = if endpoint.contains("://") {
+        endpoint.to_string()
+    } else if tls.is_some() {
+        format!("https://{endpoint}")
+    } else {
+        format!("http://{endpoint}")
+    };
+    let ep = Endpoint::from_shared(uri).map_err(|e| invalid(&e))?;
+    match tls {
+        Some(t) => ep.tls_config(t.clone()).map_err(|e| invalid(&e)),
+        None => Ok(ep),
+    }
 }
 
 #[cfg(test)]

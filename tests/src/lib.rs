@@ -66,10 +66,22 @@ pub fn mlstack_bin() -> PathBuf {
 /// Runs `mlstack ARGS` to completion with `unset` removed from its
 /// environment; returns (success, stdout, stderr).
 pub fn run_mlstack(args: &[&str], unset: &[&str]) -> (bool, String, String) {
+    run_mlstack_env(args, unset, &[])
+}
+
+/// [`run_mlstack`] with environment variables set as well as removed.
+pub fn run_mlstack_env(
+    args: &[&str],
+    unset: &[&str],
+    set: &[(&str, String)],
+) -> (bool, String, String) {
     let mut cmd = Command::new(mlstack_bin());
     cmd.args(args);
     for k in unset {
         cmd.env_remove(k);
+    }
+    for (k, v) in set {
+        cmd.env(k, v);
     }
     let out = cmd.output().expect("running mlstack");
     (
@@ -222,29 +234,33 @@ pub fn count_ids(bytes: Vec<u8>, ids: &mut std::collections::BTreeMap<String, u3
 /// A one-node Raft KV cluster (`mlstack kv serve --init`) under `dir`, and
 /// its address.
 pub fn spawn_kv_node(dir: &std::path::Path, cluster: &str) -> (Proc, String) {
+    spawn_kv_node_with(dir, cluster, &[])
+}
+
+/// [`spawn_kv_node`] with more `kv serve` flags (TLS, API keys).
+pub fn spawn_kv_node_with(dir: &std::path::Path, cluster: &str, extra: &[&str]) -> (Proc, String) {
     let kv_addr = format!("127.0.0.1:{}", free_port());
     let data_s = dir.join("kv").to_string_lossy().into_owned();
     let peers = format!("1={kv_addr}");
-    let kv = Proc::spawn_mlstack(
-        &[
-            "kv",
-            "serve",
-            "--id",
-            "1",
-            "--init",
-            "--listen",
-            &kv_addr,
-            "--peers",
-            &peers,
-            "--data-dir",
-            &data_s,
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--cluster",
-            cluster,
-        ],
-        &[],
-    );
+    let mut args = vec![
+        "kv",
+        "serve",
+        "--id",
+        "1",
+        "--init",
+        "--listen",
+        &kv_addr,
+        "--peers",
+        &peers,
+        "--data-dir",
+        &data_s,
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--cluster",
+        cluster,
+    ];
+    args.extend_from_slice(extra);
+    let kv = Proc::spawn_mlstack(&args, &[]);
     (kv, kv_addr)
 }
 

@@ -1,13 +1,19 @@
-//! API keys for the inference server: OpenAI's scheme (`Authorization:
-//! Bearer <key>`), on the HTTP API as a header and on gRPC as metadata.
+//! API keys: OpenAI's scheme (`Authorization: Bearer <key>`), on HTTP as a
+//! header and on gRPC as metadata. The inference server and the KV nodes both
+//! read them from here.
 //!
-//! Keys come from a file (`--api-keys-file`), one per line:
+//! Keys come from a file (`--api-keys-file`), one per line: the key, a name,
+//! and the grants beyond the plain API:
 //!
 //! ```text
-//! # key                                name    may set the request priority
+//! # key                                name    grants
 //! sk-mlstack-3f9c2a7e51d04b8e9a6c      alice   priority
 //! sk-mlstack-88b1e0d4c6a24f31b7de      bob
+//! sk-mlstack-0d6e2b9a4c7f11e3a8b5      ops     admin
 //! ```
+//!
+//! - `priority`: may set an inference request's `priority`.
+//! - `admin`: may change a KV cluster's membership (etcd's root role).
 //!
 //! or from the environment (`MLSTACK_API_KEYS=key1,key2`: no names, no
 //! priority). Only each key's SHA-256 is kept, and a presented key is looked
@@ -33,6 +39,8 @@ pub struct Caller {
     pub name: String,
     /// May set the request `priority`.
     pub may_set_priority: bool,
+    /// May change a KV cluster's membership.
+    pub admin: bool,
 }
 
 /// A bad key file or key list.
@@ -116,19 +124,25 @@ impl ApiKeys {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let (key, name, flags) = match fields.as_slice() {
                 [key, name, flags @ ..] => (*key, *name, flags),
-                _ => return Err(err("expected 'KEY NAME [priority]'".into())),
+                _ => return Err(err("expected 'KEY NAME [priority] [admin]'".into())),
             };
             check_key(key).map_err(err)?;
-            let mut may_set_priority = false;
+            let (mut may_set_priority, mut admin) = (false, false);
             for f in flags {
                 match *f {
                     "priority" => may_set_priority = true,
-                    other => return Err(err(format!("unknown flag {other:?} (only 'priority')"))),
+                    "admin" => admin = true,
+                    other => {
+                        return Err(err(format!(
+                            "unknown grant {other:?} ('priority' or 'admin')"
+                        )));
+                    }
                 }
             }
             let caller = Caller {
                 name: name.to_string(),
                 may_set_priority,
+                admin,
             };
             if by_digest.insert(digest(key), caller).is_some() {
                 return Err(err(format!("the key of {name} is listed twice")));
@@ -193,7 +207,7 @@ mod tests {
     use super::*;
 
     const FILE: &str = "# key name flags\n\
-        sk-aaaaaaaaaaaaaaaaaaaa alice priority\n\
+        sk-aaaaaaaaaaaaaaaaaaaa alice priority admin\n\
         \n\
         sk-bbbbbbbbbbbbbbbbbbbb bob   # no priority\n";
 
@@ -204,11 +218,11 @@ mod tests {
             .check(Some(b"Bearer sk-aaaaaaaaaaaaaaaaaaaa"))
             .expect("alice");
         assert_eq!(alice.name, "alice");
-        assert!(alice.may_set_priority);
+        assert!(alice.may_set_priority && alice.admin);
         let bob = k
             .check(Some(b"bearer  sk-bbbbbbbbbbbbbbbbbbbb"))
             .expect("bob");
-        assert!(!bob.may_set_priority);
+        assert!(!bob.may_set_priority && !bob.admin);
         assert_eq!(k.check(None), Err(AuthError::Missing));
         assert_eq!(
             k.check(Some(b"sk-aaaaaaaaaaaaaaaaaaaa")),
@@ -231,7 +245,7 @@ mod tests {
         for (text, want) in [
             ("short alice\n", "at least 16"),
             ("sk-aaaaaaaaaaaaaaaaaaaa\n", "expected 'KEY NAME"),
-            ("sk-aaaaaaaaaaaaaaaaaaaa alice admin\n", "unknown flag"),
+            ("sk-aaaaaaaaaaaaaaaaaaaa alice root\n", "unknown grant"),
             (
                 "sk-aaaaaaaaaaaaaaaaaaaa a\nsk-aaaaaaaaaaaaaaaaaaaa b\n",
                 "listed twice",

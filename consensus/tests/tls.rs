@@ -1,0 +1,333 @@
+//! A three-node cluster over mutual TLS, with client certificates and API
+//! keys required: replication works over TLS; a forged `Vote`,
+//! `AppendEntries` or `InstallSnapshot` from a process without a cluster
+//! certificate is refused and changes nothing; a client without credentials
+//! is refused; a key without the admin grant cannot change membership.
+//! (Plaintext clusters are every other test.)
+
+use consensus::types::TypeConfig;
+use consensus::{Node, NodeConfig};
+use kvclient::{Client, ClientError, Security, Timeouts};
+use openraft::Vote;
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use proto::kv::v1 as pb;
+use proto::raft::v1 as raftpb;
+use proto::tls::{ClientTls, ServerTls};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ADMIN_KEY: &str = "sk-admin-0123456789abcdef";
+const APP_KEY: &str = "sk-app-0123456789abcdefgh";
+
+fn pem(dir: &Path, name: &str) -> Vec<u8> {
+    std::fs::read(dir.join(name)).expect(name)
+}
+
+fn pki(dir: &Path, clients: &[&str]) {
+    proto::certs::generate(&proto::certs::CertsSpec {
+        out: dir.to_path_buf(),
+        hosts: vec!["127.0.0.1".into()],
+        nodes: 3,
+        clients: clients.iter().map(|c| c.to_string()).collect(),
+    })
+    .expect("certs generate");
+}
+
+struct TlsCluster {
+    _dir: tempfile::TempDir,
+    pki: std::path::PathBuf,
+    peers: BTreeMap<u64, String>,
+    nodes: BTreeMap<u64, Node>,
+}
+
+impl TlsCluster {
+    async fn start() -> TlsCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki_dir = dir.path().join("pki");
+        pki(&pki_dir, &["app"]);
+        let keys = Arc::new(
+            proto::auth::ApiKeys::parse(&format!("{ADMIN_KEY} ops admin\n{APP_KEY} app\n"), "t")
+                .expect("keys"),
+        );
+        let mut held = Vec::new();
+        let mut peers = BTreeMap::new();
+        for id in 1..=3u64 {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+            peers.insert(id, l.local_addr().expect("addr").to_string());
+            held.push(l);
+        }
+        drop(held);
+        let cluster_ca = pem(&pki_dir, "ca.pem");
+        let mut roots = cluster_ca.clone();
+        roots.extend(pem(&pki_dir, "client-ca.pem"));
+        let mut nodes = BTreeMap::new();
+        for id in 1..=3u64 {
+            let mut cfg = NodeConfig::new(
+                id,
+                peers[&id].parse().expect("addr"),
+                dir.path().join(format!("n{id}")),
+                peers.clone(),
+            );
+            cfg.init = id == 1;
+            cfg.register_metrics = false;
+            cfg.tls = Some(consensus::config::NodeTls {
+                server: ServerTls {
+                    cert_pem: pem(&pki_dir, &format!("node-{id}.pem")),
+                    key_pem: pem(&pki_dir, &format!("node-{id}.key")),
+                    client_roots_pem: Some(roots.clone()),
+                    require_client_cert: false,
+                },
+                cluster_ca_pem: cluster_ca.clone(),
+            });
+            cfg.access = proto::access::Access {
+                keys: Some(keys.clone()),
+                require_cert: true,
+            };
+            nodes.insert(id, Node::start(cfg).await.expect("node starts"));
+        }
+        TlsCluster {
+            _dir: dir,
+            pki: pki_dir,
+            peers,
+            nodes,
+        }
+    }
+
+    fn client(&self, cert: Option<&str>, token: Option<&str>) -> Client {
+        let identity = cert.map(|c| {
+            (
+                pem(&self.pki, &format!("{c}.pem")),
+                pem(&self.pki, &format!("{c}.key")),
+            )
+        });
+        let security = Security {
+            tls: Some(ClientTls {
+                ca_pem: pem(&self.pki, "ca.pem"),
+                identity,
+            }),
+            token: token.map(str::to_string),
+        };
+        let eps: Vec<&String> = self.peers.values().collect();
+        Client::with_security(&eps, &security)
+            .expect("client")
+            .with_timeouts(Timeouts {
+                attempt: Duration::from_secs(2),
+                overall: Duration::from_secs(4),
+                backoff: Duration::from_millis(50),
+            })
+    }
+
+    async fn leader(&self) -> u64 {
+        let t0 = Instant::now();
+        loop {
+            for n in self.nodes.values() {
+                if n.raft.metrics().borrow().current_leader == Some(n.id) {
+                    return n.id;
+                }
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "no leader in 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn terms(&self) -> BTreeMap<u64, u64> {
+        self.nodes
+            .iter()
+            .map(|(id, n)| (*id, n.raft.metrics().borrow().current_term))
+            .collect()
+    }
+
+    /// A Raft client to node `id` dialling with `tls` (plaintext when `None`).
+    fn raft_client(
+        &self,
+        id: u64,
+        tls: Option<ClientTls>,
+    ) -> raftpb::raft_client::RaftClient<tonic::transport::Channel> {
+        let cfg = tls.map(|t| t.config().expect("tls config"));
+        let ch = proto::server::channel_tls(&self.peers[&id], cfg.as_ref()).expect("channel");
+        raftpb::raft_client::RaftClient::new(ch)
+    }
+
+    fn tls_as(&self, pki: &Path, who: Option<&str>) -> ClientTls {
+        ClientTls {
+            ca_pem: pem(&self.pki, "ca.pem"),
+            identity: who.map(|w| (pem(pki, &format!("{w}.pem")), pem(pki, &format!("{w}.key")))),
+        }
+    }
+}
+
+fn code(r: Result<impl std::fmt::Debug, ClientError>) -> Option<tonic::Code> {
+    match r {
+        Ok(v) => panic!("expected a refusal, got {v:?}"),
+        Err(e) => e.code(),
+    }
+}
+
+/// A vote for `candidate` in a term far ahead (a follower inside its leader
+/// lease declines it, so it moves no term even when it reaches Raft).
+fn forged_vote(candidate: u64, term: u64) -> Vec<u8> {
+    bincode::serialize(&VoteRequest::<u64>::new(Vote::new(term, candidate), None))
+        .expect("encode vote")
+}
+
+/// A heartbeat from a "leader" of a term far ahead: a follower that
+/// accepts it moves to that term and follows the forger.
+fn forged_append(leader: u64, term: u64) -> Vec<u8> {
+    bincode::serialize(&AppendEntriesRequest::<TypeConfig> {
+        vote: Vote::new_committed(term, leader),
+        prev_log_id: None,
+        entries: vec![],
+        leader_commit: None,
+    })
+    .expect("encode append-entries")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mutual_tls_keeps_forged_peers_and_uncredentialed_clients_out() {
+    let c = TlsCluster::start().await;
+    let leader = c.leader().await;
+
+    // Replication over mutual TLS, a client with a certificate and a key.
+    let app = c.client(Some("client-app"), Some(APP_KEY));
+    app.put(b"k", b"v1").await.expect("put over TLS");
+    let got = app
+        .get(b"k", pb::ReadConsistency::Linearizable)
+        .await
+        .expect("get over TLS");
+    assert_eq!(got.kv.map(|kv| kv.value), Some(b"v1".to_vec()));
+
+    // Clients missing a credential are refused, and nothing is written.
+    let no_key = c.client(Some("client-app"), None);
+    assert_eq!(
+        code(no_key.put(b"k", b"x").await),
+        Some(tonic::Code::Unauthenticated)
+    );
+    let bad_key = c.client(Some("client-app"), Some("sk-guess-0123456789abcdef"));
+    assert_eq!(
+        code(bad_key.put(b"k", b"x").await),
+        Some(tonic::Code::Unauthenticated)
+    );
+    let no_cert = c.client(None, Some(APP_KEY));
+    assert_eq!(
+        code(no_cert.put(b"k", b"x").await),
+        Some(tonic::Code::Unauthenticated)
+    );
+    let plaintext =
+        Client::with_security(&c.peers.values().collect::<Vec<_>>(), &Security::default())
+            .expect("client")
+            .with_timeouts(Timeouts {
+                attempt: Duration::from_millis(500),
+                overall: Duration::from_secs(2),
+                backoff: Duration::from_millis(50),
+            });
+    assert!(
+        plaintext.put(b"k", b"x").await.is_err(),
+        "plaintext to a TLS port"
+    );
+
+    // Membership: the app key is no admin; the admin key is.
+    let voters: Vec<u64> = c.peers.keys().copied().collect();
+    assert_eq!(
+        code(app.change_membership(&voters).await),
+        Some(tonic::Code::PermissionDenied)
+    );
+    assert_eq!(
+        code(app.add_learner(9, "127.0.0.1:1").await),
+        Some(tonic::Code::PermissionDenied)
+    );
+    let admin = c.client(Some("client-app"), Some(ADMIN_KEY));
+    admin
+        .change_membership(&voters)
+        .await
+        .expect("the admin key changes membership");
+
+    // Forged Raft traffic at a follower, far ahead in term.
+    let follower = *c
+        .peers
+        .keys()
+        .find(|&&id| id != leader)
+        .expect("a follower");
+    let before = c.terms();
+    let far = before.values().max().copied().unwrap_or(0) + 100;
+    let rogue_dir = tempfile::tempdir().expect("tempdir");
+    pki(rogue_dir.path(), &[]);
+    let message = |payload: Vec<u8>| raftpb::RaftMessage {
+        payload,
+        cluster: "mlstack-kv".into(),
+    };
+    // (a) a client certificate: it passes the handshake (client CA), not the
+    //     Raft gate; the payload is never decoded (garbage gets the same
+    //     answer as a well-formed vote).
+    for payload in [forged_vote(leader, far), b"garbage".to_vec()] {
+        let mut rc = c.raft_client(follower, Some(c.tls_as(&c.pki, Some("client-app"))));
+        let e = rc.vote(message(payload.clone())).await.expect_err("vote");
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+        let e = rc
+            .append_entries(message(payload))
+            .await
+            .expect_err("append");
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    }
+    let mut rc = c.raft_client(follower, Some(c.tls_as(&c.pki, Some("client-app"))));
+    let chunk = raftpb::SnapshotChunk {
+        cluster: "mlstack-kv".into(),
+        data: vec![0; 16],
+        crc32c: crc32c::crc32c(&[0; 16]),
+        done: true,
+        ..Default::default()
+    };
+    let e = rc
+        .install_snapshot(tokio_stream::iter(vec![chunk]))
+        .await
+        .expect_err("snapshot");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    // (b) TLS without any certificate.
+    let e = c
+        .raft_client(follower, Some(c.tls_as(&c.pki, None)))
+        .append_entries(message(forged_append(leader, far)))
+        .await
+        .expect_err("append-entries without a certificate");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    // (c) a node certificate of another CA: the handshake itself fails.
+    assert!(
+        c.raft_client(follower, Some(c.tls_as(rogue_dir.path(), Some("node-1"))))
+            .append_entries(message(forged_append(leader, far)))
+            .await
+            .is_err(),
+        "a rogue CA's node certificate"
+    );
+    // (d) plaintext.
+    assert!(
+        c.raft_client(follower, None)
+            .append_entries(message(forged_append(leader, far)))
+            .await
+            .is_err(),
+        "plaintext Raft to a TLS port"
+    );
+    // (Terms may move on their own under load, by an election; never to
+    // the forged one, 100 terms ahead.)
+    let now = c.terms();
+    assert!(
+        now.values().all(|&t| t < far),
+        "a refused vote moved a term to {far}: before {before:?}, after {now:?}"
+    );
+
+    // The control: the same heartbeat with a node certificate of the
+    // cluster CA reaches Raft and moves the follower to the forged term (so
+    // the refusals above were the gate's, and this is the attack it stops).
+    c.raft_client(follower, Some(c.tls_as(&c.pki, Some("node-2"))))
+        .append_entries(message(forged_append(leader, far)))
+        .await
+        .expect("a cluster certificate speaks Raft");
+    let after = c.nodes[&follower].raft.metrics().borrow().current_term;
+    assert_eq!(
+        after, far,
+        "the accepted heartbeat moved the follower's term"
+    );
+
+    for (_, n) in c.nodes {
+        n.shutdown().await;
+    }
+}
