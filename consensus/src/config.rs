@@ -141,6 +141,11 @@ impl NodeConfig {
         if self.access.require_cert && self.tls.is_none() {
             return bad("client certificates need TLS (--tls-cert, --tls-key, --tls-ca)".into());
         }
+        if self.access.keys.is_some() && self.tls.is_none() {
+            // Keys would cross the network in cleartext, and the Raft
+            // service beside them would stay open to anyone: no protection.
+            return bad("API keys need TLS (--tls-cert, --tls-key, --tls-ca): without it the keys travel in cleartext and Raft stays open to anyone".into());
+        }
         Ok(())
     }
 }

@@ -321,11 +321,37 @@ async fn mutual_tls_keeps_forged_peers_and_uncredentialed_clients_out() {
         .append_entries(message(forged_append(leader, far)))
         .await
         .expect("a cluster certificate speaks Raft");
-    let after = c.nodes[&follower].raft.metrics().borrow().current_term;
-    assert_eq!(
-        after, far,
-        "the accepted heartbeat moved the follower's term"
+    // (openraft publishes the new term in its metrics a moment later.)
+    let t0 = Instant::now();
+    while c.nodes[&follower].raft.metrics().borrow().current_term < far {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the accepted heartbeat did not move the follower's term to {far}: {:?}",
+            c.terms()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Diag answers on the TLS port but does not relay: it sits outside the
+    // gates, and a relay would dial anywhere in plaintext.
+    let mut diag = proto::diag::v1::diag_client::DiagClient::new(
+        proto::server::channel_tls(
+            &c.peers[&leader],
+            Some(&c.tls_as(&c.pki, None).config().expect("tls")),
+        )
+        .expect("channel"),
     );
+    diag.ping(proto::diag::v1::PingRequest::default())
+        .await
+        .expect("a plain ping is answered");
+    let e = diag
+        .ping(proto::diag::v1::PingRequest {
+            forward_to: vec!["127.0.0.1:1".into()],
+            ..Default::default()
+        })
+        .await
+        .expect_err("a relay");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
 
     for (_, n) in c.nodes {
         n.shutdown().await;

@@ -97,16 +97,20 @@ async fn prompt_ids(
         )));
     }
     let engine = h.engine.clone();
-    let ids = tokio::task::spawn_blocking(move || {
+    // The place travels with the work: a client that hangs up mid-tokenize
+    // drops this future, not the blocking task, so the place stays taken
+    // until the tokenizer is done with it.
+    let (admission, ids) = tokio::task::spawn_blocking(move || {
         let tok = &engine.tokenizer;
-        match &input {
+        let ids = match &input {
             PromptInput::Chat(messages) => tok.encode_chat(messages, true),
             PromptInput::Text(p) => tok.encode(p, false),
-        }
+        };
+        (admission, ids)
     })
     .await
-    .map_err(|e| SubmitError::Invalid(format!("tokenizing: {e}")))?
-    .map_err(|e| SubmitError::Invalid(e.to_string()))?;
+    .map_err(|e| SubmitError::Internal(format!("tokenizing: {e}")))?;
+    let ids = ids.map_err(|e| SubmitError::Invalid(e.to_string()))?;
     Ok((admission, ids))
 }
 
@@ -114,6 +118,7 @@ fn status(e: SubmitError) -> tonic::Status {
     match e {
         SubmitError::QueueFull { .. } => tonic::Status::resource_exhausted(e.to_string()),
         SubmitError::Invalid(m) => tonic::Status::invalid_argument(m),
+        SubmitError::Internal(m) => tonic::Status::internal(m),
         SubmitError::Stopped => tonic::Status::unavailable(e.to_string()),
     }
 }
@@ -355,6 +360,9 @@ fn submit_error(e: SubmitError) -> Response {
             e.to_string(),
         ),
         SubmitError::Invalid(m) => http_error(StatusCode::BAD_REQUEST, "invalid_request_error", m),
+        SubmitError::Internal(m) => {
+            http_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", m)
+        }
         SubmitError::Stopped => http_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "server_error",

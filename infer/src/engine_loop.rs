@@ -93,6 +93,9 @@ pub enum SubmitError {
     QueueFull { waiting: usize, limit: usize },
     #[error("{0}")]
     Invalid(String),
+    /// A fault of the server, not of the request (a tokenizer thread died).
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("the serving engine has stopped")]
     Stopped,
 }
@@ -396,6 +399,12 @@ impl ServingHandle {
 
     pub fn stats(&self) -> EngineStats {
         *self.stats.lock().expect("stats lock")
+    }
+
+    /// Requests holding a place: being tokenized, waiting, or running
+    /// before their first step.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::SeqCst)
     }
 
     /// The longest prompt text (bytes) worth tokenizing.

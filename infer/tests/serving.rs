@@ -477,7 +477,12 @@ async fn overload_bad_input_deadlines_and_cancellation() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("256 bytes"), "{}", e.message());
     // Each refusal above took a place in the queue (limit 2) before it was
-    // refused, and gave it back: a leaked place would refuse this one.
+    // refused, and gave it back.
+    assert_eq!(
+        server.handle.pending(),
+        0,
+        "a refused request kept its place"
+    );
     for _ in 0..3 {
         run(server.grpc.clone(), prompt_req("hi", 2))
             .await
@@ -600,6 +605,12 @@ async fn overload_bad_input_deadlines_and_cancellation() {
         .expect_err("oversized prompt");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("cannot fit"), "{}", e.message());
+    // The HTTP refusals above gave their places back too.
+    assert_eq!(
+        server.handle.pending(),
+        0,
+        "a refused request kept its place"
+    );
     let ok = run(server.grpc.clone(), prompt_req("hi", 2)).await;
     assert!(ok.is_ok(), "the server still serves: {ok:?}");
     server.stop().await;

@@ -75,6 +75,13 @@ type Stub = KvClient<InterceptedService<Channel, Outgoing>>;
 
 impl Wire {
     fn new(security: &Security) -> Result<Self, ClientError> {
+        if security.token.is_some() && security.tls.is_none() {
+            return Err(ClientError::Security {
+                var: "MLSTACK_KV_TOKEN",
+                reason: "a key is never sent in plaintext: set MLSTACK_KV_CA to the cluster CA"
+                    .into(),
+            });
+        }
         let tls = match &security.tls {
             Some(t) => Some(t.config().map_err(|e| ClientError::Security {
                 var: "MLSTACK_KV_CA",
@@ -563,6 +570,17 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::prefix_end;
+
+    #[test]
+    fn a_key_without_tls_is_refused_not_sent_in_plaintext() {
+        let plaintext_key = crate::Security {
+            tls: None,
+            token: Some("sk-app-0123456789abcdefgh".into()),
+        };
+        let e = super::Client::with_security(&["127.0.0.1:1"], &plaintext_key)
+            .expect_err("a key without TLS");
+        assert!(e.to_string().contains("MLSTACK_KV_CA"), "{e}");
+    }
 
     #[test]
     fn prefix_end_is_the_successor_of_every_key_with_the_prefix() {

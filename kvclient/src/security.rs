@@ -34,8 +34,17 @@ impl std::fmt::Debug for Security {
     }
 }
 
-fn var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+/// A variable's value; set but empty is an error (an unsubstituted compose
+/// variable must not turn TLS off quietly).
+fn var(name: &'static str) -> Result<Option<String>, ClientError> {
+    match std::env::var(name) {
+        Ok(v) if v.trim().is_empty() => Err(ClientError::Security {
+            var: name,
+            reason: "set but empty (unset it to go without)".into(),
+        }),
+        Ok(v) => Ok(Some(v)),
+        Err(_) => Ok(None),
+    }
 }
 
 impl Security {
@@ -44,7 +53,7 @@ impl Security {
         let bad = |var: &'static str, reason: String| ClientError::Security { var, reason };
         let read =
             |var_name: &'static str, what: &'static str| -> Result<Option<Vec<u8>>, ClientError> {
-                match var(var_name) {
+                match var(var_name)? {
                     None => Ok(None),
                     Some(p) => proto::tls::read_pem(what, &PathBuf::from(p))
                         .map(Some)
@@ -74,7 +83,7 @@ impl Security {
             }
             (None, None) => None,
         };
-        let token = var("MLSTACK_KV_TOKEN");
+        let token = var("MLSTACK_KV_TOKEN")?;
         if let Some(t) = &token {
             Self::header(t).map_err(|reason| bad("MLSTACK_KV_TOKEN", reason))?;
         }

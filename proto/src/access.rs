@@ -48,7 +48,7 @@ impl Access {
         }
         if self.require_cert && request.peer_certs().is_none_or(|c| c.is_empty()) {
             return Err(tonic::Status::unauthenticated(
-                "this API needs a client certificate (TLS with --kv-cert/--kv-key, MLSTACK_KV_CERT/MLSTACK_KV_KEY)",
+                "this API needs a client certificate (MLSTACK_KV_CERT and MLSTACK_KV_KEY, over TLS)",
             ));
         }
         if let Some(keys) = &self.keys {

@@ -40,7 +40,7 @@ pub enum CertsError {
         source: std::io::Error,
     },
     #[error(
-        "{path} exists: certs generate never replaces a CA (remove the directory or pick another --out)"
+        "{path} exists: certs generate never replaces a CA or a certificate (remove the directory or pick another --out)"
     )]
     Exists { path: PathBuf },
     #[error("{reason}")]
@@ -157,9 +157,21 @@ pub fn generate(spec: &CertsSpec) -> Result<Vec<PathBuf>, CertsError> {
         path: spec.out.clone(),
         source,
     })?;
-    let ca_path = spec.out.join("ca.pem");
-    if ca_path.exists() {
-        return Err(CertsError::Exists { path: ca_path });
+    // Every name is checked before anything is written, so a refusal
+    // leaves the directory as it was.
+    let mut names: Vec<String> = ["ca.pem", "ca.key", "client-ca.pem", "client-ca.key"]
+        .map(String::from)
+        .to_vec();
+    for i in 1..=spec.nodes {
+        names.push(format!("node-{i}.pem"));
+        names.push(format!("node-{i}.key"));
+    }
+    for c in &spec.clients {
+        names.push(format!("client-{c}.pem"));
+        names.push(format!("client-{c}.key"));
+    }
+    if let Some(path) = names.iter().map(|n| spec.out.join(n)).find(|p| p.exists()) {
+        return Err(CertsError::Exists { path });
     }
     let mut written = Vec::new();
     let mut put = |name: String, text: &str, private: bool| -> Result<(), CertsError> {
@@ -251,6 +263,17 @@ mod tests {
         }
         let again = generate(&spec).expect_err("never replaces a CA");
         assert!(matches!(again, CertsError::Exists { .. }), "{again}");
+        // Any existing file refuses the run before anything is written.
+        let partial = dir.path().join("partial");
+        std::fs::create_dir_all(&partial).expect("mkdir");
+        std::fs::write(partial.join("node-2.pem"), "x").expect("write");
+        let e = generate(&CertsSpec {
+            out: partial.clone(),
+            ..spec.clone()
+        })
+        .expect_err("an existing node certificate");
+        assert!(e.to_string().contains("node-2.pem"), "{e}");
+        assert!(!partial.join("ca.pem").exists(), "a CA was written anyway");
         let bad = generate(&CertsSpec {
             clients: vec!["../x".into()],
             out: dir.path().join("other"),

@@ -72,6 +72,9 @@ pub struct DiagService {
     service: String,
     instance_id: String,
     address: String,
+    /// Whether `forward_to` is honoured (off on TLS servers: a relay dials
+    /// in plaintext, and would let any caller make the node dial anywhere).
+    relay: bool,
 }
 
 impl DiagService {
@@ -81,7 +84,14 @@ impl DiagService {
             service: service.to_string(),
             instance_id: instance_id.to_string(),
             address: address.to_string(),
+            relay: true,
         }
+    }
+
+    /// A `Diag` that answers pings but refuses to relay them.
+    pub fn without_relay(mut self) -> Self {
+        self.relay = false;
+        self
     }
 
     async fn relay(&self, next: &str, request: PingRequest) -> Result<PingReply, Status> {
@@ -138,6 +148,11 @@ impl DiagService {
             address: self.address.clone(),
         };
         tracing::debug!(trace_id = %me.trace_id, forward = ?request.forward_to, "ping");
+        if !self.relay && !request.forward_to.is_empty() {
+            return Err(Status::permission_denied(
+                "this server does not relay pings (it serves TLS: a relay would dial in plaintext)",
+            ));
+        }
         let mut forward = request.forward_to.into_iter();
         match forward.next() {
             None => Ok(PingReply {

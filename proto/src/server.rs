@@ -90,11 +90,15 @@ impl GrpcServer {
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(bind)?;
         let addr = listener.local_addr().map_err(bind)?;
         let (mut routes, health) = standard_routes()?;
-        routes.add_service(DiagServer::new(DiagService::new(
-            service,
-            observe::instance_id(),
-            addr,
-        )));
+        let diag = DiagService::new(service, observe::instance_id(), addr);
+        // On a TLS server, Diag answers but does not relay: it sits outside
+        // the services' gates, and a relay dials in plaintext.
+        let diag = if tls.is_some() {
+            diag.without_relay()
+        } else {
+            diag
+        };
+        routes.add_service(DiagServer::new(diag));
         add(&mut routes);
         health.set_serving::<DiagServer<DiagService>>().await;
         let stop = CancellationToken::new();
@@ -182,6 +186,11 @@ pub fn endpoint_of(
         endpoint: endpoint.to_string(),
         reason: e.to_string(),
     };
+    if tls.is_some() && endpoint.contains("://") && !endpoint.starts_with("https://") {
+        return Err(invalid(
+            &"TLS is configured: the address must be host:port or https://host:port (an http:// address would connect in plaintext)",
+        ));
+    }
     let uri = if endpoint.contains("://") {
         endpoint.to_string()
     } else if tls.is_some() {
@@ -238,6 +247,15 @@ mod tests {
             .expect("runtime")
             .block_on(async { channel("http://bad host:1").map(|_| ()) });
         assert!(matches!(err, Err(Error::InvalidEndpoint { .. })), "{err:?}");
+    }
+
+    #[test]
+    fn with_tls_an_http_address_is_refused_not_dialled_in_plaintext() {
+        let tls = tonic::transport::ClientTlsConfig::new();
+        let e = endpoint_of("http://127.0.0.1:7001", Some(&tls)).expect_err("http with TLS");
+        assert!(e.to_string().contains("plaintext"), "{e}");
+        assert!(endpoint_of("127.0.0.1:7001", Some(&tls)).is_ok());
+        assert!(endpoint_of("https://127.0.0.1:7001", Some(&tls)).is_ok());
     }
 
     fn channel_uri_ok(ep: &str) -> bool {
