@@ -408,10 +408,17 @@ pub struct KvServeArgs {
     /// Address for the client API and the Raft transport (default 127.0.0.1:7000+id).
     #[arg(long, env = "MLSTACK_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Serve the Raft transport on this port of its own, not on --listen
+    /// (etcd's --listen-peer-urls; suggested 7100+id). --peers then gives
+    /// each member as ID=CLIENT+PEER. With TLS the peer port's handshake
+    /// requires a certificate of the cluster CA.
+    #[arg(long, env = "MLSTACK_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
     /// The node's data directory (LSM under kv/, snapshots under snapshot/).
     #[arg(long, env = "MLSTACK_DATA_DIR")]
     pub data_dir: std::path::PathBuf,
-    /// Initial members as ID=HOST:PORT,... (must include this node with --init).
+    /// Initial members as ID=HOST:PORT,... (must include this node with --init);
+    /// ID=CLIENT_HOST:PORT+PEER_HOST:PORT for members with a peer port.
     #[arg(long, env = "MLSTACK_PEERS", default_value = "")]
     pub peers: String,
     /// Initialize a new cluster with --peers as voters (ignored once initialized).
@@ -529,7 +536,7 @@ pub struct KvScanArgs {
 pub struct KvMembersArgs {
     #[command(flatten)]
     pub endpoints: KvEndpointsArgs,
-    /// Add a learner, ID=HOST:PORT (it catches up before this returns).
+    /// Add a learner, ID=HOST:PORT or ID=CLIENT+PEER (it catches up before this returns).
     #[arg(long, env = "MLSTACK_ADD_LEARNER")]
     pub add_learner: Option<String>,
     /// Set the voters (ids must be members or learners already).

@@ -181,6 +181,7 @@ async fn serve(a: &crate::cli::KvServeArgs) -> Result<(), Error> {
     };
     let mut cfg = NodeConfig::new(a.id, listen, a.data_dir.clone(), peers);
     cfg.routes = routes;
+    cfg.peer_listen = a.peer_listen;
     cfg.init = a.init;
     cfg.cluster = a.cluster.clone();
     cfg.heartbeat_ms = a.heartbeat_ms;
@@ -193,7 +194,11 @@ async fn serve(a: &crate::cli::KvServeArgs) -> Result<(), Error> {
     (cfg.tls, cfg.access) = security(a)?;
     let component = Component::start(metrics_listen).await?;
     let node = Node::start(cfg).await?;
-    component.ready(serde_json::json!({"id": a.id, "grpc": node.addr.to_string()}));
+    let mut ready = serde_json::json!({"id": a.id, "grpc": node.addr.to_string()});
+    if let Some(p) = node.peer_addr {
+        ready["peer"] = p.to_string().into();
+    }
+    component.ready(ready);
     component.wait_for_signal().await;
     node.shutdown().await;
     component.stop().await;

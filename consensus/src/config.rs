@@ -11,8 +11,13 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub id: NodeId,
-    /// Where to listen (client API and Raft transport share the port).
+    /// Where to listen: the client API, and the Raft transport unless
+    /// `peer_listen` gives it a port of its own.
     pub listen: SocketAddr,
+    /// The Raft transport's own port (etcd's `--listen-peer-urls`); with TLS
+    /// it requires a certificate of the cluster CA at the handshake. This
+    /// node's `peers` entry must then be `CLIENT+PEER`.
+    pub peer_listen: Option<SocketAddr>,
     /// TLS on the port, and the Raft transport's peer check; `None` serves
     /// plaintext (the tests, the demo).
     pub tls: Option<NodeTls>,
@@ -92,6 +97,7 @@ impl NodeConfig {
             data_dir,
             peers,
             routes: BTreeMap::new(),
+            peer_listen: None,
             tls: None,
             access: proto::access::Access::default(),
             init: false,
@@ -141,6 +147,15 @@ impl NodeConfig {
         if self.access.require_cert && self.tls.is_none() {
             return bad("client certificates need TLS (--tls-cert, --tls-key, --tls-ca)".into());
         }
+        if self.peer_listen.is_some()
+            && let Some(mine) = self.peers.get(&self.id)
+            && !mine.contains(crate::member_addr::SEP)
+        {
+            return bad(format!(
+                "--peer-listen needs this node's --peers entry as ID=CLIENT+PEER (the address peers dial), got {}={mine}",
+                self.id
+            ));
+        }
         if self.access.keys.is_some() && self.tls.is_none() {
             // Keys would cross the network in cleartext, and the Raft
             // service beside them would stay open to anyone: no protection.
@@ -168,13 +183,19 @@ pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, String>, Error> {
             });
         }
         let addr = addr.trim();
-        let hostport = addr.rsplit("://").next().unwrap_or(addr);
-        let valid = hostport
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-        if !valid {
+        // CLIENT or CLIENT+PEER (crate::member_addr): each half HOST:PORT.
+        let halves: Vec<&str> = addr.split(crate::member_addr::SEP).collect();
+        let hostport_ok = |a: &str| {
+            let hostport = a.rsplit("://").next().unwrap_or(a);
+            hostport
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        };
+        if halves.len() > 2 || !halves.iter().all(|h| hostport_ok(h)) {
             return Err(Error::Config {
-                reason: format!("peer {part:?}: {addr:?} is not HOST:PORT"),
+                reason: format!(
+                    "peer {part:?}: {addr:?} is not HOST:PORT or CLIENT_HOST:PORT+PEER_HOST:PORT"
+                ),
             });
         }
         if out.insert(id, addr.to_string()).is_some() {

@@ -22,7 +22,10 @@
 //! - [`session_expiry`]: the leader proposes the expiry of idle clients'
 //!   deduplication state (`store/sessions.rs` applies it).
 //! - [`config`]: a node's configuration and `--peers` parsing.
-//! - [`node`]: starting a node from its configuration.
+//! - [`member_addr`]: a member's `CLIENT[+PEER]` address (a peer port of its
+//!   own for Raft, as etcd separates peer and client URLs).
+//! - [`node`]: starting a node from its configuration, and the gates in front
+//!   of its two services (TLS, API keys, the Raft peer check).
 //! - [`metrics`]: `mlstack_kv_*` Prometheus metrics.
 //! - [`error`]: the crate's errors.
 //!
@@ -34,6 +37,7 @@
 pub mod batcher;
 pub mod config;
 pub mod error;
+pub mod member_addr;
 pub mod metrics;
 pub mod network;
 pub mod node;

@@ -69,6 +69,8 @@ impl NetworkFactory {
 
     fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, std::io::Error> {
         let addr = self.routes.get(&target).map(String::as_str).unwrap_or(addr);
+        // A member with a peer port is stored as CLIENT+PEER: Raft dials PEER.
+        let addr = crate::member_addr::peer_of(addr);
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = map.get(&(target, addr.to_string())) {
             return Ok(c.clone());

@@ -21,11 +21,14 @@ use tokio_util::sync::CancellationToken;
 pub struct Node {
     pub id: NodeId,
     pub addr: SocketAddr,
+    /// The Raft transport's own port, when it has one (`peer_listen`).
+    pub peer_addr: Option<SocketAddr>,
     pub raft: Raft,
     pub shared: Arc<Shared>,
     pub metrics: Arc<Metrics>,
     stop: CancellationToken,
     grpc: Option<GrpcServer>,
+    peer_grpc: Option<GrpcServer>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -133,36 +136,77 @@ impl Node {
             }
             Ok(req)
         };
-        let grpc = GrpcServer::start_tls(
-            cfg.listen,
-            &format!("kv-{}", cfg.id),
-            None,
-            cfg.tls.as_ref().map(|t| &t.server),
-            |routes| {
-                routes.add_service(tonic::service::interceptor::InterceptedService::new(
-                    proto::kv::v1::kv_server::KvServer::new(kv),
-                    cfg.access.clone(),
-                ));
-                routes.add_service(tonic::service::interceptor::InterceptedService::new(
-                    proto::raft::v1::raft_server::RaftServer::new(raft_service)
-                        .max_decoding_message_size(64 << 20),
-                    raft_gate,
-                ));
-            },
-        )
-        .await
-        .map_err(|e| match e {
+        let kv_svc = tonic::service::interceptor::InterceptedService::new(
+            proto::kv::v1::kv_server::KvServer::new(kv),
+            cfg.access.clone(),
+        );
+        let raft_svc = tonic::service::interceptor::InterceptedService::new(
+            proto::raft::v1::raft_server::RaftServer::new(raft_service)
+                .max_decoding_message_size(64 << 20),
+            raft_gate,
+        );
+        let server_err = |e| match e {
             proto::Error::Bind { addr, source } => Error::Bind { addr, source },
             other => Error::Config {
                 reason: format!("gRPC server: {other}"),
             },
-        })?;
+        };
+        let name = format!("kv-{}", cfg.id);
+        let client_tls = cfg.tls.as_ref().map(|t| &t.server);
+        let (grpc, peer_grpc) = match cfg.peer_listen {
+            // One port: the client API and Raft side by side, each gated.
+            None => {
+                let grpc = GrpcServer::start_tls(cfg.listen, &name, None, client_tls, |r| {
+                    r.add_service(kv_svc);
+                    r.add_service(raft_svc);
+                })
+                .await
+                .map_err(server_err)?;
+                (grpc, None)
+            }
+            // Two ports (etcd's client and peer URLs): the peer port serves
+            // Raft alone, and with TLS its handshake already requires a
+            // certificate of the cluster CA (the gate checks it again).
+            Some(peer_listen) => {
+                let grpc = GrpcServer::start_tls(cfg.listen, &name, None, client_tls, |r| {
+                    r.add_service(kv_svc);
+                })
+                .await
+                .map_err(server_err)?;
+                let peer_tls = cfg.tls.as_ref().map(|t| proto::tls::ServerTls {
+                    cert_pem: t.server.cert_pem.clone(),
+                    key_pem: t.server.key_pem.clone(),
+                    client_roots_pem: Some(t.cluster_ca_pem.clone()),
+                    require_client_cert: true,
+                });
+                let peer = GrpcServer::start_tls(
+                    peer_listen,
+                    &format!("{name}-peer"),
+                    None,
+                    peer_tls.as_ref(),
+                    |r| {
+                        r.add_service(raft_svc);
+                    },
+                )
+                .await
+                .map_err(server_err)?;
+                (grpc, Some(peer))
+            }
+        };
         grpc.health
             .set_serving::<proto::kv::v1::kv_server::KvServer<KvService>>()
             .await;
         let addr = grpc.addr;
-        // One token stops the gRPC server and the node's own tasks.
+        let peer_addr = peer_grpc.as_ref().map(|p| p.addr);
+        // One token stops the gRPC server(s) and the node's own tasks.
         let stop = grpc.stop_token();
+        if let Some(p) = &peer_grpc {
+            let (all, peer) = (stop.clone(), p.stop_token());
+            tokio::spawn(async move {
+                all.cancelled().await;
+                peer.cancel();
+            });
+        }
         tasks.push(tokio::spawn(watch_metrics(
             raft.clone(),
             metrics.clone(),
@@ -196,6 +240,7 @@ impl Node {
         tracing::info!(
             id = cfg.id,
             %addr,
+            peer_addr = ?peer_addr,
             cluster = %cfg.cluster,
             tls = cfg.tls.is_some(),
             open = cfg.access.is_open(),
@@ -204,6 +249,8 @@ impl Node {
         Ok(Node {
             id: cfg.id,
             addr,
+            peer_addr,
+            peer_grpc,
             raft,
             shared,
             metrics,
@@ -217,10 +264,13 @@ impl Node {
     pub async fn shutdown(mut self) {
         self.stop.cancel();
         let _ = self.raft.shutdown().await;
-        if let Some(grpc) = self.grpc.take()
-            && let Err(e) = grpc.stop().await
+        for grpc in [self.grpc.take(), self.peer_grpc.take()]
+            .into_iter()
+            .flatten()
         {
-            tracing::error!(error = %e, "KV gRPC server failed");
+            if let Err(e) = grpc.stop().await {
+                tracing::error!(error = %e, "KV gRPC server failed");
+            }
         }
         for t in self.tasks.drain(..) {
             let _ = t.await;

@@ -45,12 +45,13 @@ fn not_leader(id: NodeId, f: &ForwardToLeader<NodeId, types::Node>) -> Status {
     let mut s = Status::unavailable(match (f.leader_id, &f.leader_node) {
         (Some(l), Some(n)) => format!(
             "node {id} is not the leader; leader is node {l} at {}",
-            n.addr
+            crate::member_addr::client_of(&n.addr)
         ),
         _ => format!("node {id} is not the leader and knows no leader (election in progress?)"),
     });
+    // Clients are sent to the leader's client address, never its peer port.
     if let Some(n) = &f.leader_node
-        && let Ok(v) = n.addr.parse()
+        && let Ok(v) = crate::member_addr::client_of(&n.addr).parse()
     {
         s.metadata_mut().insert(LEADER_ADDR_HEADER, v);
     }
@@ -589,7 +590,11 @@ impl pb::kv_server::Kv for KvService {
             .collect();
         let leader_address = m
             .current_leader
-            .and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()))
+            .and_then(|l| {
+                membership
+                    .get_node(&l)
+                    .map(|n| crate::member_addr::client_of(&n.addr).to_string())
+            })
             .unwrap_or_default();
         Ok(Response::new(pb::StatusResponse {
             node_id: self.id,

@@ -38,12 +38,25 @@ fn pki(dir: &Path, clients: &[&str]) {
 struct TlsCluster {
     _dir: tempfile::TempDir,
     pki: std::path::PathBuf,
+    /// Client addresses.
     peers: BTreeMap<u64, String>,
+    /// Raft's own ports, when the cluster has them.
+    peer_ports: BTreeMap<u64, String>,
     nodes: BTreeMap<u64, Node>,
+}
+
+fn free_addr() -> (String, std::net::TcpListener) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+    (l.local_addr().expect("addr").to_string(), l)
 }
 
 impl TlsCluster {
     async fn start() -> TlsCluster {
+        Self::start_with(false).await
+    }
+
+    /// With `peer_ports`, Raft gets a port of its own on every node.
+    async fn start_with(peer_ports: bool) -> TlsCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki_dir = dir.path().join("pki");
         pki(&pki_dir, &["app"]);
@@ -53,12 +66,26 @@ impl TlsCluster {
         );
         let mut held = Vec::new();
         let mut peers = BTreeMap::new();
+        let mut raft_ports = BTreeMap::new();
         for id in 1..=3u64 {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-            peers.insert(id, l.local_addr().expect("addr").to_string());
+            let (a, l) = free_addr();
+            peers.insert(id, a);
             held.push(l);
+            if peer_ports {
+                let (a, l) = free_addr();
+                raft_ports.insert(id, a);
+                held.push(l);
+            }
         }
         drop(held);
+        // The membership: CLIENT, or CLIENT+PEER (consensus::member_addr).
+        let members: BTreeMap<u64, String> = peers
+            .iter()
+            .map(|(id, a)| match raft_ports.get(id) {
+                Some(p) => (*id, format!("{a}+{p}")),
+                None => (*id, a.clone()),
+            })
+            .collect();
         let cluster_ca = pem(&pki_dir, "ca.pem");
         let mut roots = cluster_ca.clone();
         roots.extend(pem(&pki_dir, "client-ca.pem"));
@@ -68,8 +95,9 @@ impl TlsCluster {
                 id,
                 peers[&id].parse().expect("addr"),
                 dir.path().join(format!("n{id}")),
-                peers.clone(),
+                members.clone(),
             );
+            cfg.peer_listen = raft_ports.get(&id).map(|p| p.parse().expect("addr"));
             cfg.init = id == 1;
             cfg.register_metrics = false;
             cfg.tls = Some(consensus::config::NodeTls {
@@ -91,6 +119,7 @@ impl TlsCluster {
             _dir: dir,
             pki: pki_dir,
             peers,
+            peer_ports: raft_ports,
             nodes,
         }
     }
@@ -352,6 +381,88 @@ async fn mutual_tls_keeps_forged_peers_and_uncredentialed_clients_out() {
         .await
         .expect_err("a relay");
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+
+    for (_, n) in c.nodes {
+        n.shutdown().await;
+    }
+}
+
+/// Raft on a port of its own (etcd's peer URLs): the cluster replicates over
+/// it, the client port no longer speaks Raft at all, the peer port's TLS
+/// handshake refuses a client certificate, and clients are sent to the
+/// leader's client address (never its peer port).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_separate_peer_port_carries_raft_and_the_client_port_does_not() {
+    let c = TlsCluster::start_with(true).await;
+    let leader = c.leader().await;
+    let follower = *c
+        .peers
+        .keys()
+        .find(|&&id| id != leader)
+        .expect("a follower");
+    assert_eq!(
+        c.nodes[&follower].peer_addr.map(|a| a.to_string()).as_ref(),
+        c.peer_ports.get(&follower)
+    );
+
+    // A client that knows only a follower's client address reaches the
+    // leader through the hint, and the write replicates over the peer ports.
+    let only_follower = Client::with_security(
+        &[&c.peers[&follower]],
+        &Security {
+            tls: Some(c.tls_as(&c.pki, Some("client-app"))),
+            token: Some(APP_KEY.into()),
+        },
+    )
+    .expect("client");
+    only_follower
+        .put(b"k", b"v")
+        .await
+        .expect("put via the hint");
+    let status = only_follower.status_of(0).await.expect("status");
+    assert_eq!(status.node_id, follower);
+    assert_eq!(
+        status.leader_address, c.peers[&leader],
+        "hint is the client address"
+    );
+    assert!(
+        status.members.iter().all(|m| m.address.contains('+')),
+        "members carry both addresses: {:?}",
+        status.members
+    );
+
+    let far = c.terms().values().max().copied().unwrap_or(0) + 100;
+    let message = |payload: Vec<u8>| raftpb::RaftMessage {
+        payload,
+        cluster: "mlstack-kv".into(),
+    };
+    // The client port: no Raft service, even for a node certificate.
+    let e = c
+        .raft_client(follower, Some(c.tls_as(&c.pki, Some("node-2"))))
+        .append_entries(message(forged_append(leader, far)))
+        .await
+        .expect_err("Raft on the client port");
+    assert_eq!(e.code(), tonic::Code::Unimplemented, "{e}");
+    // The peer port: a client certificate fails the handshake itself.
+    let peer_ch = |tls: ClientTls| {
+        raftpb::raft_client::RaftClient::new(
+            proto::server::channel_tls(&c.peer_ports[&follower], Some(&tls.config().expect("tls")))
+                .expect("channel"),
+        )
+    };
+    assert!(
+        peer_ch(c.tls_as(&c.pki, Some("client-app")))
+            .append_entries(message(forged_append(leader, far)))
+            .await
+            .is_err(),
+        "a client certificate on the peer port"
+    );
+    assert!(c.terms().values().all(|&t| t < far), "{:?}", c.terms());
+    // A node certificate speaks Raft there (the control).
+    peer_ch(c.tls_as(&c.pki, Some("node-2")))
+        .append_entries(message(forged_append(leader, far)))
+        .await
+        .expect("a node certificate on the peer port");
 
     for (_, n) in c.nodes {
         n.shutdown().await;
