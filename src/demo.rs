@@ -187,7 +187,7 @@ async fn start_inference(
         metrics,
     );
     let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let servers = ::infer::api::start(handle.clone(), name.to_string(), any, any, None)
+    let servers = ::infer::api::start(handle.clone(), name.to_string(), any, any, None, None)
         .await
         .map_err(|e| Error::Infer(e.to_string()))?;
     Ok((handle, servers))

@@ -163,6 +163,20 @@ fn api_keys(args: &crate::cli::InferServeArgs) -> Result<Option<::infer::auth::A
     keys.transpose().map_err(|e| Error::Infer(e.to_string()))
 }
 
+/// The server's TLS from `--tls-cert` and `--tls-key`, if given.
+fn server_tls(args: &crate::cli::InferServeArgs) -> Result<Option<proto::tls::ServerTls>, Error> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let pem = |what, p: &std::path::Path| proto::tls::read_pem(what, p).map_err(proto::Error::from);
+    Ok(Some(proto::tls::ServerTls {
+        cert_pem: pem("--tls-cert", cert)?,
+        key_pem: pem("--tls-key", key)?,
+        client_roots_pem: None,
+        require_client_cert: false,
+    }))
+}
+
 /// `mlstack infer serve`: engine thread + gRPC + HTTP + metrics until a signal.
 pub async fn serve(args: &crate::cli::InferServeArgs) -> Result<(), Error> {
     let (engine, path) = load_blocking(&args.model).await?;
@@ -187,18 +201,28 @@ pub async fn serve(args: &crate::cli::InferServeArgs) -> Result<(), Error> {
     let auth = keys
         .as_ref()
         .map_or("none".to_string(), |k| format!("{} API keys", k.len()));
+    let tls = server_tls(args)?;
+    if tls.is_none() && keys.is_some() {
+        // Allowed (the tests and the demo run without certificates), but a
+        // key sent in plaintext can be read by anyone on the path.
+        tracing::warn!(
+            "API keys are required but TLS is off (--tls-cert): keys travel in plaintext"
+        );
+    }
     let servers = ::infer::api::start(
         handle.clone(),
         model_name,
         args.grpc,
         args.http,
         keys.map(std::sync::Arc::new),
+        tls.as_ref(),
     )
     .await
     .map_err(|e| Error::Infer(e.to_string()))?;
     component.ready(serde_json::json!({
         "grpc": servers.grpc_addr.to_string(),
         "http": servers.http_addr.to_string(),
+        "tls": if tls.is_some() { "on" } else { "off" },
         "auth": auth,
         "kv_blocks": handle.stats().blocks_total,
         "kv_capacity_tokens": handle.capacity_tokens(),
@@ -214,7 +238,18 @@ pub async fn serve(args: &crate::cli::InferServeArgs) -> Result<(), Error> {
 /// `mlstack infer client`: one streamed generation over gRPC.
 pub async fn client(args: &crate::cli::InferClientArgs) -> Result<(), Error> {
     use proto::infer::v1 as pb;
-    let channel = proto::server::channel(&args.endpoint)?;
+    let tls = match &args.ca {
+        Some(ca) => Some(
+            proto::tls::ClientTls {
+                ca_pem: proto::tls::read_pem("--ca", ca).map_err(proto::Error::from)?,
+                identity: None,
+            }
+            .config()
+            .map_err(proto::Error::from)?,
+        ),
+        None => None,
+    };
+    let channel = proto::server::channel_tls(&args.endpoint, tls.as_ref())?;
     let mut client = pb::inference_client::InferenceClient::with_interceptor(
         channel,
         observe::grpc::InjectContext,

@@ -267,6 +267,15 @@ async fn bench(a: &crate::cli::KvBenchArgs) -> Result<(), Error> {
         binary: exe()?,
         dir: dir.path().to_path_buf(),
         endpoints: a.endpoints.clone(),
+        systems: a.systems.clone(),
+        etcd_binary: if a.systems.iter().any(|s| s == "etcd") {
+            Some(match &a.etcd_bin {
+                Some(b) => b.clone(),
+                None => bench::etcd::find_binary()?,
+            })
+        } else {
+            None
+        },
     };
     let rows = bench::kv::run(&cfg, |m| eprintln!("[kv bench] {m}")).await?;
     print!("{}", bench::kv::table(&rows));

@@ -4,7 +4,13 @@
 //!
 //! Workloads: `prefill_128`, `prefill_1024` (prompt tokens/s of one forward
 //! pass over a fresh cache) and `decode_ctx128`, `decode_ctx1024` (greedy
-//! single-token steps after that prefill). Medians over repeats.
+//! single-token steps after that prefill). Medians over repeats, with the
+//! spread (max − min) beside each.
+//!
+//! The systems alternate: repeat 1 runs llama.cpp then mlstack, repeat 2
+//! mlstack then llama.cpp, and so on, each repeat one full pass of every
+//! workload, so neither system always meets the machine first (this VM's
+//! speed drifts by 10–20 % between runs).
 
 use std::io::Write;
 use std::process::Command;
@@ -183,18 +189,31 @@ pub fn run(engine: &Engine, cfg: &BenchConfig) -> Result<Report, BenchError> {
         }
     }
     let ids = prompt_ids(engine)?;
-    let mut rows = Vec::new();
+    // Each repeat is one pass of every system (llama.cpp in a process of its
+    // own, so mlstack's peak RSS is its own), in alternating order.
+    let one = BenchConfig {
+        repeats: 1,
+        ..cfg.clone()
+    };
+    let mut systems: Vec<&str> = ["llama.cpp", "mlstack"]
+        .into_iter()
+        .filter(|s| cfg.systems.iter().any(|x| x == s))
+        .collect();
+    let mut samples = Vec::new();
     let mut peer_version = None;
-    // llama.cpp first, in its own process, so mlstack's RSS is not inflated
-    // by anything but itself.
-    if cfg.systems.iter().any(|s| s == "llama.cpp") {
-        let (r, v) = run_llamacpp(&ids, cfg)?;
-        rows.extend(r);
-        peer_version = Some(v);
+    for _ in 0..cfg.repeats.max(1) {
+        for s in &systems {
+            if *s == "llama.cpp" {
+                let (r, v) = run_llamacpp(&ids, &one)?;
+                samples.extend(r);
+                peer_version = Some(v);
+            } else {
+                samples.extend(run_mlstack(engine, &ids, &one)?);
+            }
+        }
+        systems.reverse();
     }
-    if cfg.systems.iter().any(|s| s == "mlstack") {
-        rows.extend(run_mlstack(engine, &ids, cfg)?);
-    }
+    let mut rows = report::medians(&samples);
     let bw = memory_bandwidth_gbps();
     let bytes = engine.model.weight_bytes();
     // Decode's ceiling: every weight is read once per token, so at most
@@ -223,7 +242,8 @@ pub fn run(engine: &Engine, cfg: &BenchConfig) -> Result<Report, BenchError> {
             "threads": cfg.threads,
             "decode_tokens": cfg.decode_tokens,
             "repeats": cfg.repeats,
-            "statistic": "median",
+            "statistic": "median, with <metric>_spread = max - min over the repeats",
+            "order": "alternating: llama.cpp first on odd repeats, mlstack first on even ones",
             "weight_bytes_per_token": bytes,
             "llama_cpp_python": peer_version,
         }),
@@ -236,14 +256,16 @@ pub fn table(r: &Report) -> String {
     let get = |system: &str, workload: &str, metric: &str| r.get(system, workload, metric);
     let c = &r.config;
     let mut s = format!(
-        "model {} | {} threads | {} decode steps | median of {}\n\n{:<16} {:>12} {:>12} {:>10}\n",
+        "model {} | {} threads | {} decode steps | median of {} (spread: max - min), systems alternating\n\n{:<16} {:>12} {:>8} {:>12} {:>8} {:>8}\n",
         c["model"].as_str().unwrap_or("?"),
         c["threads"],
         c["decode_tokens"],
         c["repeats"],
         "workload",
         "mlstack t/s",
+        "spread",
         "llama.cpp",
+        "spread",
         "ratio"
     );
     for w in WORKLOADS {
@@ -256,9 +278,11 @@ pub fn table(r: &Report) -> String {
             _ => "-".into(),
         };
         s += &format!(
-            "{w:<16} {:>12} {:>12} {:>10}\n",
+            "{w:<16} {:>12} {:>8} {:>12} {:>8} {:>8}\n",
             cell(a, 1),
+            cell(get("mlstack", w, "tokens_per_sec_spread"), 1),
             cell(b, 1),
+            cell(get("llama.cpp", w, "tokens_per_sec_spread"), 1),
             ratio
         );
     }

@@ -13,7 +13,9 @@
 //! - [`rocksdb`]: RocksDB's `db_bench` as the storage peer: flags, runs, its
 //!   output parsed into rows.
 //! - [`kv`]: `mlstack kv bench`, the Raft KV cluster: puts, linearizable and
-//!   serializable gets, leader failover.
+//!   serializable gets, leader failover, against etcd.
+//! - [`etcd`]: etcd as the KV peer: a local cluster of `etcd` processes and
+//!   a client of its gRPC API (etcd's `.proto` files, compiled by `build.rs`).
 //! - [`ingest`]: `mlstack ingest bench`, Kafka → Parquet against a raw consumer.
 //! - [`engine`]: `mlstack infer bench-engine`, prefill and decode against llama.cpp.
 //! - [`serve`]: `mlstack infer bench-serve`, the serving load generator against
@@ -22,6 +24,7 @@
 //!   recomputation, TP2) against JAX.
 
 pub mod engine;
+pub mod etcd;
 pub mod ingest;
 pub mod kv;
 pub mod lsm;

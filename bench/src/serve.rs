@@ -252,7 +252,7 @@ pub async fn run(engine: Arc<Engine>, cfg: &ServeBenchConfig) -> Result<Report, 
         let (handle, _thread) =
             infer::engine_loop::start(engine.clone(), cfg.serve.clone(), metrics);
         let any = "127.0.0.1:0".parse().expect("addr");
-        let servers = infer::api::start(handle.clone(), "bench".into(), any, any, None)
+        let servers = infer::api::start(handle.clone(), "bench".into(), any, any, None, None)
             .await
             .map_err(|e| e.to_string())?;
         let base = format!("http://{}", servers.http_addr);

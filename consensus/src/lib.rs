@@ -19,6 +19,8 @@
 //! - [`network`]: the Raft transport over gRPC (streamed snapshots).
 //! - [`service`]: the client API `mlstack.kv.v1.KV` (read index, leader hints).
 //! - [`batcher`]: proposal batching (many client writes, one log entry).
+//! - [`read_index`]: read-index coalescing (many linearizable reads, one
+//!   leadership-confirming heartbeat round).
 //! - [`session_expiry`]: the leader proposes the expiry of idle clients'
 //!   deduplication state (`store/sessions.rs` applies it).
 //! - [`config`]: a node's configuration and `--peers` parsing.
@@ -41,6 +43,7 @@ pub mod member_addr;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod read_index;
 pub mod service;
 pub mod session_expiry;
 pub mod store;

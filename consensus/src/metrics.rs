@@ -47,6 +47,7 @@ pub struct Metrics {
     pub reads_linearizable: IntCounter,
     pub reads_serializable: IntCounter,
     pub read_index_seconds: Histogram,
+    pub read_index_rounds: IntCounter,
     pub dedup_hits: IntCounter,
     pub sessions: IntGauge,
     pub sessions_expired: IntCounter,
@@ -141,6 +142,10 @@ impl Metrics {
                 "mlstack_kv_reads_serializable_total",
                 "Reads served from local state without a quorum check.",
             ),
+            read_index_rounds: counter(
+                "mlstack_kv_read_index_rounds_total",
+                "Leadership-confirming heartbeat rounds run for linearizable reads (concurrent reads share one).",
+            ),
             read_index_seconds: histogram(
                 "mlstack_kv_read_index_latency_seconds",
                 "Time to confirm leadership for a linearizable read.",
@@ -189,6 +194,7 @@ impl Metrics {
             reads_linearizable,
             reads_serializable,
             read_index_seconds,
+            read_index_rounds,
             dedup_hits,
             sessions,
             sessions_expired

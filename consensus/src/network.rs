@@ -306,6 +306,42 @@ impl RaftNetwork<TypeConfig> for Network {
 pub struct RaftService {
     pub raft: Raft,
     pub cluster: String,
+    /// With TLS: a message's sender (the candidate of a vote, the leader of
+    /// an append or a snapshot) must be the node the caller's certificate
+    /// names ([`proto::tls::PeerVerifier::check_node`]). The gate in front
+    /// (`node.rs`) has already checked that the certificate is the cluster
+    /// CA's; this binds it to one node id.
+    pub check_node_certs: bool,
+}
+
+impl RaftService {
+    /// The caller's certificate chain, when sender checks are on (taken
+    /// before the request is consumed).
+    fn certs<T>(
+        &self,
+        request: &tonic::Request<T>,
+    ) -> Option<std::sync::Arc<Vec<tonic::transport::CertificateDer<'static>>>> {
+        if self.check_node_certs {
+            request.peer_certs()
+        } else {
+            None
+        }
+    }
+
+    /// `PERMISSION_DENIED` unless the certificate names `sender`.
+    fn check_sender(
+        &self,
+        certs: Option<&[tonic::transport::CertificateDer<'static>]>,
+        sender: Option<NodeId>,
+    ) -> Result<(), tonic::Status> {
+        if !self.check_node_certs {
+            return Ok(());
+        }
+        let sender = sender.ok_or_else(|| {
+            tonic::Status::permission_denied("a Raft message that names no sending node")
+        })?;
+        proto::tls::PeerVerifier::check_node(certs.unwrap_or(&[]), sender)
+    }
 }
 
 fn check_cluster(ours: &str, theirs: &str) -> Result<(), tonic::Status> {
@@ -327,10 +363,15 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: tonic::Request<pb::RaftMessage>,
     ) -> Result<tonic::Response<pb::RaftMessage>, tonic::Status> {
+        let certs = self.certs(&request);
         let m = request.into_inner();
         check_cluster(&self.cluster, &m.cluster)?;
         let req: AppendEntriesRequest<TypeConfig> =
             bincode::deserialize(&m.payload).map_err(|e| bad_payload("append-entries", e))?;
+        self.check_sender(
+            certs.as_deref().map(Vec::as_slice),
+            req.vote.leader_id().voted_for(),
+        )?;
         let r = self.raft.append_entries(req).await;
         Ok(tonic::Response::new(pb::RaftMessage {
             payload: encode(&r),
@@ -342,10 +383,15 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: tonic::Request<pb::RaftMessage>,
     ) -> Result<tonic::Response<pb::RaftMessage>, tonic::Status> {
+        let certs = self.certs(&request);
         let m = request.into_inner();
         check_cluster(&self.cluster, &m.cluster)?;
         let req: VoteRequest<NodeId> =
             bincode::deserialize(&m.payload).map_err(|e| bad_payload("vote", e))?;
+        self.check_sender(
+            certs.as_deref().map(Vec::as_slice),
+            req.vote.leader_id().voted_for(),
+        )?;
         let r = self.raft.vote(req).await;
         Ok(tonic::Response::new(pb::RaftMessage {
             payload: encode(&r),
@@ -357,6 +403,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: tonic::Request<tonic::Streaming<pb::SnapshotChunk>>,
     ) -> Result<tonic::Response<pb::RaftMessage>, tonic::Status> {
+        let certs = self.certs(&request);
         let mut stream = request.into_inner();
         let mut header: Option<(Vote<NodeId>, SnapshotMeta<NodeId, Node>)> = None;
         let mut data = Vec::new();
@@ -364,10 +411,15 @@ impl pb::raft_server::Raft for RaftService {
         while let Some(chunk) = stream.message().await? {
             check_cluster(&self.cluster, &chunk.cluster)?;
             if header.is_none() {
-                header = Some(
+                let h: (Vote<NodeId>, SnapshotMeta<NodeId, Node>) =
                     bincode::deserialize(&chunk.header)
-                        .map_err(|e| bad_payload("snapshot header", e))?,
-                );
+                        .map_err(|e| bad_payload("snapshot header", e))?;
+                // Checked on the first chunk, before any data is buffered.
+                self.check_sender(
+                    certs.as_deref().map(Vec::as_slice),
+                    h.0.leader_id().voted_for(),
+                )?;
+                header = Some(h);
             }
             let crc = crc32c::crc32c(&chunk.data);
             if crc != chunk.crc32c {

@@ -106,9 +106,18 @@ impl Node {
             batch_rx,
             cfg.inflight_batches,
         ))];
+        let (reads_tx, reads_rx) =
+            tokio::sync::mpsc::channel(crate::read_index::MAX_QUEUED_READERS);
+        tasks.push(tokio::spawn(crate::read_index::read_index_loop(
+            raft.clone(),
+            reads_rx,
+            cfg.proposal_timeout,
+            metrics.read_index_rounds.clone(),
+        )));
         let kv = KvService {
             id: cfg.id,
             batcher: batch_tx,
+            reads: reads_tx,
             raft: raft.clone(),
             shared: shared.clone(),
             metrics: metrics.clone(),
@@ -117,6 +126,7 @@ impl Node {
         let raft_service = RaftService {
             raft: raft.clone(),
             cluster: cfg.cluster.clone(),
+            check_node_certs: cfg.tls.is_some(),
         };
         // The Raft transport's gate: with TLS, a caller must hold a
         // certificate of the cluster CA (a client certificate passes the

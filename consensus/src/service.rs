@@ -6,10 +6,11 @@
 //!   leader's address (`x-mlstack-leader`) and id (`x-mlstack-leader-id`) in the
 //!   metadata, and the client retries there. One hop fewer to reason about in
 //!   the chaos drills, and the client learns the leader once.
-//! - Linearizable reads run openraft's read-index protocol
-//!   (`ensure_linearizable`: the leader confirms it still leads with a quorum
-//!   heartbeat, then waits until it has applied up to its commit index) and then
-//!   read local state. Serializable reads skip both and may be stale.
+//! - Linearizable reads run openraft's read-index protocol (the leader
+//!   confirms it still leads with a quorum heartbeat, then waits until it has
+//!   applied up to its commit index) and then read local state; concurrent
+//!   reads share one heartbeat round ([`crate::read_index`]). Serializable
+//!   reads skip both and may be stale.
 //!
 //! # Outcomes
 //! A write that fails before it was proposed (not leader, bad input) failed; a
@@ -35,6 +36,9 @@ pub struct KvService {
     pub id: NodeId,
     /// Proposals go through the batcher ([`crate::batcher`]), not straight to Raft.
     pub batcher: tokio::sync::mpsc::Sender<Proposal>,
+    /// Linearizable reads queue for a shared read-index round
+    /// ([`crate::read_index`]).
+    pub reads: tokio::sync::mpsc::Sender<crate::read_index::Reader>,
     pub raft: Raft,
     pub shared: Arc<Shared>,
     pub metrics: Arc<Metrics>,
@@ -248,29 +252,56 @@ impl KvService {
         }
     }
 
-    /// Read index: confirm leadership with a quorum and wait for apply.
+    /// Read index: confirm leadership with a quorum (one round shared with
+    /// every read queued beside this one, [`crate::read_index`]) and wait
+    /// until this node has applied up to it.
     async fn read_index(&self) -> Result<u64, Status> {
         let t0 = Instant::now();
-        let r = tokio::time::timeout(self.proposal_timeout, self.raft.ensure_linearizable()).await;
+        let timed_out = || {
+            Status::unavailable(format!(
+                "node {}: could not confirm leadership within {:?}",
+                self.id, self.proposal_timeout
+            ))
+        };
+        let round = async {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.reads
+                .send(tx)
+                .await
+                .map_err(|_| Status::unavailable(format!("node {} is shutting down", self.id)))?;
+            // A dropped reader: its round found no quorum in time.
+            let index = rx.await.map_err(|_| timed_out())?;
+            if let Ok(Some(log_id)) = &index {
+                self.raft
+                    .wait(None)
+                    .applied_index_at_least(Some(log_id.index), "read index")
+                    .await
+                    .map_err(|e| {
+                        Status::unavailable(format!("node {}: waiting to apply: {e}", self.id))
+                    })?;
+            }
+            Ok::<_, Status>(index)
+        };
+        let r = tokio::time::timeout(self.proposal_timeout, round).await;
         self.metrics
             .read_index_seconds
             .observe(t0.elapsed().as_secs_f64());
+        let r = match r {
+            Err(_) => return Err(timed_out()),
+            Ok(r) => r?,
+        };
         match r {
-            Err(_) => Err(Status::unavailable(format!(
-                "node {}: could not confirm leadership within {:?}",
-                self.id, self.proposal_timeout
-            ))),
-            Ok(Ok(log_id)) => {
+            Ok(log_id) => {
                 self.metrics.reads_linearizable.inc();
                 Ok(log_id.map(|l| l.index).unwrap_or(0))
             }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                 Err(not_leader(self.id, &f))
             }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => Err(
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => Err(
                 Status::unavailable(format!("node {}: no quorum for a read index: {q}", self.id)),
             ),
-            Ok(Err(RaftError::Fatal(e))) => Err(Status::unavailable(format!(
+            Err(RaftError::Fatal(e)) => Err(Status::unavailable(format!(
                 "node {} stopped: {e}",
                 self.id
             ))),

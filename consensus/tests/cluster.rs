@@ -663,6 +663,64 @@ async fn concurrent_writes_share_log_entries_and_keep_their_own_answers() {
     assert_eq!(kv.version, 1, "the duplicate applied twice");
 }
 
+/// Concurrent linearizable reads share read-index rounds (fewer heartbeat
+/// rounds than reads), and sharing never serves a stale value: while a
+/// writer counts a key up, every read that starts after a write was
+/// acknowledged sees that write or a later one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_linearizable_reads_share_rounds_and_see_every_acknowledged_write() {
+    let c = Cluster::start(3).await;
+    let client = std::sync::Arc::new(c.client());
+    client.put(b"ctr", b"0").await.expect("put");
+    let leader = c.leader().await;
+    let rounds_before = c.nodes[&leader].metrics.read_index_rounds.get();
+    let reads_before = c.nodes[&leader].metrics.reads_linearizable.get();
+    // The last value the writer has seen acknowledged.
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = {
+        let (client, acked) = (client.clone(), acked.clone());
+        tokio::spawn(async move {
+            for v in 1..=200u64 {
+                client
+                    .put(b"ctr", v.to_string().as_bytes())
+                    .await
+                    .expect("put");
+                acked.store(v, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    let mut readers = Vec::new();
+    for _ in 0..32 {
+        let (client, acked) = (client.clone(), acked.clone());
+        readers.push(tokio::spawn(async move {
+            for _ in 0..40 {
+                let floor = acked.load(std::sync::atomic::Ordering::SeqCst);
+                let v: u64 = get(&client, "ctr")
+                    .await
+                    .expect("present")
+                    .parse()
+                    .expect("number");
+                assert!(
+                    v >= floor,
+                    "a linearizable read returned {v} after {floor} was acknowledged"
+                );
+            }
+        }));
+    }
+    for r in readers {
+        r.await.expect("reader");
+    }
+    writer.await.expect("writer");
+    let m = &c.nodes[&leader].metrics;
+    let reads = m.reads_linearizable.get() - reads_before;
+    let rounds = m.read_index_rounds.get() - rounds_before;
+    assert!(reads >= 32 * 40, "{reads} linearizable reads counted");
+    assert!(
+        rounds < reads / 2,
+        "{reads} concurrent reads took {rounds} read-index rounds: no coalescing"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_far_behind_follower_catches_up_from_large_batched_entries() {
     // Regression: a follower that missed many large batched entries must not

@@ -1,7 +1,8 @@
 //! A three-node cluster over mutual TLS, with client certificates and API
 //! keys required: replication works over TLS; a forged `Vote`,
 //! `AppendEntries` or `InstallSnapshot` from a process without a cluster
-//! certificate is refused and changes nothing; a client without credentials
+//! certificate, or with another node's, is refused and changes nothing; a
+//! client without credentials
 //! is refused; a key without the admin grant cannot change membership.
 //! (Plaintext clusters are every other test.)
 
@@ -335,6 +336,48 @@ async fn mutual_tls_keeps_forged_peers_and_uncredentialed_clients_out() {
             .is_err(),
         "plaintext Raft to a TLS port"
     );
+    // (e) a real node certificate of the cluster CA, speaking as another
+    //     node: node `other`'s key cannot lead, campaign or send a snapshot
+    //     as the leader (the certificate names node-<other>).
+    let other = *c
+        .peers
+        .keys()
+        .find(|&&id| id != leader && id != follower)
+        .expect("a third node");
+    let as_other = || {
+        c.raft_client(
+            follower,
+            Some(c.tls_as(&c.pki, Some(&format!("node-{other}")))),
+        )
+    };
+    let e = as_other()
+        .append_entries(message(forged_append(leader, far)))
+        .await
+        .expect_err("append-entries as another node");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(e.message().contains(&format!("node-{leader}")), "{e}");
+    let e = as_other()
+        .vote(message(forged_vote(leader, far)))
+        .await
+        .expect_err("vote as another node");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    let header = bincode::serialize(&(
+        Vote::new_committed(far, leader),
+        openraft::SnapshotMeta::<u64, openraft::BasicNode>::default(),
+    ))
+    .expect("header");
+    let chunk = raftpb::SnapshotChunk {
+        cluster: "mlstack-kv".into(),
+        header,
+        data: vec![0; 16],
+        crc32c: crc32c::crc32c(&[0; 16]),
+        done: true,
+    };
+    let e = as_other()
+        .install_snapshot(tokio_stream::iter(vec![chunk]))
+        .await
+        .expect_err("snapshot as another node");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
     // (Terms may move on their own under load, by an election; never to
     // the forged one, 100 terms ahead.)
     let now = c.terms();
@@ -343,13 +386,16 @@ async fn mutual_tls_keeps_forged_peers_and_uncredentialed_clients_out() {
         "a refused vote moved a term to {far}: before {before:?}, after {now:?}"
     );
 
-    // The control: the same heartbeat with a node certificate of the
-    // cluster CA reaches Raft and moves the follower to the forged term (so
-    // the refusals above were the gate's, and this is the attack it stops).
-    c.raft_client(follower, Some(c.tls_as(&c.pki, Some("node-2"))))
-        .append_entries(message(forged_append(leader, far)))
-        .await
-        .expect("a cluster certificate speaks Raft");
+    // The control: the same heartbeat with the leader's own certificate
+    // reaches Raft and moves the follower to the forged term (so the
+    // refusals above were the gates', and this is the attack they stop).
+    c.raft_client(
+        follower,
+        Some(c.tls_as(&c.pki, Some(&format!("node-{leader}")))),
+    )
+    .append_entries(message(forged_append(leader, far)))
+    .await
+    .expect("a cluster certificate speaks Raft");
     // (openraft publishes the new term in its metrics a moment later.)
     let t0 = Instant::now();
     while c.nodes[&follower].raft.metrics().borrow().current_term < far {
@@ -458,8 +504,8 @@ async fn a_separate_peer_port_carries_raft_and_the_client_port_does_not() {
         "a client certificate on the peer port"
     );
     assert!(c.terms().values().all(|&t| t < far), "{:?}", c.terms());
-    // A node certificate speaks Raft there (the control).
-    peer_ch(c.tls_as(&c.pki, Some("node-2")))
+    // The leader's node certificate speaks Raft there (the control).
+    peer_ch(c.tls_as(&c.pki, Some(&format!("node-{leader}"))))
         .append_entries(message(forged_append(leader, far)))
         .await
         .expect("a node certificate on the peer port");

@@ -38,6 +38,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Proto(#[from] proto::Error),
+    #[error(transparent)]
+    Tls(#[from] proto::tls::TlsError),
 }
 
 /// Sampling settings from a request, with mlstack's defaults for the unset
@@ -618,14 +620,19 @@ impl Servers {
 
 /// Binds and starts the gRPC and HTTP servers on `handle`. With `keys`,
 /// every Inference call and every `/v1/*` request needs one of them (gRPC
-/// health and reflection stay open, as probes need them).
+/// health and reflection stay open, as probes need them). With `tls`, both
+/// ports speak TLS only (gRPC over TLS, HTTPS), with the same certificate.
 pub async fn start(
     handle: ServingHandle,
     model_name: String,
     grpc: SocketAddr,
     http: SocketAddr,
     keys: Option<Arc<ApiKeys>>,
+    tls: Option<&proto::tls::ServerTls>,
 ) -> Result<Servers, ServerError> {
+    // A bad certificate or key fails here, naming itself, before any port
+    // is bound.
+    let https = tls.map(|t| t.rustls_config()).transpose()?;
     let bind = |what, addr| move |source| ServerError::Bind { what, addr, source };
     let http_listener = tokio::net::TcpListener::bind(http)
         .await
@@ -639,7 +646,7 @@ pub async fn start(
         },
         GrpcAuth(keys.clone()),
     );
-    let grpc = GrpcServer::start(grpc, "infer", None, |routes| {
+    let grpc = GrpcServer::start_tls(grpc, "infer", None, tls, |routes| {
         routes.add_service(svc);
     })
     .await
@@ -675,15 +682,42 @@ pub async fn start(
     .layer(axum::middleware::from_fn(observe::http_trace::server));
     let http_stop = CancellationToken::new();
     let stopped = http_stop.clone();
-    let http_task = tokio::spawn(async move {
-        let r = axum::serve(http_listener, app)
-            .with_graceful_shutdown(stopped.cancelled_owned())
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "HTTP server failed");
+    let http_task = match https {
+        None => tokio::spawn(async move {
+            let r = axum::serve(http_listener, app)
+                .with_graceful_shutdown(stopped.cancelled_owned())
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        }),
+        Some(config) => {
+            // HTTPS through axum-server: each connection's handshake runs in
+            // its own task with a 10 s limit, so a client that never finishes
+            // one holds no one else up.
+            let listener = http_listener.into_std().map_err(bind("HTTP", http))?;
+            let server = axum_server::from_tcp_rustls(
+                listener,
+                axum_server::tls_rustls::RustlsConfig::from_config(config),
+            )
+            .map_err(bind("HTTP", http))?;
+            let shutdown = axum_server::Handle::new();
+            let on_stop = shutdown.clone();
+            tokio::spawn(async move {
+                stopped.cancelled().await;
+                // As axum::serve's graceful shutdown: stop accepting, let
+                // in-flight responses finish.
+                on_stop.graceful_shutdown(None);
+            });
+            tokio::spawn(async move {
+                if let Err(e) = server.handle(shutdown).serve(app.into_make_service()).await {
+                    tracing::error!(error = %e, "HTTPS server failed");
+                }
+            })
         }
-    });
-    tracing::info!(%grpc_addr, %http_addr, "inference server listening");
+    };
+    let scheme = if tls.is_some() { "tls" } else { "plaintext" };
+    tracing::info!(%grpc_addr, %http_addr, scheme, "inference server listening");
     Ok(Servers {
         grpc_addr,
         http_addr,

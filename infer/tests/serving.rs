@@ -139,7 +139,7 @@ impl Server {
         let metrics = ServeMetrics::new(&registry).expect("metrics");
         let (handle, _thread) = infer::engine_loop::start(engine, config, metrics);
         let any = "127.0.0.1:0".parse().expect("addr");
-        let servers = infer::api::start(handle.clone(), "smollm2".into(), any, any, keys)
+        let servers = infer::api::start(handle.clone(), "smollm2".into(), any, any, keys, None)
             .await
             .expect("servers");
         let grpc = InferenceClient::new(

@@ -108,6 +108,33 @@ impl ServerTls {
         }
         Ok(c)
     }
+
+    /// The same certificate and key as a rustls server configuration, for an
+    /// HTTPS port beside the gRPC one (the inference server's OpenAI API):
+    /// ring's crypto, TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`. Client
+    /// certificates are not asked for; that port's clients carry API keys.
+    pub fn rustls_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        use rustls::pki_types::PrivateKeyDer;
+        let chain = certs("server certificate", &self.cert_pem)?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem).map_err(|e| TlsError::Invalid {
+            what: "server key",
+            reason: e.to_string(),
+        })?;
+        let invalid = |e: rustls::Error| TlsError::Invalid {
+            what: "server certificate and key",
+            reason: e.to_string(),
+        };
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(invalid)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(invalid)?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
 }
 
 /// A client's TLS: the CA that signs the servers' certificates, and the
@@ -185,6 +212,30 @@ impl PeerVerifier {
             .verify_client_cert(leaf, intermediates, UnixTime::now())
             .map(|_| ())
             .map_err(|e| format!("certificate not signed by the cluster CA: {e}"))
+    }
+
+    /// Checks that the certificate `chain` (leaf first, already verified by
+    /// [`PeerVerifier::check`]) names node `id`: its subject alternative
+    /// names hold the DNS name `node-<id>`, as `mlstack certs generate`
+    /// writes them. So a node's certificate speaks Raft as that node only: a
+    /// stolen key of node 2 cannot campaign, lead or send snapshots as node
+    /// 3 (etcd's `--peer-cert-allowed-hostname`, fixed to the node's id).
+    pub fn check_node(chain: &[CertificateDer<'_>], id: u64) -> Result<(), tonic::Status> {
+        let name = format!("node-{id}");
+        let denied = |why: String| {
+            tonic::Status::permission_denied(format!(
+                "a Raft message from node {id} needs a certificate naming {name}: {why}"
+            ))
+        };
+        let leaf = chain
+            .first()
+            .ok_or_else(|| denied("no certificate".into()))?;
+        let cert = webpki::EndEntityCert::try_from(leaf)
+            .map_err(|e| denied(format!("unreadable certificate: {e}")))?;
+        let server_name = rustls::pki_types::ServerName::try_from(name.as_str())
+            .map_err(|e| denied(e.to_string()))?;
+        cert.verify_is_valid_for_subject_name(&server_name)
+            .map_err(|_| denied("the caller's certificate names another node".into()))
     }
 
     /// The gate for one request: `UNAUTHENTICATED` without a certificate

@@ -4,10 +4,16 @@ Python grpcio (stubs compiled from proto/ at run time with grpcio-tools) and
 the `openai` package pointed at the HTTP API. Exits non-zero on any mismatch.
 
   python3 tests/python/infer_clients.py --grpc HOST:PORT --http http://HOST:PORT --proto-dir proto/proto
+
+With --ca CA.pem --api-key KEY the server is expected to serve TLS on both
+ports and require that key: the same clients over TLS (grpcio's SSL channel
+credentials, openai on its own HTTP client trusting CA.pem) get the same answers,
+and plaintext, an untrusted certificate or a missing key are refused.
 """
 import argparse
 import importlib
 import os
+import ssl
 import sys
 import tempfile
 
@@ -20,7 +26,7 @@ from grpc_tools import protoc
 FRANCE = " Paris.\n\nThe United States has a population of approximately"
 
 
-def grpc_checks(addr, proto_dir):
+def stubs(proto_dir):
     out = tempfile.mkdtemp()
     rc = protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out}", f"--grpc_python_out={out}",
                       "mlstack/infer/v1/infer.proto"])
@@ -28,6 +34,11 @@ def grpc_checks(addr, proto_dir):
     sys.path.insert(0, out)
     pb = importlib.import_module("mlstack.infer.v1.infer_pb2")
     rpc = importlib.import_module("mlstack.infer.v1.infer_pb2_grpc")
+    return pb, rpc
+
+
+def grpc_checks(addr, proto_dir):
+    pb, rpc = stubs(proto_dir)
     stub = rpc.InferenceStub(grpc.insecure_channel(addr))
 
     info = stub.ModelInfo(pb.ModelInfoRequest(), timeout=10)
@@ -111,12 +122,67 @@ def openai_checks(base):
     print("openai: models, completions, chat (plain, streamed, seeded), stop, 400 errors ok")
 
 
+def tls_checks(addr, base, proto_dir, ca_path, key):
+    """The server speaks TLS on both ports and requires `key`."""
+    pb, rpc = stubs(proto_dir)
+    with open(ca_path, "rb") as f:
+        ca = f.read()
+    auth = [("authorization", f"Bearer {key}")]
+    secure = rpc.InferenceStub(grpc.secure_channel(addr, grpc.ssl_channel_credentials(root_certificates=ca)))
+    info = secure.ModelInfo(pb.ModelInfoRequest(), metadata=auth, timeout=10)
+    assert info.n_layers == 30, info
+    req = pb.GenerateRequest(prompt="The capital of France is", max_tokens=12)
+    text = "".join(m.text_delta for m in secure.Generate(req, metadata=auth, timeout=60))
+    assert text == FRANCE, repr(text)
+    try:
+        secure.ModelInfo(pb.ModelInfoRequest(), timeout=10)
+        raise AssertionError("a call without a key was answered")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.UNAUTHENTICATED, e.code()
+    try:
+        rpc.InferenceStub(grpc.insecure_channel(addr)).ModelInfo(pb.ModelInfoRequest(), metadata=auth, timeout=5)
+        raise AssertionError("a plaintext gRPC call was answered on the TLS port")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.UNAVAILABLE, e.code()
+    print("grpcio over TLS: ModelInfo, Generate ok; no key UNAUTHENTICATED; plaintext refused")
+
+    # openai's own HTTP client class (httpx or its successor, whichever this
+    # openai version uses), trusting the development CA.
+    trusted = openai.DefaultHttpxClient(verify=ssl.create_default_context(cafile=ca_path))
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, http_client=trusted, max_retries=0)
+    c = client.completions.create(model="m", prompt="The capital of France is", max_tokens=12, temperature=0)
+    assert c.choices[0].text == FRANCE, c
+    try:
+        openai.OpenAI(base_url=f"{base}/v1", api_key="wrong", http_client=trusted, max_retries=0).models.list()
+        raise AssertionError("a wrong key was answered")
+    except openai.AuthenticationError as e:
+        assert e.status_code == 401, e
+    # The system trust store does not hold the development CA.
+    try:
+        openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0).models.list()
+        raise AssertionError("a certificate of an untrusted CA was accepted")
+    except openai.APIConnectionError:
+        pass
+    plain = base.replace("https://", "http://", 1)
+    try:
+        openai.OpenAI(base_url=f"{plain}/v1", api_key=key, max_retries=0, timeout=5).models.list()
+        raise AssertionError("plaintext HTTP was answered on the HTTPS port")
+    except (openai.APIConnectionError, openai.APIStatusError):
+        pass
+    print("openai over HTTPS: completion ok; wrong key 401; untrusted CA and plaintext refused")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--grpc", required=True)
     ap.add_argument("--http", required=True)
     ap.add_argument("--proto-dir", required=True)
+    ap.add_argument("--ca")
+    ap.add_argument("--api-key")
     a = ap.parse_args()
+    if a.ca:
+        tls_checks(a.grpc, a.http, os.path.abspath(a.proto_dir), a.ca, a.api_key)
+        return
     grpc_checks(a.grpc, os.path.abspath(a.proto_dir))
     openai_checks(a.http)
 

@@ -136,6 +136,23 @@ impl Proc {
         Proc { child, hello }
     }
 
+    /// `mlstack infer serve` (the default model) on ephemeral gRPC, HTTP and
+    /// metrics ports, with `extra` flags.
+    pub fn spawn_infer_server(extra: &[&str]) -> Proc {
+        let mut args = vec![
+            "infer",
+            "serve",
+            "--grpc",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        Proc::spawn_mlstack(&args, &[])
+    }
+
     /// `mlstack diag serve` on ephemeral gRPC and metrics ports.
     pub fn spawn_diag_server(env: &[(&str, &str)]) -> Proc {
         Proc::spawn_mlstack(

@@ -15,21 +15,7 @@ use tests::Proc;
 
 #[test]
 fn the_openapi_document_holds_and_schemathesis_finds_no_server_error() {
-    let mut server = Proc::spawn_mlstack(
-        &[
-            "infer",
-            "serve",
-            "--grpc",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--kv-cache-bytes",
-            "2097152",
-        ],
-        &[],
-    );
+    let mut server = Proc::spawn_infer_server(&["--kv-cache-bytes", "2097152"]);
     let base = format!("http://{}", server.field("http"));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -300,6 +300,9 @@ async fn cli_metrics_and_a_traced_write_across_three_processes() {
     let _ = (leader, instances);
 }
 
+/// The benchmark's whole path at a tiny size, with its peer: a three-node
+/// etcd cluster (Debian's etcd-server, which the test command installs)
+/// beside mlstack's, every workload on both, a failover trial on both.
 #[test]
 fn bench_command_writes_its_table_and_json() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -309,6 +312,8 @@ fn bench_command_writes_its_table_and_json() {
         &[
             "kv",
             "bench",
+            "--systems",
+            "mlstack,etcd",
             "--clients",
             "1,4",
             "--duration",
@@ -324,28 +329,63 @@ fn bench_command_writes_its_table_and_json() {
     );
     assert!(ok, "kv bench failed:\n{stdout}\n{stderr}");
     assert!(
-        stdout.contains("get_serializable") && stdout.contains("failover"),
+        stdout.contains("get_serializable") && stdout.contains("failover etcd"),
         "{stdout}"
     );
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).expect("json written"))
             .expect("valid json");
     assert_eq!(json["component"], "kv");
+    assert!(
+        json["config"]["etcd"]["version"]
+            .as_str()
+            .is_some_and(|v| v.contains("3.")),
+        "{}",
+        json["config"]
+    );
     let rows = json["results"].as_array().expect("results");
-    for (workload, metric) in [
-        ("put_c1", "ops_per_sec"),
-        ("put_c4", "ops_per_sec"),
-        ("get_linearizable_c4", "latency_p99_ms"),
-        ("get_serializable_c4", "latency_p999_ms"),
-        ("failover", "failover_ms"),
-    ] {
-        let row = rows
-            .iter()
-            .find(|r| r["workload"] == workload && r["metric"] == metric)
-            .unwrap_or_else(|| panic!("no {workload}/{metric} row in {json}"));
-        assert!(row["value"].as_f64().unwrap_or(0.0) > 0.0, "{row}");
-        assert_eq!(row["system"], "mlstack");
+    for system in ["mlstack", "etcd"] {
+        for (workload, metric) in [
+            ("put_c1", "ops_per_sec"),
+            ("put_c4", "ops_per_sec"),
+            ("get_linearizable_c4", "latency_p99_ms"),
+            ("get_serializable_c4", "latency_p999_ms"),
+            ("failover", "failover_ms"),
+        ] {
+            let row = rows
+                .iter()
+                .find(|r| {
+                    r["system"] == system && r["workload"] == workload && r["metric"] == metric
+                })
+                .unwrap_or_else(|| panic!("no {system} {workload}/{metric} row in {json}"));
+            assert!(row["value"].as_f64().unwrap_or(0.0) > 0.0, "{row}");
+        }
     }
+    // At this size on an idle cluster nothing should fail.
+    for r in rows.iter().filter(|r| r["metric"] == "errors") {
+        assert_eq!(r["value"].as_f64(), Some(0.0), "{r}");
+    }
+}
+
+/// An unknown system is refused by name before anything starts.
+#[test]
+fn bench_refuses_an_unknown_system() {
+    let (ok, stdout, stderr) = run_mlstack(
+        &[
+            "kv",
+            "bench",
+            "--systems",
+            "mlstack,zookeeper",
+            "--duration",
+            "100ms",
+        ],
+        &[],
+    );
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains("zookeeper") && stderr.contains("etcd"),
+        "{stderr}"
+    );
 }
 
 /// Every drill for about 10 s: the verdict must be PASS (linearizable history,
