@@ -117,6 +117,11 @@ pub struct CertsGenerateArgs {
         default_value = "admin,app"
     )]
     pub clients: Vec<String>,
+    /// Server-only certificate names (server-<name>.pem): for servers that
+    /// are no KV node, such as the inference server. Signed by the cluster
+    /// CA, server authentication only, so they open no Raft port.
+    #[arg(long, env = "MLSTACK_CERTS_SERVERS", value_delimiter = ',')]
+    pub servers: Vec<String>,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -730,9 +735,10 @@ pub struct InferServeArgs {
     /// Require one of these comma-separated API keys.
     #[arg(long, env = "MLSTACK_API_KEYS", hide_env_values = true)]
     pub api_keys: Option<String>,
-    /// The server's certificate (PEM, e.g. a node certificate from `mlstack
-    /// certs generate`): both ports then speak TLS only (gRPC over TLS and
-    /// HTTPS). Without it both are plaintext.
+    /// The server's certificate (PEM; `mlstack certs generate --servers
+    /// infer` writes server-infer.pem, which is no Raft credential): both
+    /// ports then speak TLS only (gRPC over TLS and HTTPS). Without it both
+    /// are plaintext.
     #[arg(long, env = "MLSTACK_INFER_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// The key of --tls-cert (PEM).

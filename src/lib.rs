@@ -239,6 +239,7 @@ async fn dispatch(
                 hosts: a.hosts.clone(),
                 nodes: a.nodes,
                 clients: a.clients.clone(),
+                servers: a.servers.clone(),
             })?;
             for p in written {
                 println!("{}", p.display());

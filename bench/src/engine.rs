@@ -10,7 +10,8 @@
 //! The systems alternate: repeat 1 runs llama.cpp then mlstack, repeat 2
 //! mlstack then llama.cpp, and so on, each repeat one full pass of every
 //! workload, so neither system always meets the machine first (this VM's
-//! speed drifts by 10–20 % between runs).
+//! speed drifts by 10–20 % between runs). llama.cpp runs in a fresh process
+//! each repeat, so both systems run an unmeasured warm-up pass first.
 
 use std::io::Write;
 use std::process::Command;
@@ -103,6 +104,15 @@ fn run_mlstack(engine: &Engine, ids: &[u32], cfg: &BenchConfig) -> Result<Vec<Ro
     let m = &engine.model;
     let err = |e: infer::model::ModelError| BenchError::Engine(e.to_string());
     let mut rows = Vec::new();
+    // One unmeasured pass first (a prefill and a few decode steps), as the
+    // llama.cpp script does in its fresh process each repeat.
+    let mut cache = KvCache::new(&m.config, 128 + 5);
+    m.forward(&ids[..128], &mut cache, Logits::Last)
+        .map_err(err)?;
+    for _ in 0..4 {
+        m.forward(&ids[..1], &mut cache, Logits::Last)
+            .map_err(err)?;
+    }
     for n in [128usize, 1024] {
         let (mut pre, mut dec) = (Vec::new(), Vec::new());
         for _ in 0..cfg.repeats {

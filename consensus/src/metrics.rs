@@ -148,7 +148,7 @@ impl Metrics {
             ),
             read_index_seconds: histogram(
                 "mlstack_kv_read_index_latency_seconds",
-                "Time to confirm leadership for a linearizable read.",
+                "Time from a linearizable read's arrival to its read index being applied locally: queueing for a shared heartbeat round, the round, and the wait for apply.",
                 LATENCY_BUCKETS,
             ),
             dedup_hits: counter(

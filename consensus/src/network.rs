@@ -75,7 +75,16 @@ impl NetworkFactory {
         if let Some(c) = map.get(&(target, addr.to_string())) {
             return Ok(c.clone());
         }
-        let ch = proto::server::endpoint_of(addr, self.tls.as_ref())
+        // With TLS the peer's server certificate must name node-<target>,
+        // not just the host dialled: every node certificate carries the same
+        // host names, and without this any node's key could answer as any
+        // other node (fake vote grants or append acknowledgements, a false
+        // quorum). The receiving side checks the same binding (check_sender).
+        let tls = self
+            .tls
+            .clone()
+            .map(|t| t.domain_name(format!("node-{target}")));
+        let ch = proto::server::endpoint_of(addr, tls.as_ref())
             .map_err(|e| {
                 io(
                     std::io::ErrorKind::InvalidInput,

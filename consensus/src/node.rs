@@ -36,6 +36,15 @@ impl Node {
     /// Opens storage, starts Raft and serves gRPC on `cfg.listen`.
     pub async fn start(cfg: NodeConfig) -> Result<Node, Error> {
         cfg.validate()?;
+        if let Some(t) = &cfg.tls {
+            // Peers accept this node's Raft messages only under a certificate
+            // naming it (network.rs, check_sender): refuse to start without.
+            proto::tls::PeerVerifier::check_own_cert(&t.server.cert_pem, cfg.id).map_err(|e| {
+                Error::Config {
+                    reason: e.to_string(),
+                }
+            })?;
+        }
         let identity = Identity {
             cluster: cfg.cluster.clone(),
             node_id: cfg.id,

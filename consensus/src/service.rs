@@ -277,7 +277,10 @@ impl KvService {
                     .applied_index_at_least(Some(log_id.index), "read index")
                     .await
                     .map_err(|e| {
-                        Status::unavailable(format!("node {}: waiting to apply: {e}", self.id))
+                        Status::unavailable(format!(
+                            "node {}: waiting to apply up to the read index: {e}",
+                            self.id
+                        ))
                     })?;
             }
             Ok::<_, Status>(index)
@@ -287,7 +290,12 @@ impl KvService {
             .read_index_seconds
             .observe(t0.elapsed().as_secs_f64());
         let r = match r {
-            Err(_) => return Err(timed_out()),
+            Err(_) => {
+                return Err(Status::unavailable(format!(
+                    "node {}: no read index and apply within {:?} (no quorum, or applying slowly)",
+                    self.id, self.proposal_timeout
+                )));
+            }
             Ok(r) => r?,
         };
         match r {

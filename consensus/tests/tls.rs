@@ -32,6 +32,7 @@ fn pki(dir: &Path, clients: &[&str]) {
         hosts: vec!["127.0.0.1".into()],
         nodes: 3,
         clients: clients.iter().map(|c| c.to_string()).collect(),
+        servers: vec![],
     })
     .expect("certs generate");
 }
@@ -407,6 +408,42 @@ async fn mutual_tls_keeps_forged_peers_and_uncredentialed_clients_out() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
+    // (f) The dialling side: a node's Raft client accepts a peer's server
+    //     certificate only if it names the node it meant to reach. Dialling
+    //     the follower's address as node `other` (as a node key holder in
+    //     the middle would answer for it) fails at the handshake; dialled as
+    //     itself, the follower answers (the control: a stale vote, declined).
+    {
+        use openraft::network::RPCOption;
+        use openraft::{RaftNetwork, RaftNetworkFactory};
+        let tls = c
+            .tls_as(&c.pki, Some(&format!("node-{leader}")))
+            .config()
+            .expect("tls");
+        let mut factory = consensus::network::NetworkFactory::new(
+            "mlstack-kv".into(),
+            BTreeMap::new(),
+            Some(tls),
+        );
+        let at_follower = openraft::BasicNode::new(c.peers[&follower].clone());
+        let stale = || VoteRequest::<u64>::new(Vote::new(0, leader), None);
+        let opt = || RPCOption::new(Duration::from_secs(3));
+        let answer = factory
+            .new_client(follower, &at_follower)
+            .await
+            .vote(stale(), opt())
+            .await
+            .expect("the follower, dialled as itself, answers");
+        assert!(!answer.vote_granted, "{answer:?}");
+        let e = factory
+            .new_client(other, &at_follower)
+            .await
+            .vote(stale(), opt())
+            .await
+            .expect_err("a server certificate naming another node was accepted");
+        let _ = e;
+    }
+
     // Diag answers on the TLS port but does not relay: it sits outside the
     // gates, and a relay would dial anywhere in plaintext.
     let mut diag = proto::diag::v1::diag_client::DiagClient::new(
@@ -431,6 +468,39 @@ async fn mutual_tls_keeps_forged_peers_and_uncredentialed_clients_out() {
     for (_, n) in c.nodes {
         n.shutdown().await;
     }
+}
+
+/// A node started with another node's certificate refuses to start, naming
+/// the certificate it needs: its peers would refuse every Raft message it
+/// sent (the certificate names the sender).
+#[tokio::test]
+async fn a_node_refuses_a_certificate_that_names_another_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki_dir = dir.path().join("pki");
+    pki(&pki_dir, &[]);
+    let (addr, held) = free_addr();
+    drop(held);
+    let mut cfg = NodeConfig::new(
+        1,
+        addr.parse().expect("addr"),
+        dir.path().join("n1"),
+        BTreeMap::from([(1, addr.clone())]),
+    );
+    cfg.register_metrics = false;
+    cfg.tls = Some(consensus::config::NodeTls {
+        server: ServerTls {
+            cert_pem: pem(&pki_dir, "node-2.pem"),
+            key_pem: pem(&pki_dir, "node-2.key"),
+            client_roots_pem: None,
+            require_client_cert: false,
+        },
+        cluster_ca_pem: pem(&pki_dir, "ca.pem"),
+    });
+    let e = match Node::start(cfg).await {
+        Ok(_) => panic!("a node started under node-2's certificate as node 1"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("node-1"), "{e}");
 }
 
 /// Raft on a port of its own (etcd's peer URLs): the cluster replicates over

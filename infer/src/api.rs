@@ -638,6 +638,19 @@ pub async fn start(
         .await
         .map_err(bind("HTTP", http))?;
     let http_addr = http_listener.local_addr().map_err(bind("HTTP", http))?;
+    // The HTTPS server is built before the gRPC one starts, so a failure
+    // here leaves nothing running.
+    let https = match https {
+        None => Err(http_listener),
+        Some(config) => {
+            let listener = http_listener.into_std().map_err(bind("HTTP", http))?;
+            Ok(axum_server::from_tcp_rustls(
+                listener,
+                axum_server::tls_rustls::RustlsConfig::from_config(config),
+            )
+            .map_err(bind("HTTP", http))?)
+        }
+    };
 
     let svc = pb::inference_server::InferenceServer::with_interceptor(
         InferenceService {
@@ -683,7 +696,7 @@ pub async fn start(
     let http_stop = CancellationToken::new();
     let stopped = http_stop.clone();
     let http_task = match https {
-        None => tokio::spawn(async move {
+        Err(http_listener) => tokio::spawn(async move {
             let r = axum::serve(http_listener, app)
                 .with_graceful_shutdown(stopped.cancelled_owned())
                 .await;
@@ -691,16 +704,10 @@ pub async fn start(
                 tracing::error!(error = %e, "HTTP server failed");
             }
         }),
-        Some(config) => {
+        Ok(server) => {
             // HTTPS through axum-server: each connection's handshake runs in
             // its own task with a 10 s limit, so a client that never finishes
             // one holds no one else up.
-            let listener = http_listener.into_std().map_err(bind("HTTP", http))?;
-            let server = axum_server::from_tcp_rustls(
-                listener,
-                axum_server::tls_rustls::RustlsConfig::from_config(config),
-            )
-            .map_err(bind("HTTP", http))?;
             let shutdown = axum_server::Handle::new();
             let on_stop = shutdown.clone();
             tokio::spawn(async move {

@@ -5,8 +5,16 @@
 //! <out>/ca.pem, ca.key                 cluster CA: signs node certificates
 //! <out>/client-ca.pem, client-ca.key   client CA: signs client certificates
 //! <out>/node-<i>.pem, node-<i>.key     node i: server + client auth, SANs = the hosts and node-<i>
+//! <out>/server-<name>.pem, .key        a server that is no KV node (the inference server):
+//!                                      server auth only, SANs = the hosts and <name>
 //! <out>/client-<name>.pem, .key        client <name>: client auth, CN = name
 //! ```
+//!
+//! A node certificate is a Raft credential (the Raft gate admits a
+//! certificate of the cluster CA that names the sending node), so a server
+//! that is no node gets a `server-` certificate: signed by the same CA, so
+//! clients trusting `ca.pem` accept it, but without client authentication and
+//! without a `node-<i>` name, so it can speak Raft to no one.
 //!
 //! Keys are ECDSA P-256, written mode 0600. The certificates are valid from
 //! January 1 of last year for ten years: a development PKI, not one to run a
@@ -29,6 +37,8 @@ pub struct CertsSpec {
     pub nodes: u64,
     /// Client certificate names (CN); each a key segment (`[A-Za-z0-9._-]`).
     pub clients: Vec<String>,
+    /// Server-only certificate names (servers that are no KV node).
+    pub servers: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,12 +156,27 @@ pub fn generate(spec: &CertsSpec) -> Result<Vec<PathBuf>, CertsError> {
                 .into(),
         });
     }
-    for c in &spec.clients {
+    for c in spec.clients.iter().chain(&spec.servers) {
         if !valid_name(c) {
             return Err(CertsError::Invalid {
-                reason: format!("client name {c:?}: 1-64 characters of [A-Za-z0-9._-]"),
+                reason: format!("client or server name {c:?}: 1-64 characters of [A-Za-z0-9._-]"),
             });
         }
+    }
+    // `node-<i>` is the name that makes a certificate node i's Raft
+    // credential: as a host (in every certificate) or a server name it
+    // would let one certificate speak for another node.
+    if let Some(h) = spec
+        .hosts
+        .iter()
+        .chain(&spec.servers)
+        .find(|h| names_a_node(h))
+    {
+        return Err(CertsError::Invalid {
+            reason: format!(
+                "{h:?} is reserved: node-<i> names node i's Raft identity, and each node certificate gets its own"
+            ),
+        });
     }
     std::fs::create_dir_all(&spec.out).map_err(|source| CertsError::Io {
         path: spec.out.clone(),
@@ -169,6 +194,10 @@ pub fn generate(spec: &CertsSpec) -> Result<Vec<PathBuf>, CertsError> {
     for c in &spec.clients {
         names.push(format!("client-{c}.pem"));
         names.push(format!("client-{c}.key"));
+    }
+    for s in &spec.servers {
+        names.push(format!("server-{s}.pem"));
+        names.push(format!("server-{s}.key"));
     }
     if let Some(path) = names.iter().map(|n| spec.out.join(n)).find(|p| p.exists()) {
         return Err(CertsError::Exists { path });
@@ -212,7 +241,26 @@ pub fn generate(spec: &CertsSpec) -> Result<Vec<PathBuf>, CertsError> {
         put(format!("client-{c}.pem"), &cert, false)?;
         put(format!("client-{c}.key"), &key, true)?;
     }
+    for name in &spec.servers {
+        let mut sans = spec.hosts.clone();
+        sans.push(name.clone());
+        let (cert, key) = leaf(
+            name,
+            sans,
+            vec![ExtendedKeyUsagePurpose::ServerAuth],
+            &cluster,
+        )?;
+        put(format!("server-{name}.pem"), &cert, false)?;
+        put(format!("server-{name}.key"), &key, true)?;
+    }
     Ok(written)
+}
+
+/// `node-<digits>` (any case): the name that binds a certificate to node i.
+fn names_a_node(name: &str) -> bool {
+    name.len() > 5
+        && name[..5].eq_ignore_ascii_case("node-")
+        && name[5..].chars().all(|c| c.is_ascii_digit())
 }
 
 #[cfg(test)]
@@ -236,9 +284,10 @@ mod tests {
             hosts: vec!["127.0.0.1".into(), "localhost".into()],
             nodes: 2,
             clients: vec!["app".into()],
+            servers: vec!["infer".into()],
         };
         let files = generate(&spec).expect("generate");
-        assert_eq!(files.len(), 4 + 4 + 2);
+        assert_eq!(files.len(), 4 + 4 + 2 + 2);
         let ca = std::fs::read(spec.out.join("ca.pem")).expect("ca");
         let peers = PeerVerifier::new(&ca).expect("verifier");
         peers
@@ -252,6 +301,27 @@ mod tests {
             .verify_chain(&chain(&spec.out.join("client-ca.pem")))
             .expect_err("another CA's own certificate is no peer");
         assert!(e.contains("cluster CA"), "{e}");
+        // A server certificate (same CA) is no Raft credential: no client
+        // authentication, no node-<i> name.
+        let server = chain(&spec.out.join("server-infer.pem"));
+        peers
+            .verify_chain(&server)
+            .expect_err("a server-only certificate is no peer");
+        PeerVerifier::check_node(&server, 1).expect_err("it names no node");
+        PeerVerifier::check_node(&chain(&spec.out.join("node-2.pem")), 2)
+            .expect("node-2 names node 2");
+        PeerVerifier::check_node(&chain(&spec.out.join("node-2.pem")), 1)
+            .expect_err("node-2 does not name node 1");
+        for reserved in ["node-3", "NODE-12"] {
+            let e = generate(&CertsSpec {
+                hosts: vec!["127.0.0.1".into(), reserved.into()],
+                out: dir.path().join("reserved"),
+                ..spec.clone()
+            })
+            .expect_err("a node name as a host");
+            assert!(e.to_string().contains("reserved"), "{e}");
+        }
+        assert!(!names_a_node("node-") && !names_a_node("node-a1") && !names_a_node("infer"));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -280,6 +350,6 @@ mod tests {
             ..spec
         })
         .expect_err("bad client name");
-        assert!(bad.to_string().contains("client name"), "{bad}");
+        assert!(bad.to_string().contains("client or server name"), "{bad}");
     }
 }

@@ -238,6 +238,19 @@ impl PeerVerifier {
             .map_err(|_| denied("the caller's certificate names another node".into()))
     }
 
+    /// Start-up's check of a node's own certificate (PEM): it must name
+    /// `node-<id>`, or every Raft message it sends would be refused.
+    pub fn check_own_cert(cert_pem: &[u8], id: u64) -> Result<(), TlsError> {
+        let chain = certs("--tls-cert", cert_pem)?;
+        Self::check_node(&chain, id).map_err(|s| TlsError::Invalid {
+            what: "--tls-cert",
+            reason: format!(
+                "{} (use node-{id}.pem from `mlstack certs generate` for --id {id})",
+                s.message()
+            ),
+        })
+    }
+
     /// The gate for one request: `UNAUTHENTICATED` without a certificate
     /// from the cluster CA.
     pub fn check<T>(&self, request: &tonic::Request<T>) -> Result<(), tonic::Status> {

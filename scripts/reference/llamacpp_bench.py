@@ -7,7 +7,7 @@ thread count, measured the way mlstack measures itself. Prints one JSON object.
       --prompt-ids ids.json --decode-tokens 64 --repeats 3
 
 prefill_N: time of one llm.eval() of the first N prompt ids on a fresh
-context (llm.reset()), median over repeats. decode_ctxN: after that prefill,
+context (llm.reset()), median over repeats, after one unmeasured warm-up pass. decode_ctxN: after that prefill,
 greedy single-token llm.eval() steps; tokens/s over `--decode-tokens` steps.
 peak_rss_mb: this process's VmHWM (the Python interpreter included).
 """
@@ -48,6 +48,14 @@ def main():
         verbose=False,
     )
     out = {"llama_cpp_python": llama_cpp.__version__, "threads": args.threads}
+    # One unmeasured pass first (a prefill and a few decode steps): the
+    # benchmark starts this script once per repeat, so without it every
+    # sample would be a cold process's first eval, while mlstack's engine
+    # stays warm between repeats. mlstack runs the same warm-up.
+    llm.reset()
+    llm.eval(ids[:128])
+    for _ in range(4):
+        llm.eval([ids[0]])
     for n in (128, 1024):
         prompt = ids[:n]
         pre, dec = [], []

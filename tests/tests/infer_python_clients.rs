@@ -56,14 +56,26 @@ fn tls_with_api_keys_for_grpcio_openai_and_the_cli() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = dir.path().join("pki");
     let pki_s = pki.to_string_lossy().into_owned();
-    let (ok, _, stderr) = run_mlstack(&["certs", "generate", "--out", &pki_s, "--nodes", "1"], &[]);
+    let (ok, _, stderr) = run_mlstack(
+        &[
+            "certs",
+            "generate",
+            "--out",
+            &pki_s,
+            "--nodes",
+            "1",
+            "--servers",
+            "infer",
+        ],
+        &[],
+    );
     assert!(ok, "certs generate: {stderr}");
     let p = |f: &str| pki.join(f).to_string_lossy().into_owned();
     let mut server = Proc::spawn_infer_server(&[
         "--tls-cert",
-        &p("node-1.pem"),
+        &p("server-infer.pem"),
         "--tls-key",
-        &p("node-1.key"),
+        &p("server-infer.key"),
         "--api-keys",
         KEY,
     ]);
