@@ -100,6 +100,8 @@ fn prompt_ids(engine: &Engine) -> Result<Vec<u32>, BenchError> {
     }
 }
 
+/// One pass of every workload (one sample each; `run` repeats and takes
+/// the medians).
 fn run_mlstack(engine: &Engine, ids: &[u32], cfg: &BenchConfig) -> Result<Vec<Row>, BenchError> {
     let m = &engine.model;
     let err = |e: infer::model::ModelError| BenchError::Engine(e.to_string());
@@ -114,23 +116,21 @@ fn run_mlstack(engine: &Engine, ids: &[u32], cfg: &BenchConfig) -> Result<Vec<Ro
             .map_err(err)?;
     }
     for n in [128usize, 1024] {
-        let (mut pre, mut dec) = (Vec::new(), Vec::new());
-        for _ in 0..cfg.repeats {
-            let mut cache = KvCache::new(&m.config, n + cfg.decode_tokens + 1);
-            let t = Instant::now();
-            let logits = m
-                .forward(&ids[..n], &mut cache, Logits::Last)
-                .map_err(err)?;
-            pre.push(n as f64 / t.elapsed().as_secs_f64());
-            let mut tok = argmax(&logits);
-            let t = Instant::now();
-            for _ in 0..cfg.decode_tokens {
-                tok = argmax(&m.forward(&[tok], &mut cache, Logits::Last).map_err(err)?);
-            }
-            dec.push(cfg.decode_tokens as f64 / t.elapsed().as_secs_f64());
+        let mut cache = KvCache::new(&m.config, n + cfg.decode_tokens + 1);
+        let t = Instant::now();
+        let logits = m
+            .forward(&ids[..n], &mut cache, Logits::Last)
+            .map_err(err)?;
+        rows.push((format!("prefill_{n}"), n as f64 / t.elapsed().as_secs_f64()));
+        let mut tok = argmax(&logits);
+        let t = Instant::now();
+        for _ in 0..cfg.decode_tokens {
+            tok = argmax(&m.forward(&[tok], &mut cache, Logits::Last).map_err(err)?);
         }
-        rows.push((format!("prefill_{n}"), report::median(pre)));
-        rows.push((format!("decode_ctx{n}"), report::median(dec)));
+        rows.push((
+            format!("decode_ctx{n}"),
+            cfg.decode_tokens as f64 / t.elapsed().as_secs_f64(),
+        ));
     }
     let mut rows: Vec<Row> = rows
         .into_iter()
@@ -146,6 +146,7 @@ fn run_mlstack(engine: &Engine, ids: &[u32], cfg: &BenchConfig) -> Result<Vec<Ro
     Ok(rows)
 }
 
+/// One pass of every workload in a fresh llama-cpp-python process.
 fn run_llamacpp(ids: &[u32], cfg: &BenchConfig) -> Result<(Vec<Row>, String), BenchError> {
     let dir = tempfile::tempdir().map_err(|e| BenchError::Peer(e.to_string()))?;
     let script = dir.path().join("llamacpp_bench.py");
@@ -162,7 +163,7 @@ fn run_llamacpp(ids: &[u32], cfg: &BenchConfig) -> Result<(Vec<Row>, String), Be
         .arg("--prompt-ids")
         .arg(&ids_path)
         .args(["--decode-tokens", &cfg.decode_tokens.to_string()])
-        .args(["--repeats", &cfg.repeats.to_string()])
+        .args(["--repeats", "1"])
         .output()
         .map_err(|e| BenchError::Peer(format!("running python3: {e}")))?;
     if !out.status.success() {
@@ -201,10 +202,6 @@ pub fn run(engine: &Engine, cfg: &BenchConfig) -> Result<Report, BenchError> {
     let ids = prompt_ids(engine)?;
     // Each repeat is one pass of every system (llama.cpp in a process of its
     // own, so mlstack's peak RSS is its own), in alternating order.
-    let one = BenchConfig {
-        repeats: 1,
-        ..cfg.clone()
-    };
     let mut systems: Vec<&str> = ["llama.cpp", "mlstack"]
         .into_iter()
         .filter(|s| cfg.systems.iter().any(|x| x == s))
@@ -214,11 +211,11 @@ pub fn run(engine: &Engine, cfg: &BenchConfig) -> Result<Report, BenchError> {
     for _ in 0..cfg.repeats.max(1) {
         for s in &systems {
             if *s == "llama.cpp" {
-                let (r, v) = run_llamacpp(&ids, &one)?;
+                let (r, v) = run_llamacpp(&ids, cfg)?;
                 samples.extend(r);
                 peer_version = Some(v);
             } else {
-                samples.extend(run_mlstack(engine, &ids, &one)?);
+                samples.extend(run_mlstack(engine, &ids, cfg)?);
             }
         }
         systems.reverse();

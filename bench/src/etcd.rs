@@ -55,11 +55,9 @@ fn err(reason: impl Into<String>) -> Error {
     }
 }
 
-/// The `etcd` binary: `$MLSTACK_ETCD_BIN`, else `etcd` on `PATH`.
+/// `etcd` on `PATH` (the CLI's `--etcd-bin`, which also reads
+/// `MLSTACK_ETCD_BIN`, names another).
 pub fn find_binary() -> Result<PathBuf, Error> {
-    if let Some(p) = std::env::var_os("MLSTACK_ETCD_BIN") {
-        return Ok(PathBuf::from(p));
-    }
     std::env::var_os("PATH")
         .iter()
         .flat_map(std::env::split_paths)
@@ -68,7 +66,7 @@ pub fn find_binary() -> Result<PathBuf, Error> {
         .ok_or_else(|| {
             err(
                 "no `etcd` on PATH: install Debian's etcd-server (apt-get install etcd-server), \
-                 set MLSTACK_ETCD_BIN, or run with --systems mlstack",
+                 pass --etcd-bin (MLSTACK_ETCD_BIN), or run with --systems mlstack",
             )
         })
 }

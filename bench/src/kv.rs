@@ -341,12 +341,38 @@ async fn preload(sut: &Sut, cfg: &BenchConfig) -> Result<(), Error> {
     Ok(())
 }
 
-/// Starts each system in `cfg.systems`.
-async fn start(cfg: &BenchConfig) -> Result<Vec<Sut>, Error> {
+/// A system this benchmark can run.
+#[derive(Clone, Copy)]
+enum System {
+    Mlstack,
+    Etcd,
+}
+
+/// `cfg.systems` by name, refused as a whole (before anything starts) when
+/// empty or when one is unknown.
+fn parse_systems(names: &[String]) -> Result<Vec<System>, Error> {
+    if names.is_empty() {
+        return Err(bench_err("no systems to run"));
+    }
+    names
+        .iter()
+        .map(|name| match name.as_str() {
+            "mlstack" => Ok(System::Mlstack),
+            "etcd" => Ok(System::Etcd),
+            other => Err(bench_err(format!(
+                "unknown system {other:?}; the systems are {}",
+                SYSTEMS.join(", ")
+            ))),
+        })
+        .collect()
+}
+
+/// Starts each of `systems`, in order.
+async fn start(cfg: &BenchConfig, systems: &[System]) -> Result<Vec<Sut>, Error> {
     let mut suts = Vec::new();
-    for name in &cfg.systems {
-        match name.as_str() {
-            "mlstack" => {
+    for system in systems {
+        match system {
+            System::Mlstack => {
                 let cluster = if cfg.endpoints.is_empty() {
                     Some(
                         LocalCluster::start(ClusterSpec {
@@ -367,7 +393,7 @@ async fn start(cfg: &BenchConfig) -> Result<Vec<Sut>, Error> {
                 };
                 suts.push(Sut::Mlstack { cluster, endpoints });
             }
-            "etcd" => {
+            System::Etcd => {
                 let binary = match &cfg.etcd_binary {
                     Some(b) => b.clone(),
                     None => etcd::find_binary()?,
@@ -378,12 +404,6 @@ async fn start(cfg: &BenchConfig) -> Result<Vec<Sut>, Error> {
                     EtcdCluster::start(&binary, &cfg.dir.join("etcd"), nodes).await?,
                 ));
             }
-            other => {
-                return Err(bench_err(format!(
-                    "unknown system {other:?}; the systems are {}",
-                    SYSTEMS.join(", ")
-                )));
-            }
         }
     }
     Ok(suts)
@@ -392,17 +412,8 @@ async fn start(cfg: &BenchConfig) -> Result<Vec<Sut>, Error> {
 /// Runs every workload on every system, alternating their order; `progress`
 /// gets a line per step.
 pub async fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<Vec<Row>, Error> {
-    if cfg.systems.is_empty() {
-        return Err(bench_err("no systems to run"));
-    }
-    // Refused before anything starts.
-    if let Some(other) = cfg.systems.iter().find(|s| !SYSTEMS.contains(&s.as_str())) {
-        return Err(bench_err(format!(
-            "unknown system {other:?}; the systems are {}",
-            SYSTEMS.join(", ")
-        )));
-    }
-    let mut suts = start(cfg).await?;
+    let systems = parse_systems(&cfg.systems)?;
+    let mut suts = start(cfg, &systems).await?;
     let mut rows = Vec::new();
     for sut in &suts {
         progress(&format!("{}: preloading {} keys", sut.name(), cfg.keys));
