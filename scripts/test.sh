@@ -13,13 +13,21 @@
 #        grpcio, grpcio-tools and openai (real clients of the inference server);
 #        pyarrow (an independent Parquet reader of what ingest writes);
 #        kubernetes-validate (the Kubernetes schemas deploy/k8s is checked against);
-#        schemathesis (property-based tests of the inference server's OpenAPI).
+#        schemathesis (property-based tests of the inference server's OpenAPI);
+#        nvidia-cuda-nvrtc 13.0.88 (NVRTC, CUDA's run-time compiler: the CUDA
+#        kernels' compile-and-spill test needs no GPU, only this library;
+#        pinned to 13.0, the newest PTX the H200's driver 580 accepts), and
+#        MLSTACK_NVRTC_DIR exported to its lib folder.
 #      - Docker: the compose test (tests/tests/compose.rs) builds its images
 #        with scripts/compose-images.sh, which installs debootstrap when
 #        missing; Docker Engine and docker-compose come with the machine.
 #      - cargo install: tansu 0.6.0, the Kafka-protocol broker the stream tests
 #        run against (about 9 minutes on 2 cores; skipped when that version is
 #        already installed).
+#      - llama.cpp's C++ llama-server (the serving benchmark's peer; its
+#        tiny-size run is a test), built by scripts/peers/llama-server.sh from
+#        the llama.cpp tree in llama-cpp-python 0.3.36's source archive
+#        (about 10 minutes on 2 cores; skipped when already built).
 #    No system protoc is needed: .proto files compile with protox (pure Rust).
 # 2. Runs: cargo fmt --check, cargo clippy -D warnings, cargo test --workspace
 #    (unit tests, each crate's tests/, and the cross-component tests/ crate).
@@ -68,6 +76,16 @@ if [ "${#pip_missing[@]}" -gt 0 ]; then
 else
   echo "PyPI packages present: pyarrow grpcio grpcio-tools openai kubernetes-validate PyYAML schemathesis"
 fi
+nvrtc_version() { python3 -c "import importlib.metadata as m; print(m.version('nvidia-cuda-nvrtc'))" 2>/dev/null || true; }
+if [ "$(nvrtc_version)" != "13.0.88" ]; then
+  echo "installing NVRTC (pip install nvidia-cuda-nvrtc==13.0.88, about 90 MB)"
+  python3 -m pip install --quiet --no-deps "nvidia-cuda-nvrtc==13.0.88"
+else
+  echo "NVRTC 13.0.88 present"
+fi
+MLSTACK_NVRTC_DIR="$(python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))')"
+export MLSTACK_NVRTC_DIR
+echo "MLSTACK_NVRTC_DIR=$MLSTACK_NVRTC_DIR"
 tansu_bin="${MLSTACK_TANSU_BIN:-$(command -v tansu || echo "$HOME/.cargo/bin/tansu")}"
 if [ -x "$tansu_bin" ] && "$tansu_bin" --version 2>/dev/null | grep -q "0\.6\.0"; then
   echo "tansu 0.6.0 present: $tansu_bin"
@@ -76,6 +94,9 @@ else
   cargo install --locked tansu --version 0.6.0 --features libsql,dynostore \
     || cargo install tansu --version 0.6.0 --features libsql,dynostore
 fi
+MLSTACK_LLAMA_SERVER_BIN="$(scripts/peers/llama-server.sh)"
+export MLSTACK_LLAMA_SERVER_BIN
+echo "llama-server: $MLSTACK_LLAMA_SERVER_BIN"
 for component in rustfmt clippy; do
   if ! rustup component list --installed 2>/dev/null | grep -q "^${component}"; then
     rustup component add "$component"

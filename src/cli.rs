@@ -80,9 +80,53 @@ pub enum Command {
     /// and client certificates (`kv serve --tls-cert ...`).
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// The CUDA kernels: compile every one with NVRTC and show ptxas's
+    /// register and spill report, or check each against its CPU reference
+    /// on a GPU and time it (no GPU: an error saying so).
+    #[command(subcommand)]
+    Kernels(KernelsCommand),
     /// A health probe for containers (images carry no curl): GET a
     /// component's /readyz (or any URL); exit 0 on a 2xx answer, 1 otherwise.
     Health(HealthArgs),
+}
+
+#[derive(Clone, Debug, Subcommand)]
+pub enum KernelsCommand {
+    /// Compile every kernel file with NVRTC (no GPU needed): PTX for
+    /// compute_<arch> into the kernel cache (which a GPU machine without
+    /// NVRTC can load), and a cubin for sm_<arch> whose registers and spills
+    /// are printed. Exit status 1 on a compile error or a spill.
+    Compile(KernelsCompileArgs),
+    /// On GPU 0: every kernel variant against its CPU reference, then timed
+    /// beside a device-to-device copy; a table and JSON. Exit status 1 when a
+    /// check fails or there is no GPU.
+    Bench(KernelsBenchArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct KernelsCompileArgs {
+    /// Compute capability without the dot (90: H100/H200).
+    #[arg(long, default_value_t = 90)]
+    pub arch: u32,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct KernelsBenchArgs {
+    /// Only cuda exists: the flag says what runs where.
+    #[arg(long, default_value = "cuda")]
+    pub device: ::infer::generate::Device,
+    /// Timed launches per variant (0: the checks only).
+    #[arg(long, default_value_t = 50)]
+    pub iters: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Where the JSON goes.
+    #[arg(
+        long,
+        env = "MLSTACK_OUT",
+        default_value = "bench/results/kernels-cuda.json"
+    )]
+    pub out: std::path::PathBuf,
 }
 
 #[derive(Clone, Debug, Subcommand)]
@@ -663,7 +707,7 @@ pub enum InferCommand {
     /// Stream a generation from a running server over gRPC.
     Client(InferClientArgs),
     /// Load-test the server's HTTP API at fixed concurrency levels, and
-    /// llama.cpp's server (python -m llama_cpp.server) side by side.
+    /// llama.cpp's C++ llama-server (parallel slots) side by side.
     BenchServe(InferBenchServeArgs),
 }
 
@@ -679,14 +723,18 @@ pub struct InferBenchServeArgs {
         default_value = "1,4,16,64"
     )]
     pub concurrency: Vec<usize>,
-    /// Systems: mlstack, llama.cpp-server.
+    /// Systems: mlstack, llama-server (llama.cpp's C++ server).
     #[arg(
         long,
         env = "MLSTACK_SYSTEMS",
         value_delimiter = ',',
-        default_value = "mlstack,llama.cpp-server"
+        default_value = "mlstack,llama-server"
     )]
     pub systems: Vec<String>,
+    /// llama.cpp's `llama-server` (default: where scripts/peers/llama-server.sh
+    /// builds it, ~/.cache/mlstack/llama-server-0.3.36/, else the PATH).
+    #[arg(long, env = "MLSTACK_LLAMA_SERVER_BIN")]
+    pub llama_server_bin: Option<std::path::PathBuf>,
     #[arg(long, env = "MLSTACK_SEED", default_value_t = 42)]
     pub seed: u64,
     #[arg(long, env = "MLSTACK_KV_CACHE_BYTES", default_value_t = 256 << 20)]
@@ -787,6 +835,10 @@ pub struct InferModelArgs {
     /// Worker threads for the kernels (default: all cores).
     #[arg(long, env = "MLSTACK_THREADS")]
     pub threads: Option<usize>,
+    /// Where the forward pass runs: cpu, or cuda (GPU 0, kernels compiled
+    /// with NVRTC at first use; an error naming what is missing without one).
+    #[arg(long, env = "MLSTACK_DEVICE", default_value = "cpu")]
+    pub device: ::infer::generate::Device,
 }
 
 #[derive(Clone, Debug, Args)]

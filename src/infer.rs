@@ -25,7 +25,14 @@ pub fn load(args: &InferModelArgs) -> Result<(Engine, std::path::PathBuf), Error
     }
     let (path, trained_by) = resolve_model(args)?;
     tracing::info!(model = %path.display(), threads = rayon::current_num_threads(), "loading model");
-    Ok((load_engine(&path, trained_by.as_deref())?, path))
+    let mut engine = load_engine(&path, trained_by.as_deref())?;
+    if args.device == ::infer::generate::Device::Cuda {
+        engine.use_cuda()?;
+        if let Some(m) = &engine.cuda {
+            tracing::info!(gpu = m.gpu().name(), "forward passes on CUDA");
+        }
+    }
+    Ok((engine, path))
 }
 
 /// Loads the engine at `path` inside an `infer.load` span that links to
@@ -179,6 +186,15 @@ fn server_tls(args: &crate::cli::InferServeArgs) -> Result<Option<proto::tls::Se
 
 /// `mlstack infer serve`: engine thread + gRPC + HTTP + metrics until a signal.
 pub async fn serve(args: &crate::cli::InferServeArgs) -> Result<(), Error> {
+    if args.model.device == ::infer::generate::Device::Cuda {
+        // Say "no GPU" when there is none; with one, say what is missing.
+        kernels::cuda::Gpu::open(0)
+            .map_err(::infer::model::ModelError::from)
+            .map_err(::infer::generate::GenerateError::from)?;
+        return Err(Error::Infer(
+            "serve --device cuda: the continuous-batching engine runs on the CPU only (multi-sequence paged attention on the GPU is not wired into the scheduler yet); use infer generate or bench-engine with --device cuda".into(),
+        ));
+    }
     let (engine, path) = load_blocking(&args.model).await?;
     let model_name = path
         .file_name()
@@ -313,11 +329,29 @@ pub async fn client(args: &crate::cli::InferClientArgs) -> Result<(), Error> {
 }
 
 /// `mlstack infer bench-serve`: the load generator against both servers.
+/// `--llama-server-bin`, else where scripts/peers/llama-server.sh puts it,
+/// else `llama-server` on the PATH.
+fn llama_server_bin(args: &crate::cli::InferBenchServeArgs) -> Option<std::path::PathBuf> {
+    if let Some(p) = &args.llama_server_bin {
+        return Some(p.clone());
+    }
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from)?;
+    let cached = home.join(".cache/mlstack/llama-server-0.3.36/llama-server");
+    if cached.is_file() {
+        return Some(cached);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("llama-server"))
+            .find(|p| p.is_file())
+    })
+}
+
 pub async fn bench_serve(args: &crate::cli::InferBenchServeArgs) -> Result<(), Error> {
     for s in &args.systems {
-        if s != "mlstack" && s != "llama.cpp-server" {
+        if s != "mlstack" && s != "llama-server" {
             return Err(Error::Bench(format!(
-                "unknown system {s:?} (mlstack, llama.cpp-server)"
+                "unknown system {s:?} (mlstack, llama-server)"
             )));
         }
     }
@@ -332,6 +366,7 @@ pub async fn bench_serve(args: &crate::cli::InferBenchServeArgs) -> Result<(), E
             kv_cache_bytes: args.kv_cache_bytes,
             ..Default::default()
         },
+        llama_server_bin: llama_server_bin(args),
     };
     let report = bench::serve::run(std::sync::Arc::new(engine), &cfg)
         .await

@@ -28,6 +28,7 @@ pub mod cli;
 pub mod component;
 pub mod demo;
 pub mod diag;
+pub mod gpu;
 pub mod infer;
 pub mod ingest;
 pub mod kv;
@@ -169,6 +170,7 @@ fn service_name(command: &Command) -> String {
         Command::Trace(_) => "trace".into(),
         Command::Health(_) => "health".into(),
         Command::Certs(_) => "certs".into(),
+        Command::Kernels(_) => "kernels".into(),
     }
 }
 
@@ -233,6 +235,7 @@ async fn dispatch(
         Command::Demo(a) => demo::run(a, telemetry, traces).await,
         Command::Trace(cmd) => trace::run(cmd).await,
         Command::Health(a) => component::probe(&a.url, a.timeout).await,
+        Command::Kernels(cmd) => off_runtime("kernels", cmd.clone(), |c| gpu::run(&c)).await,
         Command::Certs(cli::CertsCommand::Generate(a)) => {
             let written = proto::certs::generate(&proto::certs::CertsSpec {
                 out: a.out.clone(),

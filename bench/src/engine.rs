@@ -18,7 +18,6 @@ use std::process::Command;
 use std::time::Instant;
 
 use infer::generate::Engine;
-use infer::model::{KvCache, Logits};
 use infer::sampling::argmax;
 
 use crate::report::{self, Report, Row, cell};
@@ -103,29 +102,29 @@ fn prompt_ids(engine: &Engine) -> Result<Vec<u32>, BenchError> {
 /// One pass of every workload (one sample each; `run` repeats and takes
 /// the medians).
 fn run_mlstack(engine: &Engine, ids: &[u32], cfg: &BenchConfig) -> Result<Vec<Row>, BenchError> {
-    let m = &engine.model;
     let err = |e: infer::model::ModelError| BenchError::Engine(e.to_string());
+    // The engine's device: the CPU, or the GPU after `Engine::use_cuda`.
+    let system = mlstack_system(engine);
     let mut rows = Vec::new();
     // One unmeasured pass first (a prefill and a few decode steps), as the
-    // llama.cpp script does in its fresh process each repeat.
-    let mut cache = KvCache::new(&m.config, 128 + 5);
-    m.forward(&ids[..128], &mut cache, Logits::Last)
-        .map_err(err)?;
+    // llama.cpp script does in its fresh process each repeat; on a GPU it
+    // also compiles and loads the kernels.
+    let mut seq = engine.session(128 + 5).map_err(err)?;
+    seq.forward(&ids[..128]).map_err(err)?;
     for _ in 0..4 {
-        m.forward(&ids[..1], &mut cache, Logits::Last)
-            .map_err(err)?;
+        seq.forward(&ids[..1]).map_err(err)?;
     }
     for n in [128usize, 1024] {
-        let mut cache = KvCache::new(&m.config, n + cfg.decode_tokens + 1);
+        let mut seq = engine.session(n + cfg.decode_tokens + 1).map_err(err)?;
         let t = Instant::now();
-        let logits = m
-            .forward(&ids[..n], &mut cache, Logits::Last)
-            .map_err(err)?;
+        // Logits come back to the host each step, so the time includes the
+        // device's work (the copy waits for it).
+        let logits = seq.forward(&ids[..n]).map_err(err)?;
         rows.push((format!("prefill_{n}"), n as f64 / t.elapsed().as_secs_f64()));
         let mut tok = argmax(&logits);
         let t = Instant::now();
         for _ in 0..cfg.decode_tokens {
-            tok = argmax(&m.forward(&[tok], &mut cache, Logits::Last).map_err(err)?);
+            tok = argmax(&seq.forward(&[tok]).map_err(err)?);
         }
         rows.push((
             format!("decode_ctx{n}"),
@@ -134,16 +133,25 @@ fn run_mlstack(engine: &Engine, ids: &[u32], cfg: &BenchConfig) -> Result<Vec<Ro
     }
     let mut rows: Vec<Row> = rows
         .into_iter()
-        .map(|(workload, tps)| Row::new("mlstack", &workload, "tokens_per_sec", tps, "tokens/s"))
+        .map(|(workload, tps)| Row::new(system, &workload, "tokens_per_sec", tps, "tokens/s"))
         .collect();
     rows.push(Row::new(
-        "mlstack",
+        system,
         "process",
         "peak_rss_mb",
         peak_rss_mb(),
         "MiB",
     ));
     Ok(rows)
+}
+
+/// The row name of this engine: `mlstack`, or `mlstack-cuda` on a GPU.
+pub fn mlstack_system(engine: &Engine) -> &'static str {
+    if engine.cuda.is_some() {
+        "mlstack-cuda"
+    } else {
+        "mlstack"
+    }
 }
 
 /// One pass of every workload in a fresh llama-cpp-python process.
@@ -253,6 +261,7 @@ pub fn run(engine: &Engine, cfg: &BenchConfig) -> Result<Report, BenchError> {
             "order": "alternating: llama.cpp first on odd repeats, mlstack first on even ones",
             "weight_bytes_per_token": bytes,
             "llama_cpp_python": peer_version,
+            "mlstack_system": mlstack_system(engine),
         }),
         results: rows,
     })
@@ -260,8 +269,13 @@ pub fn run(engine: &Engine, cfg: &BenchConfig) -> Result<Report, BenchError> {
 
 /// The human table.
 pub fn table(r: &Report) -> String {
-    let get = |system: &str, workload: &str, metric: &str| r.get(system, workload, metric);
     let c = &r.config;
+    // `mlstack` rows are `mlstack-cuda` when the engine ran on a GPU.
+    let me = c["mlstack_system"].as_str().unwrap_or("mlstack");
+    let get = |system: &str, workload: &str, metric: &str| {
+        let system = if system == "mlstack" { me } else { system };
+        r.get(system, workload, metric)
+    };
     let mut s = format!(
         "model {} | {} threads | {} decode steps | median of {} (spread: max - min), systems alternating\n\n{:<16} {:>12} {:>8} {:>12} {:>8} {:>8}\n",
         c["model"].as_str().unwrap_or("?"),

@@ -19,13 +19,16 @@
 //! - [`ingest`]: `mlstack ingest bench`, Kafka → Parquet against a raw consumer.
 //! - [`engine`]: `mlstack infer bench-engine`, prefill and decode against llama.cpp.
 //! - [`serve`]: `mlstack infer bench-serve`, the serving load generator against
-//!   llama.cpp's server.
+//!   llama.cpp's C++ `llama-server` (parallel slots, the same KV budget).
+//! - [`kernels`]: `mlstack kernels bench`, every CUDA kernel against its CPU
+//!   reference, then timed beside a device copy (on a GPU only).
 //! - [`train`]: `mlstack train bench`, the training step (DP1, DP2, ZeRO-1,
 //!   recomputation, TP2) against JAX.
 
 pub mod engine;
 pub mod etcd;
 pub mod ingest;
+pub mod kernels;
 pub mod kv;
 pub mod lsm;
 pub mod report;

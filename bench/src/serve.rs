@@ -1,13 +1,18 @@
-//! `mlstack infer bench-serve`: a load generator against the OpenAI-style
-//! HTTP API of mlstack's server and of llama.cpp's server
-//! (`python3 -m llama_cpp.server`, same GGUF, same threads), side by side.
+//! `mlstack infer bench-serve`: one load generator against the OpenAI-style
+//! HTTP API of mlstack's server and of llama.cpp's own C++ server
+//! (`llama-server` with parallel slots and continuous batching: what a user
+//! would run instead), same GGUF, same threads, the same KV-cache budget.
 //!
 //! At each fixed concurrency c, c workers send streaming `/v1/completions`
 //! requests back to back (2·c requests, at least 8) drawn from one seeded
 //! synthetic distribution (prompts of 16–64 words, about 25–100 tokens;
 //! 32–128 output tokens; greedy). Per request: time to first token (first streamed text), the gaps
-//! between streamed tokens, tokens out. Per level: output tokens/s, requests/s,
-//! TTFT and inter-token latency p50/p99, and for mlstack the KV utilization.
+//! between streamed tokens, tokens out. Per level: output tokens/s of the
+//! requests that succeeded (goodput), the failed requests and their rate,
+//! requests/s, TTFT and inter-token latency p50/p99, and for mlstack the KV
+//! utilization. Both servers stay up for the whole run and the systems
+//! alternate: the first level runs mlstack first, the next the peer first,
+//! and so on (this machine's speed drifts); the idle server waits.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,6 +72,8 @@ pub struct ServeBenchConfig {
     pub threads: usize,
     pub model_path: std::path::PathBuf,
     pub serve: ServeConfig,
+    /// The peer's binary (`scripts/peers/llama-server.sh` builds it).
+    pub llama_server_bin: Option<std::path::PathBuf>,
 }
 
 /// The seeded request mix: (prompt text, max_tokens).
@@ -149,6 +156,19 @@ async fn one(
     Ok((ttft.unwrap_or(f64::NAN), gaps, tokens))
 }
 
+/// The load generator's HTTP client: a new connection per request. With
+/// pooled keep-alive connections, a request can go out on a connection the
+/// server is closing at that moment (llama-server's HTTP library ends a
+/// keep-alive connection after 5 requests) and fail with "error sending
+/// request" through no fault of the server; a fresh connection costs a
+/// loopback handshake (well under a millisecond), the same for both systems.
+fn load_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
 async fn level(
     system: &str,
     base: &str,
@@ -156,7 +176,7 @@ async fn level(
     reqs: &[(String, usize)],
     util: Option<&infer::engine_loop::ServingHandle>,
 ) -> Result<Vec<Row>, String> {
-    let client = reqwest::Client::new();
+    let client = load_client()?;
     let queue = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(
         reqs.to_vec(),
     )));
@@ -236,16 +256,109 @@ async fn level(
     Ok(rows)
 }
 
+/// llama-server's settings for a KV budget of `kv_cache_bytes`: its total
+/// context in tokens, at the model's f16 bytes per token (keys and values of
+/// every layer), so both servers hold the same number of cached tokens.
+pub fn llama_server_ctx(config: &infer::model::Config, kv_cache_bytes: usize) -> usize {
+    let per_token = 2 * config.n_layers * config.kv_dim() * 2;
+    kv_cache_bytes / per_token.max(1)
+}
+
+/// A running `llama-server`, killed on drop.
+struct LlamaServer {
+    child: tokio::process::Child,
+    base: String,
+}
+
+impl LlamaServer {
+    /// Starts `bin` on a free port with `slots` parallel slots sharing one
+    /// unified KV cache of `ctx` tokens (as mlstack's paged cache is shared),
+    /// continuous batching, `threads` threads; waits for `/health`.
+    async fn start(
+        bin: &std::path::Path,
+        model: &std::path::Path,
+        threads: usize,
+        slots: usize,
+        ctx: usize,
+    ) -> Result<LlamaServer, String> {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+            l.local_addr().map_err(|e| e.to_string())?.port()
+        };
+        let log = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
+        let (log_file, log_path) = log.keep().map_err(|e| e.to_string())?;
+        let mut child = tokio::process::Command::new(bin)
+            .arg("--model")
+            .arg(model)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--threads",
+                &threads.to_string(),
+                "--threads-batch",
+                &threads.to_string(),
+            ])
+            .args([
+                "--parallel",
+                &slots.to_string(),
+                "--cont-batching",
+                "--kv-unified",
+            ])
+            .args(["--ctx-size", &ctx.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                format!(
+                    "starting {}: {e} (build it with scripts/peers/llama-server.sh)",
+                    bin.display()
+                )
+            })?;
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let tail = |p: &std::path::Path| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        };
+        for _ in 0..240 {
+            if client
+                .get(format!("{base}/health"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                let _ = std::fs::remove_file(&log_path);
+                return Ok(LlamaServer { child, base });
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "llama-server exited ({status}): {}",
+                    tail(&log_path)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Err(format!(
+            "llama-server did not become healthy within 60 s: {}",
+            tail(&log_path)
+        ))
+    }
+}
+
 /// Runs the benchmark.
 pub async fn run(engine: Arc<Engine>, cfg: &ServeBenchConfig) -> Result<Report, String> {
     let mut rows = Vec::new();
-    let mut notes = vec![
-        "llama-cpp-python's server (0.3.x) has no parallel-slots option: it serves one request at a time; \
-         with concurrent streams most of its requests end in a broken stream (counted as errors, left \
-         out of its figures). Its concurrency_1 row is its best throughput."
-            .to_string(),
-    ];
     let n_for = |c: usize| (2 * c).max(8);
+    let slots = cfg.concurrency.iter().copied().max().unwrap_or(1).max(1);
+    let ctx = llama_server_ctx(&engine.model.config, cfg.serve.kv_cache_bytes);
+
+    // Both servers up first; each level then runs them one after the other.
+    let mut mlstack = None;
     if cfg.systems.iter().any(|s| s == "mlstack") {
         let registry = prometheus::Registry::new();
         let metrics = ServeMetrics::new(&registry).map_err(|e| e.to_string())?;
@@ -257,102 +370,71 @@ pub async fn run(engine: Arc<Engine>, cfg: &ServeBenchConfig) -> Result<Report, 
             .map_err(|e| e.to_string())?;
         let base = format!("http://{}", servers.http_addr);
         // Warm-up: one request (page in, thread pool up).
-        one(&reqwest::Client::new(), &base, "warm up", 4).await?;
-        for &c in &cfg.concurrency {
-            let reqs = workload(cfg.seed ^ c as u64, n_for(c));
-            let level_rows = level("mlstack", &base, c, &reqs, Some(&handle)).await?;
+        one(&load_client()?, &base, "warm up", 4).await?;
+        mlstack = Some((handle, servers, base));
+    }
+    let mut peer = None;
+    if cfg.systems.iter().any(|s| s == "llama-server") {
+        let bin = cfg
+            .llama_server_bin
+            .as_deref()
+            .ok_or("no llama-server binary: build it with scripts/peers/llama-server.sh and pass --llama-server-bin")?;
+        let p = LlamaServer::start(bin, &cfg.model_path, cfg.threads, slots, ctx).await?;
+        one(&load_client()?, &p.base, "warm up", 4).await?;
+        peer = Some(p);
+    }
+    for (i, &c) in cfg.concurrency.iter().enumerate() {
+        let reqs = workload(cfg.seed ^ c as u64, n_for(c));
+        let mut order: Vec<&str> = vec!["mlstack", "llama-server"];
+        if i % 2 == 1 {
+            order.reverse();
+        }
+        for system in order {
+            let level_rows = match (system, &mlstack, &peer) {
+                ("mlstack", Some((handle, _, base)), _) => {
+                    level(system, base, c, &reqs, Some(handle)).await?
+                }
+                ("llama-server", _, Some(p)) => level(system, &p.base, c, &reqs, None).await?,
+                _ => continue,
+            };
             eprintln!(
-                "mlstack concurrency {c}: {} tokens/s",
+                "{system} concurrency {c}: {} tokens/s, {} errors",
                 cell(
                     report::find(
                         &level_rows,
-                        "mlstack",
+                        system,
                         &format!("concurrency_{c}"),
                         "output_tokens_per_sec"
                     ),
                     1
-                )
+                ),
+                cell(
+                    report::find(&level_rows, system, &format!("concurrency_{c}"), "errors"),
+                    0
+                ),
             );
             rows.extend(level_rows);
         }
+    }
+    if let Some((handle, servers, _)) = mlstack {
         servers.stop().await;
         handle.shutdown();
     }
-    if cfg.systems.iter().any(|s| s == "llama.cpp-server") {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-            l.local_addr().map_err(|e| e.to_string())?.port()
-        };
-        let mut child = tokio::process::Command::new("python3")
-            .args([
-                "-m",
-                "llama_cpp.server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-            ])
-            .arg("--model")
-            .arg(&cfg.model_path)
-            .args([
-                "--n_threads",
-                &cfg.threads.to_string(),
-                "--n_threads_batch",
-                &cfg.threads.to_string(),
-            ])
-            .args(["--n_ctx", "4096"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("starting llama_cpp.server: {e}"))?;
-        let base = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
-        let mut up = false;
-        for _ in 0..120 {
-            if client
-                .get(format!("{base}/v1/models"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                up = true;
-                break;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!(
-                    "llama_cpp.server exited ({status}); install it with pip install llama-cpp-python fastapi uvicorn sse-starlette starlette-context pydantic-settings"
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        if !up {
-            return Err("llama_cpp.server did not answer within 60 s".into());
-        }
-        one(&client, &base, "warm up", 4).await?;
-        for &c in &cfg.concurrency {
-            let reqs = workload(cfg.seed ^ c as u64, n_for(c));
-            let level_rows = level("llama.cpp-server", &base, c, &reqs, None).await?;
-            eprintln!(
-                "llama.cpp-server concurrency {c}: {} tokens/s",
-                cell(
-                    report::find(
-                        &level_rows,
-                        "llama.cpp-server",
-                        &format!("concurrency_{c}"),
-                        "output_tokens_per_sec"
-                    ),
-                    1
-                )
-            );
-            rows.extend(level_rows);
-        }
-        let _ = child.kill().await;
+    if let Some(mut p) = peer {
+        let _ = p.child.kill().await;
     }
-    notes.push(format!(
-        "{} threads; requests per level = max(2 x concurrency, 8)",
-        cfg.threads
-    ));
+    let notes = vec![
+        format!(
+            "{} threads each; requests per level = max(2 x concurrency, 8)",
+            cfg.threads
+        ),
+        format!(
+            "KV budget {} MiB each: mlstack's paged cache; llama-server --ctx-size {ctx} tokens (unified, shared by {slots} slots)",
+            cfg.serve.kv_cache_bytes >> 20
+        ),
+        "systems alternate per level; failed requests count as errors, figures are goodput"
+            .to_string(),
+    ];
     let model = report::file_name(&cfg.model_path);
     Ok(Report {
         component: "infer",
@@ -364,6 +446,8 @@ pub async fn run(engine: Arc<Engine>, cfg: &ServeBenchConfig) -> Result<Report, 
             "concurrency": cfg.concurrency,
             "requests_per_level": "max(2 x concurrency, 8)",
             "request": "streaming /v1/completions, greedy, 16-64-word prompts, 32-128 output tokens",
+            "kv_cache_bytes": cfg.serve.kv_cache_bytes,
+            "llama_server": {"parallel": slots, "ctx_size": ctx, "kv_unified": true, "cont_batching": true},
             "notes": notes,
         }),
         results: rows,

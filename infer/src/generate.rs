@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::model::cuda::{CudaModel, CudaSeq};
 use crate::model::{KvCache, Logits, Model, ModelError};
 use crate::request::{DecodeError, Finish, Next, Request, TokenStep};
 use crate::sampling::InvalidParam;
@@ -33,11 +34,49 @@ pub enum GenerateError {
     },
 }
 
-/// A model with its tokenizer.
+/// A model with its tokenizer, and its weights on a GPU when
+/// [`Engine::use_cuda`] was called.
 #[derive(Debug)]
 pub struct Engine {
     pub model: Model,
     pub tokenizer: Tokenizer,
+    pub cuda: Option<CudaModel>,
+}
+
+/// The device a forward pass runs on (`--device`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Device, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda),
+            _ => Err(format!("unknown device {s:?} (cpu, cuda)")),
+        }
+    }
+}
+
+/// One sequence's forward passes and cache, on the engine's device.
+#[derive(Debug)]
+pub enum Session<'a> {
+    Cpu(&'a Model, KvCache),
+    Cuda(Box<CudaSeq<'a>>),
+}
+
+impl Session<'_> {
+    /// Runs `tokens` at the next positions; the last token's logits (vocab,).
+    pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+        match self {
+            Session::Cpu(m, cache) => m.forward(tokens, cache, Logits::Last),
+            Session::Cuda(seq) => seq.forward(tokens),
+        }
+    }
 }
 
 impl Engine {
@@ -48,6 +87,7 @@ impl Engine {
             return Ok(Engine {
                 model: Model::from_safetensors_dir(path)?,
                 tokenizer: Tokenizer::from_hf_dir(path)?,
+                cuda: None,
             });
         }
         let file = Arc::new(GgufFile::open(path).map_err(ModelError::from)?);
@@ -55,6 +95,25 @@ impl Engine {
         Ok(Engine {
             model: Model::from_gguf(file)?,
             tokenizer,
+            cuda: None,
+        })
+    }
+
+    /// Moves the forward passes to GPU 0: opens it (a clear error when there
+    /// is none) and uploads the weights. The CPU copy stays (the tokenizer
+    /// and the serving engine use it).
+    pub fn use_cuda(&mut self) -> Result<(), GenerateError> {
+        let gpu = kernels::cuda::Gpu::open(0).map_err(ModelError::from)?;
+        self.cuda = Some(CudaModel::upload(&self.model, std::sync::Arc::new(gpu))?);
+        Ok(())
+    }
+
+    /// A new sequence with room for `max_tokens` positions, on the GPU when
+    /// the weights are there.
+    pub fn session(&self, max_tokens: usize) -> Result<Session<'_>, ModelError> {
+        Ok(match &self.cuda {
+            Some(m) => Session::Cuda(Box::new(CudaSeq::new(m, max_tokens)?)),
+            None => Session::Cpu(&self.model, KvCache::new(&self.model.config, max_tokens)),
         })
     }
 }
@@ -107,14 +166,14 @@ impl Engine {
             });
         }
         let mut step = TokenStep::new(&self.tokenizer, req)?;
-        let mut cache = KvCache::new(&self.model.config, req.prompt.len() + req.max_tokens);
+        let mut seq = self.session(req.prompt.len() + req.max_tokens)?;
         let mut history = req.prompt.clone();
         let mut text = String::new();
         let mut tokens = Vec::new();
         let mut finish = Finish::Length;
 
         let t0 = Instant::now();
-        let mut logits = self.model.forward(&req.prompt, &mut cache, Logits::Last)?;
+        let mut logits = seq.forward(&req.prompt)?;
         let prefill_secs = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         while tokens.len() < req.max_tokens {
@@ -136,7 +195,7 @@ impl Engine {
                 break;
             }
             if tokens.len() < req.max_tokens {
-                logits = self.model.forward(&[id], &mut cache, Logits::Last)?;
+                logits = seq.forward(&[id])?;
             }
         }
         let rest = step.finish()?;

@@ -160,17 +160,9 @@ impl Sampler {
     }
 }
 
-/// The id of the largest logit (the first on ties): greedy decoding.
-pub fn argmax(logits: &[f32]) -> u32 {
-    logits
-        .iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-        )
-        .0 as u32
-}
+/// Greedy decoding's pick; the CUDA engine's on-device argmax is checked
+/// against the same function.
+pub use kernels::ops::argmax;
 
 /// Probabilities of sorted candidates at a temperature, in f64.
 fn softmax(cand: &[(u32, f32)], temperature: f32) -> Vec<f64> {

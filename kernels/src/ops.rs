@@ -74,6 +74,21 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
+/// The id of the largest logit, the first on ties; NaN never wins (greedy
+/// decoding's choice, and the reference of the CUDA `argmax` kernel).
+///
+/// logits: (vocab,)
+pub fn argmax(logits: &[f32]) -> u32 {
+    logits
+        .iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+        )
+        .0 as u32
+}
+
 /// Which elements RoPE rotates together within a head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RopeLayout {

@@ -63,6 +63,19 @@ pub fn mlstack_bin() -> PathBuf {
     .clone()
 }
 
+/// The infer commands as a user runs them on the default model: JSON logs
+/// (so stderr holds only the CLI's own report as text), `MLSTACK_MODEL` and
+/// `MLSTACK_DEVICE` removed (the golden texts are SmolLM2's on the CPU
+/// unless a test asks for `--device`).
+pub fn run_infer_cli(args: &[&str]) -> (bool, String, String) {
+    let args: Vec<&str> = ["--log-format", "json"]
+        .iter()
+        .chain(args)
+        .copied()
+        .collect();
+    run_mlstack(&args, &["MLSTACK_MODEL", "MLSTACK_DEVICE"])
+}
+
 /// Runs `mlstack ARGS` to completion with `unset` removed from its
 /// environment; returns (success, stdout, stderr).
 pub fn run_mlstack(args: &[&str], unset: &[&str]) -> (bool, String, String) {

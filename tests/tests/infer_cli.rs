@@ -3,18 +3,7 @@
 //! seeded sampling is reproducible, bad input fails with a clear message, and
 //! the benchmark writes its JSON rows.
 
-use tests::run_mlstack;
-
-/// JSON logs (so stderr has only the CLI's own report as text) and the
-/// default model (the golden text is SmolLM2's).
-fn run(args: &[&str]) -> (bool, String, String) {
-    let args: Vec<&str> = ["--log-format", "json"]
-        .iter()
-        .chain(args)
-        .copied()
-        .collect();
-    run_mlstack(&args, &["MLSTACK_MODEL"])
-}
+use tests::run_infer_cli as run;
 
 #[test]
 fn generate_streams_llama_cpps_greedy_text_and_reports_speed() {
@@ -191,4 +180,57 @@ fn bench_engine_writes_every_row() {
     let (ok, _, err) = run(&["infer", "bench-engine", "--systems", "vllm"]);
     assert!(!ok);
     assert!(err.contains("vllm"), "{err}");
+}
+
+/// The serving benchmark's peer path at a tiny size, so it cannot rot: both
+/// servers up (llama.cpp's C++ `llama-server`, which the test command
+/// builds), one concurrency level, every request accounted for.
+#[test]
+fn bench_serve_drives_mlstack_and_llama_server_and_counts_every_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_path = dir.path().join("serve.json");
+    let (ok, out, err) = run(&[
+        "infer",
+        "bench-serve",
+        "--concurrency",
+        "1",
+        "--out",
+        out_path.to_str().expect("utf8"),
+    ]);
+    assert!(ok, "{out}\n{err}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out_path).expect("json written")).expect("json");
+    assert_eq!(
+        (v["component"].as_str(), v["bench"].as_str()),
+        (Some("infer"), Some("serve"))
+    );
+    let rows = v["results"].as_array().expect("results");
+    let value = |system: &str, metric: &str| {
+        rows.iter()
+            .find(|r| {
+                r["system"] == system && r["workload"] == "concurrency_1" && r["metric"] == metric
+            })
+            .unwrap_or_else(|| panic!("no {system}/{metric} row in {v}"))["value"]
+            .as_f64()
+            .expect("number")
+    };
+    for system in ["mlstack", "llama-server"] {
+        // max(2 x 1, 8) requests, each answered.
+        assert_eq!(
+            value(system, "requests") + value(system, "errors"),
+            8.0,
+            "{system}"
+        );
+        assert_eq!(value(system, "errors"), 0.0, "{system}: {err}");
+        assert!(value(system, "output_tokens_per_sec") > 1.0, "{system}");
+        assert!(value(system, "ttft_p50_ms") > 0.0, "{system}");
+    }
+    // The same KV budget on both sides: llama-server's context is mlstack's
+    // 256 MiB at SmolLM2's 23,040 bytes per token.
+    assert_eq!(
+        v["config"]["llama_server"]["ctx_size"], 11_650,
+        "{}",
+        v["config"]
+    );
+    assert!(out.contains("llama-server"), "{out}");
 }

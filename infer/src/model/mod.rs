@@ -11,6 +11,7 @@ use kernels::quant::{self, GgmlType};
 
 pub use ::model::Config;
 
+pub mod cuda;
 mod forward;
 mod load;
 
@@ -30,6 +31,9 @@ pub enum ModelError {
     TokenOutOfRange { id: u32, vocab: usize },
     #[error("empty input: a forward pass needs at least one token")]
     Empty,
+    /// The CUDA engine: no GPU, a kernel that would not compile, a driver fault.
+    #[error(transparent)]
+    Cuda(#[from] kernels::cuda::CudaError),
 }
 
 impl From<::model::gguf::GgufError> for ModelError {
