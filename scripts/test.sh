@@ -83,7 +83,7 @@ if [ "$(nvrtc_version)" != "13.0.88" ]; then
 else
   echo "NVRTC 13.0.88 present"
 fi
-MLSTACK_NVRTC_DIR="$(python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))')"
+MLSTACK_NVRTC_DIR="$(python3 -c 'import nvidia, os, sys; d = [os.path.join(p, "cu13", "lib") for p in nvidia.__path__ if os.path.exists(os.path.join(p, "cu13", "lib", "libnvrtc.so.13"))]; print(d[0]) if d else sys.exit("no nvidia/cu13/lib/libnvrtc.so.13 in " + str(list(nvidia.__path__)))')"
 export MLSTACK_NVRTC_DIR
 echo "MLSTACK_NVRTC_DIR=$MLSTACK_NVRTC_DIR"
 tansu_bin="${MLSTACK_TANSU_BIN:-$(command -v tansu || echo "$HOME/.cargo/bin/tansu")}"

@@ -21,12 +21,23 @@ pub fn run(cmd: &KernelsCommand) -> Result<(), Error> {
                     "kernels bench measures the CUDA kernels: --device cuda (the CPU kernels' bench is `cargo run --release -p kernels --example qbench`)".into(),
                 ));
             }
-            let report = bench::kernels::run(&bench::kernels::KernelBenchOpts {
+            let run = bench::kernels::run(&bench::kernels::KernelBenchOpts {
                 iters: a.iters,
                 seed: a.seed,
             })
             .map_err(|e| Error::Bench(e.to_string()))?;
-            crate::write_bench_report(&a.out, &report)
+            // Written even when a check failed: that run's rows are the ones
+            // a reader needs.
+            crate::write_bench_report(&a.out, &run.report)?;
+            if run.failed.is_empty() {
+                Ok(())
+            } else {
+                Err(Error::Bench(format!(
+                    "{} kernel check(s) left their bound: {}",
+                    run.failed.len(),
+                    run.failed.join(", ")
+                )))
+            }
         }
     }
 }

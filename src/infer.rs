@@ -184,17 +184,25 @@ fn server_tls(args: &crate::cli::InferServeArgs) -> Result<Option<proto::tls::Se
     }))
 }
 
+/// The serving engine (continuous batching) runs on the CPU only: with
+/// `--device cuda` say so, rather than upload the weights and serve from
+/// the CPU under the GPU's name. Without a GPU the error is the usual
+/// "no CUDA driver".
+fn refuse_cuda_serving(command: &str, model: &InferModelArgs) -> Result<(), Error> {
+    if model.device != ::infer::generate::Device::Cuda {
+        return Ok(());
+    }
+    kernels::cuda::Gpu::open(0)
+        .map_err(::infer::model::ModelError::from)
+        .map_err(::infer::generate::GenerateError::from)?;
+    Err(Error::Infer(format!(
+        "{command} --device cuda: the continuous-batching engine runs on the CPU only (multi-sequence paged attention on the GPU is not wired into the scheduler yet); use infer generate or bench-engine with --device cuda"
+    )))
+}
+
 /// `mlstack infer serve`: engine thread + gRPC + HTTP + metrics until a signal.
 pub async fn serve(args: &crate::cli::InferServeArgs) -> Result<(), Error> {
-    if args.model.device == ::infer::generate::Device::Cuda {
-        // Say "no GPU" when there is none; with one, say what is missing.
-        kernels::cuda::Gpu::open(0)
-            .map_err(::infer::model::ModelError::from)
-            .map_err(::infer::generate::GenerateError::from)?;
-        return Err(Error::Infer(
-            "serve --device cuda: the continuous-batching engine runs on the CPU only (multi-sequence paged attention on the GPU is not wired into the scheduler yet); use infer generate or bench-engine with --device cuda".into(),
-        ));
-    }
+    refuse_cuda_serving("serve", &args.model)?;
     let (engine, path) = load_blocking(&args.model).await?;
     let model_name = path
         .file_name()
@@ -355,6 +363,7 @@ pub async fn bench_serve(args: &crate::cli::InferBenchServeArgs) -> Result<(), E
             )));
         }
     }
+    refuse_cuda_serving("bench-serve", &args.model)?;
     let (engine, model_path) = load_blocking(&args.model).await?;
     let cfg = bench::serve::ServeBenchConfig {
         concurrency: args.concurrency.clone(),

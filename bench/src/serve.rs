@@ -127,6 +127,10 @@ async fn one(
     }
     let (mut buf, mut ttft, mut last, mut gaps, mut tokens) =
         (String::new(), None, t0, Vec::new(), 0usize);
+    // A request succeeds only when its stream ends properly: a chunk with a
+    // finish_reason. An error event (both servers send `data: {"error": ...}`
+    // when a request fails mid-stream) or a stream cut short is a failure.
+    let mut finished = false;
     while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
         buf.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(end) = buf.find("\n\n") {
@@ -139,10 +143,15 @@ async fn one(
             }
             let v: serde_json::Value =
                 serde_json::from_str(data).map_err(|e| format!("{e}: {data}"))?;
-            let has_text = v["choices"][0]["text"]
-                .as_str()
-                .is_some_and(|t| !t.is_empty());
-            if v["choices"][0]["finish_reason"].is_null() || has_text {
+            if !v["error"].is_null() {
+                return Err(format!("error event: {}", v["error"]));
+            }
+            let Some(choice) = v["choices"].get(0) else {
+                return Err(format!("event without choices: {data}"));
+            };
+            // One event per token; the closing event counts only if it has text.
+            let has_text = choice["text"].as_str().is_some_and(|t| !t.is_empty());
+            if choice["finish_reason"].is_null() || has_text {
                 tokens += 1;
                 let now = Instant::now();
                 match ttft {
@@ -151,9 +160,18 @@ async fn one(
                 }
                 last = now;
             }
+            if !choice["finish_reason"].is_null() {
+                finished = true;
+            }
         }
     }
-    Ok((ttft.unwrap_or(f64::NAN), gaps, tokens))
+    match (finished, ttft) {
+        (true, Some(ttft)) => Ok((ttft, gaps, tokens)),
+        (true, None) => Err("the stream finished without any text".into()),
+        (false, _) => Err(format!(
+            "the stream ended after {tokens} tokens without a finish_reason"
+        )),
+    }
 }
 
 /// The load generator's HTTP client: a new connection per request. With
@@ -165,6 +183,9 @@ async fn one(
 fn load_client() -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .pool_max_idle_per_host(0)
+        // A server that stops answering fails its requests instead of
+        // hanging the run (the slowest request measured took ~20 s).
+        .timeout(Duration::from_secs(300))
         .build()
         .map_err(|e| e.to_string())
 }

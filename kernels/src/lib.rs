@@ -10,7 +10,7 @@
 //! Every fast kernel has a scalar reference beside it and a test comparing the
 //! two on random inputs, with the error bound stated in its doc comment. The
 //! CUDA kernels are checked against the same references on the device
-//! (`mlstack kernels check --device cuda`).
+//! (`mlstack kernels bench --device cuda`).
 //!
 //! # Layout
 //! - [`quant`]: ggml tensor types (F32, F16, BF16, Q8_0, Q4_0, Q4_1), their block

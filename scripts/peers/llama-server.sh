@@ -21,7 +21,11 @@ fi
 mkdir -p "$dest"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-command -v cmake >/dev/null 2>&1 || python3 -m pip install --quiet cmake >&2
+if ! command -v cmake >/dev/null 2>&1; then
+  python3 -m pip install --quiet cmake >&2
+  # A non-root pip puts its scripts in ~/.local/bin, which may not be on PATH.
+  PATH="$PATH:$HOME/.local/bin"
+fi
 # The archive's address from PyPI's simple index (pip download would try to
 # build the package's metadata, which needs its whole build toolchain).
 url="$(curl -fsSL https://pypi.org/simple/llama-cpp-python/ \

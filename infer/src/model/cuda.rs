@@ -21,7 +21,7 @@
 //! llama.cpp's CPU path).
 //!
 //! Decode steps run as one CUDA graph: at batch 1 a 135M model is
-//! launch-bound (30 layers × 14 kernels, each a few microseconds of work),
+//! launch-bound (30 layers × 16 kernels, each a few microseconds of work),
 //! so the second decode step records the whole step once (stream capture)
 //! and every later step replays it with one launch. The graph reads the
 //! token, its position and the sequence length from small device buffers

@@ -216,8 +216,13 @@ fn write_cache(path: &std::path::Path, text: &str) -> Result<(), CudaError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    // Write then rename: a reader never sees half a file.
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // Write then rename: a reader never sees half a file. The temporary
+    // name is unique per process and call, so two writers of one entry
+    // (two threads, two processes) never share it; the last rename wins,
+    // with identical contents.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     std::fs::write(&tmp, text).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
 }
