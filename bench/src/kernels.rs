@@ -242,36 +242,6 @@ const WEIGHT_TYPES: [GgmlType; 5] = [
 const U: f64 = f32::EPSILON as f64 / 2.0;
 
 impl Harness<'_> {
-    fn up<T: cudarc::driver::DeviceRepr>(
-        &self,
-        v: &[T],
-    ) -> Result<cudarc::driver::CudaSlice<T>, CudaError> {
-        self.gpu
-            .stream()
-            .clone_htod(v)
-            .map_err(|e| CudaError::driver("upload", e))
-    }
-
-    fn down<T: cudarc::driver::DeviceRepr + Default + Clone>(
-        &self,
-        v: &cudarc::driver::CudaSlice<T>,
-    ) -> Result<Vec<T>, CudaError> {
-        self.gpu
-            .stream()
-            .clone_dtoh(v)
-            .map_err(|e| CudaError::driver("download", e))
-    }
-
-    fn zeros<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
-        &self,
-        n: usize,
-    ) -> Result<cudarc::driver::CudaSlice<T>, CudaError> {
-        self.gpu
-            .stream()
-            .alloc_zeros(n.max(1))
-            .map_err(|e| CudaError::driver("alloc", e))
-    }
-
     fn floats(&mut self, n: usize, scale: f32) -> Vec<f32> {
         (0..n)
             .map(|_| self.rng.random_range(-scale..scale))
@@ -357,8 +327,8 @@ impl Harness<'_> {
     /// Device-to-device copy of 1 GiB with the copy kernel: GB/s, read + write.
     fn copy_bandwidth(&mut self) -> Result<f64, CudaError> {
         let n4 = (1usize << 30) / 16;
-        let src = self.zeros::<f32>(n4 * 4)?;
-        let mut dst = self.zeros::<f32>(n4 * 4)?;
+        let src = self.gpu.zeros::<f32>(n4 * 4)?;
+        let mut dst = self.gpu.zeros::<f32>(n4 * 4)?;
         let f = self.gpu.function("copy_f32x4")?;
         let iters = self.iters.max(3);
         let stream = self.gpu.stream().clone();
@@ -424,12 +394,12 @@ impl Harness<'_> {
                     let x = self.floats(n_vecs * cols, 1.0);
                     let (want, abs) =
                         reference::matmul_ref(ty, &bytes, rows, cols, &x).expect("valid matrix");
-                    let xd = self.up(&x)?;
+                    let xd = self.gpu.upload(&x)?;
                     for &v in variants {
-                        let mut y = self.zeros::<f32>(n_vecs * rows)?;
+                        let mut y = self.gpu.zeros::<f32>(n_vecs * rows)?;
                         self.gpu.gemv(v, &mats[0], &xd, &mut y, n_vecs)?;
                         // Per output: the f32 sum bound over its `cols` products.
-                        let err = compare(&self.down(&y)?, &want, |i| {
+                        let err = compare(&self.gpu.download(&y)?, &want, |i| {
                             reference::f32_sum_bound(abs[i], cols)
                         });
                         let gpu = self.gpu;
@@ -454,16 +424,16 @@ impl Harness<'_> {
                             // accumulators, summed in the same order): bit-equal.
                             match &alone {
                                 None => {
-                                    let got = self.down(&y)?;
+                                    let got = self.gpu.download(&y)?;
                                     alone = Some((x[..cols].to_vec(), got[..rows].to_vec()));
                                 }
                                 Some((x0, y0)) => {
                                     // Vector 0 of the batch replaced by the lone vector.
                                     let mut xb = x.clone();
                                     xb[..cols].copy_from_slice(x0);
-                                    let xbd = self.up(&xb)?;
+                                    let xbd = self.gpu.upload(&xb)?;
                                     self.gpu.gemv(v, &mats[0], &xbd, &mut y, n_vecs)?;
-                                    let again = self.down(&y)?;
+                                    let again = self.gpu.download(&y)?;
                                     let err = compare(&again[..rows], y0, |_| 0.0);
                                     self.push(
                                         format!("{name}_batch_invariance"),
@@ -491,11 +461,11 @@ impl Harness<'_> {
                 let x = self.floats(n * cols, 1.0);
                 let (want, abs) =
                     reference::matmul_ref(ty, &bytes, rows, cols, &x).expect("valid matrix");
-                let xd = self.up(&x)?;
+                let xd = self.gpu.upload(&x)?;
                 for v in [MatmulVariant::V1Naive, MatmulVariant::V2Tiled] {
-                    let mut y = self.zeros::<f32>(n * rows)?;
+                    let mut y = self.gpu.zeros::<f32>(n * rows)?;
                     self.gpu.matmul(v, &xd, &w, &mut y, n)?;
-                    let err = compare(&self.down(&y)?, &want, |i| {
+                    let err = compare(&self.gpu.download(&y)?, &want, |i| {
                         reference::f32_sum_bound(abs[i], cols)
                     });
                     let gpu = self.gpu;
@@ -520,7 +490,7 @@ impl Harness<'_> {
         let (rows, dim) = (512usize, 576usize);
         let x = self.floats(rows * dim, 2.0);
         let w = self.floats(dim, 1.0);
-        let (xd, wd) = (self.up(&x)?, self.up(&w)?);
+        let (xd, wd) = (self.gpu.upload(&x)?, self.gpu.upload(&w)?);
         let gpu = self.gpu;
         // RMSNorm forward: out = x·r·w, r from an f32 sum of dim squares in
         // about dim/256 + 10 sequential steps: relative error ≤ 64u.
@@ -528,11 +498,11 @@ impl Harness<'_> {
         for r in 0..rows {
             kernels::ops::rms_norm(&x[r * dim..][..dim], &w, 1e-5, &mut want[r * dim..][..dim]);
         }
-        let mut y = self.zeros::<f32>(rows * dim)?;
-        let mut rstd = self.zeros::<f32>(rows)?;
+        let mut y = self.gpu.zeros::<f32>(rows * dim)?;
+        let mut rstd = self.gpu.zeros::<f32>(rows)?;
         self.gpu
             .rmsnorm(&xd, &wd, &mut y, Some(&mut rstd), rows, dim, 1e-5)?;
-        let err = compare(&self.down(&y)?, &want, |i| {
+        let err = compare(&self.gpu.download(&y)?, &want, |i| {
             64.0 * U * f64::from(want[i]).abs() + 1e-30
         });
         let t = self.time(|_| gpu.rmsnorm(&xd, &wd, &mut y, None, rows, dim, 1e-5))?;
@@ -545,12 +515,12 @@ impl Harness<'_> {
         );
         // SiLU·mul: expf within 2 ulp, then a division and a product: 16u relative.
         let up = self.floats(rows * dim, 2.0);
-        let upd = self.up(&up)?;
+        let upd = self.gpu.upload(&up)?;
         let mut want = vec![0f32; rows * dim];
         kernels::ops::silu_mul(&x, &up, &mut want);
-        let mut out = self.zeros::<f32>(rows * dim)?;
+        let mut out = self.gpu.zeros::<f32>(rows * dim)?;
         self.gpu.silu_mul(&xd, &upd, &mut out, rows * dim)?;
-        let err = compare(&self.down(&out)?, &want, |i| {
+        let err = compare(&self.gpu.download(&out)?, &want, |i| {
             16.0 * U * f64::from(want[i]).abs() + 1e-30
         });
         let t = self.time(|_| gpu.silu_mul(&xd, &upd, &mut out, rows * dim))?;
@@ -563,9 +533,9 @@ impl Harness<'_> {
         );
         // Residual add: exact (one rounding, the same on both sides).
         let want: Vec<f32> = x.iter().zip(&up).map(|(a, b)| a + b).collect();
-        let mut yd = self.up(&x)?;
+        let mut yd = self.gpu.upload(&x)?;
         self.gpu.add_inplace(&mut yd, &upd)?;
-        let err = compare(&self.down(&yd)?, &want, |_| 0.0);
+        let err = compare(&self.gpu.download(&yd)?, &want, |_| 0.0);
         let t = self.time(|_| gpu.add_inplace(&mut yd, &upd))?;
         self.push(
             format!("add_{}", rows * dim),
@@ -580,17 +550,17 @@ impl Harness<'_> {
         let (n_heads, hd) = (9usize, 64usize);
         let q = self.floats(rows * n_heads * hd, 1.0);
         let pos: Vec<i32> = (0..rows as i32).map(|p| p * 8).collect();
-        let posd = self.up(&pos)?;
+        let posd = self.gpu.upload(&pos)?;
         let qmax = q.iter().map(|v| f64::from(*v).abs()).fold(0.0, f64::max);
         for layout in [RopeLayout::Interleaved, RopeLayout::HalfSplit] {
             let mut want = q.clone();
             for (t, tok) in want.chunks_exact_mut(n_heads * hd).enumerate() {
                 kernels::ops::rope(tok, hd, pos[t] as usize, 100_000.0, layout);
             }
-            let mut qd = self.up(&q)?;
+            let mut qd = self.gpu.upload(&q)?;
             self.gpu
                 .rope(&mut qd, &posd, rows, n_heads, hd, 100_000.0, layout)?;
-            let err = compare(&self.down(&qd)?, &want, |_| 8.0 * U * 1.5 * qmax);
+            let err = compare(&self.gpu.download(&qd)?, &want, |_| 8.0 * U * 1.5 * qmax);
             let t =
                 self.time(|_| gpu.rope(&mut qd, &posd, rows, n_heads, hd, 100_000.0, layout))?;
             self.push(
@@ -611,7 +581,7 @@ impl Harness<'_> {
                 .map(|_| self.rng.random_range(0..vocab as u32))
                 .collect();
             toks[0] = vocab as u32 - 1; // the last row: the table's end
-            let tokd = self.up(&toks)?;
+            let tokd = self.gpu.upload(&toks)?;
             let rb = ty.bytes_for(d).expect("whole blocks");
             let mut want = vec![0f32; rows * d];
             for (t, &id) in toks.iter().enumerate() {
@@ -622,9 +592,9 @@ impl Harness<'_> {
                 )
                 .expect("row");
             }
-            let mut out = self.zeros::<f32>(rows * d)?;
+            let mut out = self.gpu.zeros::<f32>(rows * d)?;
             self.gpu.embedding(&table, &tokd, rows, &mut out)?;
-            let err = compare(&self.down(&out)?, &want, |i| {
+            let err = compare(&self.gpu.download(&out)?, &want, |i| {
                 2.0 * U * (f64::from(want[i]).abs() + 0.1)
             });
             let t = self.time(|_| gpu.embedding(&table, &tokd, rows, &mut out))?;
@@ -654,10 +624,10 @@ impl Harness<'_> {
             (40.0, 6.0, 0.0),
             "the reference's own ties"
         );
-        let ld = self.up(&logits)?;
-        let mut idx = self.zeros::<u32>(16)?;
+        let ld = self.gpu.upload(&logits)?;
+        let mut idx = self.gpu.zeros::<u32>(16)?;
         self.gpu.argmax(&ld, 16, vocab, &mut idx)?;
-        let got: Vec<f32> = self.down(&idx)?.iter().map(|&i| i as f32).collect();
+        let got: Vec<f32> = self.gpu.download(&idx)?.iter().map(|&i| i as f32).collect();
         let err = compare(&got, &want, |_| 0.0);
         let t = self.time(|_| gpu.argmax(&ld, 16, vocab, &mut idx))?;
         self.push(
@@ -708,13 +678,27 @@ impl Harness<'_> {
                     })
                 })
                 .collect();
-            let mut kc = self.zeros::<u16>(n_blocks * s.block_size * kv_dim)?;
-            let mut vc = self.zeros::<u16>(n_blocks * s.block_size * kv_dim)?;
-            let (kd, vd, sd) = (self.up(kf)?, self.up(vf)?, self.up(&slots)?);
+            let mut kc = self.gpu.zeros::<u16>(n_blocks * s.block_size * kv_dim)?;
+            let mut vc = self.gpu.zeros::<u16>(n_blocks * s.block_size * kv_dim)?;
+            let (kd, vd, sd) = (
+                self.gpu.upload(kf)?,
+                self.gpu.upload(vf)?,
+                self.gpu.upload(&slots)?,
+            );
             self.gpu
                 .kv_write(&kd, &vd, &sd, &mut kc, &mut vc, slots.len(), kv_dim)?;
-            let kh: Vec<f16> = self.down(&kc)?.into_iter().map(f16::from_bits).collect();
-            let vh: Vec<f16> = self.down(&vc)?.into_iter().map(f16::from_bits).collect();
+            let kh: Vec<f16> = self
+                .gpu
+                .download(&kc)?
+                .into_iter()
+                .map(f16::from_bits)
+                .collect();
+            let vh: Vec<f16> = self
+                .gpu
+                .download(&vc)?
+                .into_iter()
+                .map(f16::from_bits)
+                .collect();
             // kv_write: each slot holds the round-to-nearest f16 of its input, K and V.
             let mut stored = Vec::with_capacity(2 * slots.len() * kv_dim);
             let mut expect = Vec::with_capacity(2 * slots.len() * kv_dim);
@@ -738,13 +722,13 @@ impl Harness<'_> {
             );
 
             let q = self.floats(n_seqs * s.n_heads * s.head_dim, 1.0);
-            let qd = self.up(&q)?;
+            let qd = self.gpu.upload(&q)?;
             // Sequence i has length len − (i % 3): unequal lengths in one batch.
             let lens: Vec<usize> = (0..n_seqs).map(|i| len - (i % 3).min(len - 1)).collect();
             let lens_i: Vec<i32> = lens.iter().map(|&l| l as i32).collect();
-            let lensd = self.up(&lens_i)?;
-            let tables = self.up(&perm)?;
-            let mut out = self.zeros::<f32>(q.len())?;
+            let lensd = self.gpu.upload(&lens_i)?;
+            let tables = self.gpu.upload(&perm)?;
+            let mut out = self.gpu.zeros::<f32>(q.len())?;
             let gpu = self.gpu;
             let run = |out: &mut cudarc::driver::CudaSlice<f32>| {
                 gpu.paged_attention_decode(PagedAttention {
@@ -760,7 +744,7 @@ impl Harness<'_> {
                 })
             };
             run(&mut out)?;
-            let got = self.down(&out)?;
+            let got = self.gpu.download(&out)?;
             let mut want = Vec::with_capacity(q.len());
             for i in 0..n_seqs {
                 let pg = Paging {
@@ -800,8 +784,8 @@ impl Harness<'_> {
                 let n_q = if len == 150 { 37 } else { len.min(512) };
                 let start = len - n_q;
                 let q = self.floats(n_q * s.n_heads * s.head_dim, 1.0);
-                let qd = self.up(&q)?;
-                let mut out = self.zeros::<f32>(q.len())?;
+                let qd = self.gpu.upload(&q)?;
+                let mut out = self.gpu.zeros::<f32>(q.len())?;
                 self.gpu
                     .flash_attention_prefill(&s, &qd, &kc, &vc, &tables, &mut out, n_q, start)?;
                 let pg = Paging {
@@ -812,7 +796,7 @@ impl Harness<'_> {
                     table: &perm,
                 };
                 let want = reference::prefill_attention_ref(&pg, &q, &kh, &vh, start);
-                let err = compare(&self.down(&out)?, &want, |_| bound);
+                let err = compare(&self.gpu.download(&out)?, &want, |_| bound);
                 let t = self.time(|_| {
                     gpu.flash_attention_prefill(&s, &qd, &kc, &vc, &tables, &mut out, n_q, start)
                 })?;
@@ -857,15 +841,15 @@ impl Harness<'_> {
             vocab,
             scale,
         );
-        let mut ld = self.up(&logits)?;
-        let td = self.up(&targets)?;
-        let mut lossd = self.zeros::<f32>(n)?;
+        let mut ld = self.gpu.upload(&logits)?;
+        let td = self.gpu.upload(&targets)?;
+        let mut lossd = self.gpu.zeros::<f32>(n)?;
         self.gpu
             .cross_entropy(&mut ld, &td, &mut lossd, n, vocab, scale)?;
-        let dz = compare(&self.down(&ld)?, &want, |i| {
+        let dz = compare(&self.gpu.download(&ld)?, &want, |i| {
             1e-5 * f64::from(want[i]).abs() + 1e-12
         });
-        let loss = compare(&self.down(&lossd)?, &want_loss, |_| 1e-5);
+        let loss = compare(&self.gpu.download(&lossd)?, &want_loss, |_| 1e-5);
         let err = (dz.0.max(loss.0), dz.1.max(loss.1));
         // Timed on its own output (in place): the arithmetic is the same.
         let t = self.time(|_| gpu.cross_entropy(&mut ld, &td, &mut lossd, n, vocab, scale))?;
@@ -888,8 +872,16 @@ impl Harness<'_> {
         train::ops::rmsnorm::rmsnorm_forward(&mut y, &mut rstd, &x, &w, dim, 1e-5);
         let (mut dx, mut dw) = (vec![0f32; rows * dim], vec![0f32; dim]);
         train::ops::rmsnorm::rmsnorm_backward(&mut dx, &mut dw, &dy, &x, &w, &rstd, dim, false);
-        let (xd, wd, dyd, rd) = (self.up(&x)?, self.up(&w)?, self.up(&dy)?, self.up(&rstd)?);
-        let (mut dxd, mut dwd) = (self.zeros::<f32>(rows * dim)?, self.zeros::<f32>(dim)?);
+        let (xd, wd, dyd, rd) = (
+            self.gpu.upload(&x)?,
+            self.gpu.upload(&w)?,
+            self.gpu.upload(&dy)?,
+            self.gpu.upload(&rstd)?,
+        );
+        let (mut dxd, mut dwd) = (
+            self.gpu.zeros::<f32>(rows * dim)?,
+            self.gpu.zeros::<f32>(dim)?,
+        );
         self.gpu
             .rmsnorm_bwd(&mut dxd, &mut dwd, &dyd, &xd, &wd, &rd, rows, dim)?;
         let row_max: Vec<f64> = dx
@@ -898,12 +890,12 @@ impl Harness<'_> {
             .collect();
         // Both sides sum the row's mean in f32 (the CPU reference too):
         // (dim + 64)·u of the row's scale each, ×4.
-        let ex = compare(&self.down(&dxd)?, &dx, |i| {
+        let ex = compare(&self.gpu.download(&dxd)?, &dx, |i| {
             4.0 * (dim as f64 + 64.0) * U * row_max[i / dim] + 1e-30
         });
         // |dy·x̂| ≤ 1 · 2 · max r: Σ|terms| ≤ rows · that.
         let rmax = rstd.iter().map(|v| f64::from(*v)).fold(0.0, f64::max);
-        let ew = compare(&self.down(&dwd)?, &dw, |_| {
+        let ew = compare(&self.gpu.download(&dwd)?, &dw, |_| {
             2.0 * (rows as f64 + 1.0) * U * rows as f64 * 2.0 * rmax
         });
         self.push(
@@ -941,9 +933,14 @@ impl Harness<'_> {
                     * ((mi / hp.bc1) / ((vi / hp.bc2).sqrt() + hp.eps) + hp.weight_decay * p[i])
             })
             .collect();
-        let (mut pd, gd, mut md, mut vd) = (self.up(&p)?, self.up(&g)?, self.up(&m)?, self.up(&v)?);
+        let (mut pd, gd, mut md, mut vd) = (
+            self.gpu.upload(&p)?,
+            self.gpu.upload(&g)?,
+            self.gpu.upload(&m)?,
+            self.gpu.upload(&v)?,
+        );
         self.gpu.adamw(&mut pd, &gd, &mut md, &mut vd, &hp)?;
-        let err = compare(&self.down(&pd)?, &want, |i| {
+        let err = compare(&self.gpu.download(&pd)?, &want, |i| {
             4.0 * U * f64::from(want[i]).abs()
                 + 16.0 * U * (f64::from(p[i]) - f64::from(want[i])).abs()
         });

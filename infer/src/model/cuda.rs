@@ -77,21 +77,6 @@ impl std::fmt::Debug for CudaModel {
     }
 }
 
-fn up_f32(gpu: &Gpu, v: &[f32]) -> Result<CudaSlice<f32>, CudaError> {
-    gpu.stream()
-        .clone_htod(v)
-        .map_err(|e| CudaError::driver("uploading a vector", e))
-}
-
-fn zeros<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
-    gpu: &Gpu,
-    n: usize,
-) -> Result<CudaSlice<T>, CudaError> {
-    gpu.stream()
-        .alloc_zeros(n.max(1))
-        .map_err(|e| CudaError::driver(format!("allocating {n} elements"), e))
-}
-
 fn upload(gpu: &Gpu, m: &Matrix) -> Result<DeviceMatrix, CudaError> {
     DeviceMatrix::upload(gpu, m.ty, m.rows, m.cols, m.bytes())
 }
@@ -101,7 +86,7 @@ impl CudaModel {
     /// take its shapes.
     pub fn upload(model: &Model, gpu: Arc<Gpu>) -> Result<CudaModel, ModelError> {
         let c = &model.config;
-        attn_shape(c).check_public()?;
+        attn_shape(c).check("upload")?;
         if model.weight_type() == GgmlType::BF16 {
             return Err(CudaError::Shape {
                 op: "upload",
@@ -115,12 +100,12 @@ impl CudaModel {
             .iter()
             .map(|l| {
                 Ok(Layer {
-                    attn_norm: up_f32(g, &l.attn_norm)?,
+                    attn_norm: g.upload(&l.attn_norm)?,
                     wq: upload(g, &l.wq)?,
                     wk: upload(g, &l.wk)?,
                     wv: upload(g, &l.wv)?,
                     wo: upload(g, &l.wo)?,
-                    ffn_norm: up_f32(g, &l.ffn_norm)?,
+                    ffn_norm: g.upload(&l.ffn_norm)?,
                     w_gate: upload(g, &l.w_gate)?,
                     w_up: upload(g, &l.w_up)?,
                     w_down: upload(g, &l.w_down)?,
@@ -129,7 +114,7 @@ impl CudaModel {
             .collect::<Result<Vec<_>, CudaError>>()?;
         Ok(CudaModel {
             embed: upload(g, &model.embed)?,
-            norm: up_f32(g, &model.norm)?,
+            norm: g.upload(&model.norm)?,
             output: model.output.as_ref().map(|m| upload(g, m)).transpose()?,
             layers,
             config: c.clone(),
@@ -200,22 +185,22 @@ impl Bufs {
         let (d, qd, kvd, ff) = (c.d_model, c.q_dim(), c.kv_dim(), c.d_ff);
         Ok(Bufs {
             n,
-            toks: zeros(g, n)?,
-            pos: zeros(g, n)?,
-            seq_len: zeros(g, 1)?,
-            x: zeros(g, n * d)?,
-            h: zeros(g, n * d)?,
-            q: zeros(g, n * qd)?,
-            k: zeros(g, n * kvd)?,
-            v: zeros(g, n * kvd)?,
-            att: zeros(g, n * qd)?,
-            proj: zeros(g, n * d)?,
-            gate: zeros(g, n * ff)?,
-            up: zeros(g, n * ff)?,
-            act: zeros(g, n * ff)?,
-            last: zeros(g, d)?,
-            normed: zeros(g, d)?,
-            logits: zeros(g, c.vocab_size)?,
+            toks: g.zeros(n)?,
+            pos: g.zeros(n)?,
+            seq_len: g.zeros(1)?,
+            x: g.zeros(n * d)?,
+            h: g.zeros(n * d)?,
+            q: g.zeros(n * qd)?,
+            k: g.zeros(n * kvd)?,
+            v: g.zeros(n * kvd)?,
+            att: g.zeros(n * qd)?,
+            proj: g.zeros(n * d)?,
+            gate: g.zeros(n * ff)?,
+            up: g.zeros(n * ff)?,
+            act: g.zeros(n * ff)?,
+            last: g.zeros(d)?,
+            normed: g.zeros(d)?,
+            logits: g.zeros(c.vocab_size)?,
         })
     }
 
@@ -379,14 +364,11 @@ impl<'a> CudaSeq<'a> {
         let mut k = Vec::with_capacity(c.n_layers);
         let mut v = Vec::with_capacity(c.n_layers);
         for _ in 0..c.n_layers {
-            k.push(zeros::<u16>(g, rows)?);
-            v.push(zeros::<u16>(g, rows)?);
+            k.push(g.zeros::<u16>(rows)?);
+            v.push(g.zeros::<u16>(rows)?);
         }
         let ids: Vec<i32> = (0..n_blocks as i32).collect();
-        let table = g
-            .stream()
-            .clone_htod(&ids)
-            .map_err(|e| CudaError::driver("block table", e))?;
+        let table = g.upload(&ids)?;
         Ok(CudaSeq {
             m,
             cache: Cache {
@@ -415,11 +397,6 @@ impl<'a> CudaSeq<'a> {
         self.cache.n_blocks * BLOCK_SIZE
     }
 
-    /// Whether decode steps now replay a captured graph.
-    pub fn graph_captured(&self) -> bool {
-        self.graph.is_some()
-    }
-
     /// Runs `tokens` at positions len.., caches their keys and values, and
     /// returns the last token's logits (vocab,).
     pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
@@ -442,20 +419,15 @@ impl<'a> CudaSeq<'a> {
             });
         }
         let g = &*self.m.gpu;
-        let fetch = |l: &CudaSlice<f32>| {
-            // The copy waits for the kernels before it.
-            g.stream()
-                .clone_dtoh(l)
-                .map_err(|e| CudaError::driver("logits", e))
-        };
+        // The download waits for the kernels queued before it.
         let out = if n == 1 {
             self.decode_step(tokens[0])?;
-            fetch(&self.decode.logits)?
+            g.download(&self.decode.logits)?
         } else {
             let mut b = Bufs::new(g, c, n)?;
             b.set_inputs(g, tokens, self.len)?;
             enqueue(self.m, &mut self.cache, &mut b, self.len)?;
-            fetch(&b.logits)?
+            g.download(&b.logits)?
         };
         self.len += n;
         Ok(out)

@@ -14,7 +14,10 @@ use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, sys as drv};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits,
+    sys as drv,
+};
 use cudarc::nvrtc::Ptx;
 
 use super::CudaError;
@@ -117,6 +120,32 @@ impl Gpu {
 
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
+    }
+
+    /// Copies `v` to a new device buffer (stream-ordered).
+    pub fn upload<T: DeviceRepr>(&self, v: &[T]) -> Result<CudaSlice<T>, CudaError> {
+        self.stream
+            .clone_htod(v)
+            .map_err(|e| CudaError::driver(format!("uploading {} elements", v.len()), e))
+    }
+
+    /// Copies a device buffer back; returns once the copy (and everything
+    /// queued before it) is done.
+    pub fn download<T: DeviceRepr>(&self, v: &CudaSlice<T>) -> Result<Vec<T>, CudaError> {
+        self.stream
+            .clone_dtoh(v)
+            .map_err(|e| CudaError::driver(format!("downloading {} elements", v.len()), e))
+    }
+
+    /// A zeroed device buffer of `n` elements (at least one: a zero-length
+    /// allocation is an error in the driver).
+    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        n: usize,
+    ) -> Result<CudaSlice<T>, CudaError> {
+        self.stream
+            .alloc_zeros(n.max(1))
+            .map_err(|e| CudaError::driver(format!("allocating {n} elements"), e))
     }
 
     /// Waits for everything queued on the stream.

@@ -59,10 +59,7 @@ impl DeviceMatrix {
                 "BF16 matrices are converted to F32 at load".into(),
             ));
         }
-        let data = gpu
-            .stream
-            .clone_htod(bytes)
-            .map_err(|e| CudaError::driver("uploading a matrix", e))?;
+        let data = gpu.upload(bytes)?;
         Ok(DeviceMatrix {
             ty,
             rows,
@@ -717,7 +714,9 @@ pub struct AttnShape {
 }
 
 impl AttnShape {
-    fn check(&self, op: &'static str) -> Result<(), CudaError> {
+    /// Whether the attention kernels take this shape (an engine checks when
+    /// it loads a model; every attention launch checks again).
+    pub fn check(&self, op: &'static str) -> Result<(), CudaError> {
         let ok = self.n_kv_heads > 0
             && self.n_heads.is_multiple_of(self.n_kv_heads)
             && self.n_heads / self.n_kv_heads <= ATTN_MAX_GROUP
@@ -734,11 +733,6 @@ impl AttnShape {
                 ),
             ))
         }
-    }
-
-    /// Whether the attention kernels take this shape (an engine checks at load).
-    pub fn check_public(&self) -> Result<(), CudaError> {
-        self.check("attention")
     }
 
     fn ints(&self, max_blocks: usize) -> Result<(i32, i32, i32, i32, i32), CudaError> {
