@@ -194,9 +194,13 @@ pub enum TraceCommand {
 /// store directory (when no receiver holds it).
 #[derive(Clone, Debug, Args)]
 pub struct TraceSourceArgs {
-    /// A running `mlstack trace serve`'s query URL (http://HOST:PORT).
+    /// A running `mlstack trace serve`'s query URL (http://HOST:PORT, or
+    /// https://HOST:PORT with --ca).
     #[arg(long, conflicts_with = "data")]
     pub query: Option<String>,
+    /// Trust this CA (PEM) for an https:// query URL's certificate.
+    #[arg(long, env = "MLSTACK_TRACE_CA")]
+    pub ca: Option<PathBuf>,
     /// The store directory [default: the demo's, ~/.cache/mlstack/demo/traces].
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -216,6 +220,16 @@ pub struct TraceServeArgs {
     /// The store directory [default: the demo's, ~/.cache/mlstack/demo/traces].
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// The receiver's certificate (PEM; `mlstack certs generate --servers
+    /// trace` writes server-trace.pem): both ports then speak TLS only
+    /// (OTLP/gRPC over TLS, HTTPS queries). Exporters then use
+    /// OTEL_EXPORTER_OTLP_ENDPOINT=https://... with
+    /// OTEL_EXPORTER_OTLP_CERTIFICATE=ca.pem.
+    #[arg(long, env = "MLSTACK_TRACE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, env = "MLSTACK_TRACE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -1060,6 +1074,15 @@ pub struct DiagServeArgs {
     /// Metrics (/metrics, /healthz, /readyz) listen address.
     #[arg(long, env = "MLSTACK_METRICS_LISTEN", default_value = "127.0.0.1:9190")]
     pub metrics_listen: SocketAddr,
+    /// The server's certificate (PEM; `mlstack certs generate --servers
+    /// diag` writes server-diag.pem): the port then speaks gRPC over TLS
+    /// only, and `Diag.Ping` answers but does not relay. Without it,
+    /// plaintext.
+    #[arg(long, env = "MLSTACK_DIAG_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, env = "MLSTACK_DIAG_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -1080,6 +1103,9 @@ pub struct DiagPingArgs {
     /// Print the reply as JSON.
     #[arg(long, env = "MLSTACK_JSON")]
     pub json: bool,
+    /// Dial over TLS, trusting this CA (PEM) for the server's certificate.
+    #[arg(long, env = "MLSTACK_DIAG_CA")]
+    pub ca: Option<PathBuf>,
 }
 
 #[cfg(test)]

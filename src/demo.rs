@@ -444,7 +444,7 @@ async fn tour(args: &DemoArgs, telemetry: &observe::Telemetry) -> Result<(), Err
     let root = tracing::info_span!("demo.ping");
     let root_trace = root.in_scope(observe::current_trace_id);
     let started = Instant::now();
-    let reply = crate::diag::ping(&ep_a, &[ep_b], "hello", Duration::from_secs(5))
+    let reply = crate::diag::ping(&ep_a, &[ep_b], "hello", Duration::from_secs(5), None)
         .instrument(root)
         .await?;
     let round_trip_ms = started.elapsed().as_secs_f64() * 1e3;

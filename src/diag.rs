@@ -26,17 +26,22 @@ pub async fn serve_until_signal(
     args: &DiagServeArgs,
     telemetry: &observe::Telemetry,
 ) -> Result<(), Error> {
+    // A bad certificate or key fails here, naming the file, before any port
+    // is bound.
+    let tls = crate::server_tls(&args.tls_cert, &args.tls_key)?;
     let component = Component::start(args.metrics_listen).await?;
-    let server = GrpcServer::start(
+    let server = GrpcServer::start_tls(
         args.listen,
         telemetry.service(),
         Some(RELAY_TIMEOUT),
+        tls.as_ref(),
         |_| {},
     )
     .await?;
     component.ready(serde_json::json!({
         "grpc": server.addr.to_string(),
         "instance_id": telemetry.instance_id(),
+        "tls": if tls.is_some() { "on" } else { "off" },
     }));
     component.wait_for_signal().await;
     let served = server.stop().await;
@@ -51,8 +56,10 @@ pub async fn ping(
     via: &[String],
     payload: &str,
     timeout: Duration,
+    ca: Option<&std::path::Path>,
 ) -> Result<PingReply, Error> {
-    let channel = proto::server::channel(endpoint)?;
+    let tls = crate::client_tls(ca)?;
+    let channel = proto::server::channel_tls(endpoint, tls.as_ref())?;
     let mut client = DiagClient::with_interceptor(channel, observe::grpc::InjectContext);
     let mut request = Request::new(PingRequest {
         payload: payload.to_string(),
@@ -75,6 +82,7 @@ pub async fn ping_command(args: &DiagPingArgs) -> Result<(), Error> {
         &args.via,
         &args.payload,
         Duration::from_secs_f64(args.timeout.max(0.001)),
+        args.ca.as_deref(),
     )
     .await?;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;

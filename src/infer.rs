@@ -170,20 +170,6 @@ fn api_keys(args: &crate::cli::InferServeArgs) -> Result<Option<::infer::auth::A
     keys.transpose().map_err(|e| Error::Infer(e.to_string()))
 }
 
-/// The server's TLS from `--tls-cert` and `--tls-key`, if given.
-fn server_tls(args: &crate::cli::InferServeArgs) -> Result<Option<proto::tls::ServerTls>, Error> {
-    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
-        return Ok(None);
-    };
-    let pem = |what, p: &std::path::Path| proto::tls::read_pem(what, p).map_err(proto::Error::from);
-    Ok(Some(proto::tls::ServerTls {
-        cert_pem: pem("--tls-cert", cert)?,
-        key_pem: pem("--tls-key", key)?,
-        client_roots_pem: None,
-        require_client_cert: false,
-    }))
-}
-
 /// The serving engine (continuous batching) runs on the CPU only: with
 /// `--device cuda` say so, rather than upload the weights and serve from
 /// the CPU under the GPU's name. Without a GPU the error is the usual
@@ -225,7 +211,7 @@ pub async fn serve(args: &crate::cli::InferServeArgs) -> Result<(), Error> {
     let auth = keys
         .as_ref()
         .map_or("none".to_string(), |k| format!("{} API keys", k.len()));
-    let tls = server_tls(args)?;
+    let tls = crate::server_tls(&args.tls_cert, &args.tls_key)?;
     if tls.is_none() && keys.is_some() {
         // Allowed (the tests and the demo run without certificates), but a
         // key sent in plaintext can be read by anyone on the path.
@@ -262,17 +248,7 @@ pub async fn serve(args: &crate::cli::InferServeArgs) -> Result<(), Error> {
 /// `mlstack infer client`: one streamed generation over gRPC.
 pub async fn client(args: &crate::cli::InferClientArgs) -> Result<(), Error> {
     use proto::infer::v1 as pb;
-    let tls = match &args.ca {
-        Some(ca) => Some(
-            proto::tls::ClientTls {
-                ca_pem: proto::tls::read_pem("--ca", ca).map_err(proto::Error::from)?,
-                identity: None,
-            }
-            .config()
-            .map_err(proto::Error::from)?,
-        ),
-        None => None,
-    };
+    let tls = crate::client_tls(args.ca.as_deref())?;
     let channel = proto::server::channel_tls(&args.endpoint, tls.as_ref())?;
     let mut client = pb::inference_client::InferenceClient::with_interceptor(
         channel,

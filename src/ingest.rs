@@ -89,7 +89,10 @@ async fn ingest(a: &IngestRunArgs) -> Result<(), Error> {
         })?);
     }
     let manifest: Box<dyn stream::manifest::Manifest> = if a.kv.is_empty() {
-        Box::new(stream::manifest::LocalManifest::open(&a.out).map_err(stream_err)?)
+        Box::new(
+            stream::manifest::LocalManifest::open_with(&a.out, cfg.fs.clone())
+                .map_err(stream_err)?,
+        )
     } else {
         Box::new(
             stream::manifest::KvManifest::new(a.kv.clone(), &a.group, &a.topic)

@@ -126,6 +126,35 @@ pub(crate) fn write_bench_report(
     Ok(())
 }
 
+/// A server's TLS from `--tls-cert` and `--tls-key` (`inference`, `diag`,
+/// `trace serve`), if given; checked before any port is bound.
+pub fn server_tls(
+    cert: &Option<std::path::PathBuf>,
+    key: &Option<std::path::PathBuf>,
+) -> Result<Option<proto::tls::ServerTls>, Error> {
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Ok(None);
+    };
+    Ok(Some(
+        proto::tls::ServerTls::from_files(cert, key).map_err(proto::Error::from)?,
+    ))
+}
+
+/// A gRPC client's TLS trusting the CA in `--ca` (`diag ping`, `infer
+/// client`), if given.
+pub fn client_tls(
+    ca: Option<&std::path::Path>,
+) -> Result<Option<tonic::transport::ClientTlsConfig>, Error> {
+    let Some(ca) = ca else {
+        return Ok(None);
+    };
+    let tls = proto::tls::ClientTls {
+        ca_pem: proto::tls::read_pem("--ca", ca).map_err(proto::Error::from)?,
+        identity: None,
+    };
+    Ok(Some(tls.config().map_err(proto::Error::from)?))
+}
+
 /// Sets up observability for `service` the way the command line asked;
 /// `otlp` (the demo's own trace receiver) overrides the environment's endpoint.
 pub fn init_observe(
@@ -222,7 +251,7 @@ async fn demo_trace_receiver(
     let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     // A query port too: `mlstack trace show --query` works while it runs.
     Ok(Some(
-        proto::trace_receiver::TraceReceiver::start(any, Some(any), store).await?,
+        proto::trace_receiver::TraceReceiver::start(any, Some(any), store, None).await?,
     ))
 }
 

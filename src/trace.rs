@@ -37,16 +37,21 @@ pub async fn open_store(dir: PathBuf, create: bool) -> Result<SpanStore, Error> 
 pub async fn run(cmd: &TraceCommand) -> Result<(), Error> {
     match cmd {
         TraceCommand::Serve(a) => {
+            // A bad certificate or key fails before any port is bound.
+            let tls = crate::server_tls(&a.tls_cert, &a.tls_key)?;
             let component = crate::component::Component::start(a.metrics_listen).await?;
             let dir = a.data.clone().unwrap_or_else(default_dir);
             let store = open_store(dir.clone(), true).await?;
-            let r = TraceReceiver::start(a.listen, Some(a.query_listen), store).await?;
+            let r =
+                TraceReceiver::start(a.listen, Some(a.query_listen), store, tls.as_ref()).await?;
+            let scheme = if tls.is_some() { "https" } else { "http" };
             // The one JSON line: export with OTEL_EXPORTER_OTLP_ENDPOINT=<otlp>,
             // read with `mlstack trace show ID --query <query>`.
             component.ready(serde_json::json!({
                 "otlp": r.endpoint(),
-                "query": r.query_addr().map(|q| format!("http://{q}")),
+                "query": r.query_addr().map(|q| format!("{scheme}://{q}")),
                 "store": dir,
+                "tls": if tls.is_some() { "on" } else { "off" },
             }));
             component.wait_for_signal().await;
             r.stop().await;
@@ -62,7 +67,7 @@ pub async fn run(cmd: &TraceCommand) -> Result<(), Error> {
                         base.trim_end_matches('/'),
                         a.limit
                     );
-                    get_json(&url).await?["traces"].clone()
+                    get_json(&url, a.source.ca.as_deref()).await?["traces"].clone()
                 }
                 None => {
                     let store = open_store(source_dir(&a.source), false).await?;
@@ -94,12 +99,29 @@ fn source_dir(s: &TraceSourceArgs) -> PathBuf {
     s.data.clone().unwrap_or_else(default_dir)
 }
 
-async fn get_json(url: &str) -> Result<serde_json::Value, Error> {
+/// GETs a query URL; an https:// one trusts only `ca`.
+async fn get_json(url: &str, ca: Option<&std::path::Path>) -> Result<serde_json::Value, Error> {
     let http = |reason: String| Error::Http {
         url: url.to_string(),
         reason,
     };
-    let resp = reqwest::get(url).await.map_err(|e| http(e.to_string()))?;
+    let client = match ca {
+        Some(ca) => {
+            let pem = proto::tls::read_pem("--ca", ca).map_err(proto::Error::from)?;
+            reqwest::Client::builder()
+                .use_preconfigured_tls(
+                    proto::tls::rustls_client_config(&pem).map_err(proto::Error::from)?,
+                )
+                .build()
+                .map_err(|e| http(e.to_string()))?
+        }
+        None => reqwest::Client::new(),
+    };
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| http(e.to_string()))?;
     let status = resp.status();
     let text = resp.text().await.map_err(|e| http(e.to_string()))?;
     let body = serde_json::from_str::<serde_json::Value>(&text);
@@ -120,9 +142,11 @@ async fn show(a: &TraceShowArgs) -> Result<(), Error> {
     let view: TraceView = match &a.source.query {
         Some(base) => {
             let url = format!("{}/api/traces/{id}", base.trim_end_matches('/'));
-            serde_json::from_value(get_json(&url).await?).map_err(|e| Error::Http {
-                url,
-                reason: format!("not a trace: {e}"),
+            serde_json::from_value(get_json(&url, a.source.ca.as_deref()).await?).map_err(|e| {
+                Error::Http {
+                    url,
+                    reason: format!("not a trace: {e}"),
+                }
             })?
         }
         None => {

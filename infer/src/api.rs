@@ -16,9 +16,9 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
+use proto::http_server::HttpServer;
 use proto::infer::v1 as pb;
 use proto::server::GrpcServer;
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::{ApiKeys, Caller};
 use crate::engine_loop::{Admission, Event, Finish, Request, ServingHandle, SubmitError, Usage};
@@ -603,18 +603,18 @@ pub struct Servers {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     grpc: GrpcServer,
-    http_stop: CancellationToken,
-    http_task: tokio::task::JoinHandle<()>,
+    http: HttpServer,
 }
 
 impl Servers {
     /// Stops accepting, lets in-flight responses finish, and waits.
     pub async fn stop(self) {
-        self.http_stop.cancel();
-        if let Err(e) = self.grpc.stop().await {
+        // Both drain at once: neither port's in-flight calls wait on the
+        // other's.
+        let (_, grpc) = tokio::join!(self.http.stop(), self.grpc.stop());
+        if let Err(e) = grpc {
             tracing::error!(error = %e, "gRPC server failed");
         }
-        let _ = self.http_task.await;
     }
 }
 
@@ -631,26 +631,17 @@ pub async fn start(
     tls: Option<&proto::tls::ServerTls>,
 ) -> Result<Servers, ServerError> {
     // A bad certificate or key fails here, naming itself, before any port
-    // is bound.
-    let https = tls.map(|t| t.rustls_config()).transpose()?;
-    let bind = |what, addr| move |source| ServerError::Bind { what, addr, source };
-    let http_listener = tokio::net::TcpListener::bind(http)
-        .await
-        .map_err(bind("HTTP", http))?;
-    let http_addr = http_listener.local_addr().map_err(bind("HTTP", http))?;
-    // The HTTPS server is built before the gRPC one starts, so a failure
-    // here leaves nothing running.
-    let https = match https {
-        None => Err(http_listener),
-        Some(config) => {
-            let listener = http_listener.into_std().map_err(bind("HTTP", http))?;
-            Ok(axum_server::from_tcp_rustls(
-                listener,
-                axum_server::tls_rustls::RustlsConfig::from_config(config),
-            )
-            .map_err(bind("HTTP", http))?)
-        }
-    };
+    // is bound; the HTTP port is bound before gRPC starts, so a failure
+    // there leaves nothing running.
+    let http_port = HttpServer::bind(http, tls).await.map_err(|e| match e {
+        proto::Error::BindHttp { addr, source } => ServerError::Bind {
+            what: "HTTP",
+            addr,
+            source,
+        },
+        other => ServerError::Proto(other),
+    })?;
+    let http_addr = http_port.addr;
 
     let svc = pb::inference_server::InferenceServer::with_interceptor(
         InferenceService {
@@ -693,44 +684,14 @@ pub async fn start(
     // Outermost: each request (refused ones too) in an `http.server` span
     // parented to the client's `traceparent`, as gRPC requests are.
     .layer(axum::middleware::from_fn(observe::http_trace::server));
-    let http_stop = CancellationToken::new();
-    let stopped = http_stop.clone();
-    let http_task = match https {
-        Err(http_listener) => tokio::spawn(async move {
-            let r = axum::serve(http_listener, app)
-                .with_graceful_shutdown(stopped.cancelled_owned())
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        }),
-        Ok(server) => {
-            // HTTPS through axum-server: each connection's handshake runs in
-            // its own task with a 10 s limit, so a client that never finishes
-            // one holds no one else up.
-            let shutdown = axum_server::Handle::new();
-            let on_stop = shutdown.clone();
-            tokio::spawn(async move {
-                stopped.cancelled().await;
-                // As axum::serve's graceful shutdown: stop accepting, let
-                // in-flight responses finish.
-                on_stop.graceful_shutdown(None);
-            });
-            tokio::spawn(async move {
-                if let Err(e) = server.handle(shutdown).serve(app.into_make_service()).await {
-                    tracing::error!(error = %e, "HTTPS server failed");
-                }
-            })
-        }
-    };
+    let http = http_port.serve(app, "OpenAI API");
     let scheme = if tls.is_some() { "tls" } else { "plaintext" };
     tracing::info!(%grpc_addr, %http_addr, scheme, "inference server listening");
     Ok(Servers {
         grpc_addr,
         http_addr,
         grpc,
-        http_stop,
-        http_task,
+        http,
     })
 }
 

@@ -9,7 +9,7 @@
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
@@ -63,6 +63,9 @@ pub struct Config {
     pub filter: Option<String>,
     /// OTLP/gRPC collector endpoint (`http://host:4317`); `None` = no export.
     pub otlp_endpoint: Option<String>,
+    /// The CA (PEM file) that signs an `https://` collector's certificate:
+    /// OpenTelemetry's `OTEL_EXPORTER_OTLP_CERTIFICATE`.
+    pub otlp_ca: Option<std::path::PathBuf>,
     /// Write log lines to this file (appending) instead of stderr: the
     /// demo's screen keeps its own progress while the components' logs go
     /// where it says.
@@ -70,7 +73,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads `RUST_LOG`, `MLSTACK_LOG_FORMAT` and `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    /// Reads `RUST_LOG`, `MLSTACK_LOG_FORMAT`, `OTEL_EXPORTER_OTLP_ENDPOINT` and
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`.
     /// An unknown `MLSTACK_LOG_FORMAT` falls back to text (the CLI validates the
     /// flag before it gets here).
     pub fn from_env(service: &str) -> Self {
@@ -84,6 +88,7 @@ impl Config {
                 .unwrap_or_default(),
             filter: non_empty("RUST_LOG"),
             otlp_endpoint: non_empty("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            otlp_ca: non_empty("OTEL_EXPORTER_OTLP_CERTIFICATE").map(Into::into),
             log_file: None,
         }
     }
@@ -174,15 +179,37 @@ pub fn init_with(config: Config) -> Result<Telemetry, Error> {
         .build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     if let Some(endpoint) = &config.otlp_endpoint {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
+        let exporter_err = |reason: String| Error::Exporter {
+            endpoint: endpoint.clone(),
+            reason,
+        };
+        let mut tonic = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint.clone())
-            .with_timeout(std::time::Duration::from_secs(5))
-            .build()
-            .map_err(|e| Error::Exporter {
-                endpoint: endpoint.clone(),
-                reason: e.to_string(),
+            .with_timeout(std::time::Duration::from_secs(5));
+        // An https:// collector is dialled over TLS, trusting the CA the
+        // OpenTelemetry variable names (a dev CA is in no system store, and
+        // the build carries no system roots); without one, refuse rather
+        // than fail every export later.
+        if endpoint.starts_with("https://") {
+            let Some(ca) = &config.otlp_ca else {
+                return Err(exporter_err(
+                    "an https:// endpoint needs OTEL_EXPORTER_OTLP_CERTIFICATE (the CA's PEM file)"
+                        .into(),
+                ));
+            };
+            let pem = std::fs::read(ca).map_err(|e| {
+                exporter_err(format!(
+                    "OTEL_EXPORTER_OTLP_CERTIFICATE {}: {e}",
+                    ca.display()
+                ))
             })?;
+            tonic = tonic.with_tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+            );
+        }
+        let exporter = tonic.build().map_err(|e| exporter_err(e.to_string()))?;
         // The SDK's default queue (2,048 spans) drops spans when a burst
         // outruns the exporter: producing the demo's corpus makes one span per
         // record in under a second. 65,536 spans of headroom (a few tens of

@@ -25,6 +25,8 @@
 //! - [`server`]: [`server::GrpcServer`], the one gRPC server start-up (health,
 //!   reflection, `Diag`, trace context, drain on stop), and the client
 //!   [`server::channel`].
+//! - [`http_server`]: [`http_server::HttpServer`], the one HTTP(S) server
+//!   start-up beside a gRPC port (the OpenAI API, the trace query port).
 //! - [`diag_service`]: the `Diag` service every server mounts.
 //! - [`tls`]: TLS for servers and clients (rustls through tonic), and
 //!   [`tls::PeerVerifier`], the Raft transport's check that a caller holds a
@@ -76,6 +78,7 @@ pub mod access;
 pub mod auth;
 pub mod certs;
 pub mod diag_service;
+pub mod http_server;
 pub mod server;
 pub mod tls;
 pub mod trace_receiver;

@@ -94,6 +94,21 @@ impl std::fmt::Debug for ServerTls {
 }
 
 impl ServerTls {
+    /// A server's certificate and key from PEM files (`--tls-cert`,
+    /// `--tls-key`), with no client certificates. Parsed and matched now, so
+    /// a bad file fails at start-up naming itself, not at the first
+    /// handshake.
+    pub fn from_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let tls = ServerTls {
+            cert_pem: read_pem("--tls-cert", cert)?,
+            key_pem: read_pem("--tls-key", key)?,
+            client_roots_pem: None,
+            require_client_cert: false,
+        };
+        tls.rustls_config()?;
+        Ok(tls)
+    }
+
     /// tonic's server configuration; the certificates are checked here so a
     /// bad file fails at start-up, naming itself.
     pub fn config(&self) -> Result<ServerTlsConfig, TlsError> {
@@ -164,6 +179,29 @@ impl ClientTls {
         }
         Ok(c)
     }
+}
+
+/// A rustls client configuration trusting only the CAs in `ca_pem` (ring's
+/// crypto, TLS 1.2 and 1.3): for HTTPS clients (`reqwest`'s
+/// `use_preconfigured_tls`), as [`ClientTls`] is for gRPC ones.
+pub fn rustls_client_config(ca_pem: &[u8]) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs("CA", ca_pem)? {
+        roots.add(c).map_err(|e| TlsError::Invalid {
+            what: "CA",
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| TlsError::Invalid {
+        what: "client TLS",
+        reason: e.to_string(),
+    })?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
 }
 
 /// Checks that a caller's certificate chains to the cluster CA: the gate of

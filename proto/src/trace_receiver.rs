@@ -36,12 +36,12 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::trace::v1::Span;
-use tokio_util::sync::CancellationToken;
 
 use observe::traces::{SpanStore, TraceView};
 use prost::Message;
 
 use crate::Error;
+use crate::http_server::HttpServer;
 use crate::server::GrpcServer;
 
 /// The largest Export request accepted (the Collector's default).
@@ -174,77 +174,59 @@ impl TraceService for Export {
 #[derive(Debug)]
 pub struct TraceReceiver {
     grpc: Option<GrpcServer>,
-    query_addr: Option<SocketAddr>,
+    tls: bool,
     store: Arc<SpanStore>,
-    cancel: CancellationToken,
-    query_task: Option<tokio::task::JoinHandle<()>>,
+    query: Option<HttpServer>,
 }
 
 impl TraceReceiver {
     /// Binds the OTLP port (and the query port, when given; port 0 picks a
     /// free one) and serves until [`stop`](Self::stop). Both ports are bound
-    /// before either serves, so a failed bind leaves nothing running.
+    /// before either serves, so a failed bind leaves nothing running. With
+    /// `tls`, both speak TLS only (OTLP/gRPC over TLS, HTTPS queries).
     pub async fn start(
         otlp: SocketAddr,
         query: Option<SocketAddr>,
         store: SpanStore,
+        tls: Option<&crate::tls::ServerTls>,
     ) -> Result<Self, Error> {
         let store = Arc::new(store);
-        let cancel = CancellationToken::new();
-        let query_listener = match query {
-            Some(q) => {
-                let l = tokio::net::TcpListener::bind(q)
-                    .await
-                    .map_err(|source| Error::BindHttp { addr: q, source })?;
-                let a = l
-                    .local_addr()
-                    .map_err(|source| Error::BindHttp { addr: q, source })?;
-                Some((l, a))
-            }
+        let query_port = match query {
+            Some(q) => Some(HttpServer::bind(q, tls).await?),
             None => None,
         };
         let svc = TraceServiceServer::new(Export {
             store: store.clone(),
         })
         .max_decoding_message_size(MAX_REQUEST_BYTES);
-        let grpc = GrpcServer::start(otlp, "trace", None, |routes| {
+        let grpc = GrpcServer::start_tls(otlp, "trace", None, tls, |routes| {
             routes.add_service(svc);
         })
         .await?;
         grpc.health
             .set_serving::<TraceServiceServer<Export>>()
             .await;
-        let mut query_addr = None;
-        let mut query_task = None;
-        if let Some((listener, addr)) = query_listener {
-            query_addr = Some(addr);
+        let query = query_port.map(|port| {
             let app = axum::Router::new()
                 .route("/api/traces", axum::routing::get(recent))
                 .route("/api/traces/{trace_id}", axum::routing::get(one_trace))
                 .with_state(store.clone());
-            let stop = cancel.clone();
-            query_task = Some(tokio::spawn(async move {
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, %addr, "trace query server failed");
-                }
-            }));
-        }
-        tracing::info!(otlp = %grpc.addr, ?query_addr, dir = %store.dir().display(), "trace receiver listening");
+            port.serve(app, "trace query")
+        });
+        tracing::info!(otlp = %grpc.addr, query = ?query.as_ref().map(|q| q.addr), tls = tls.is_some(), dir = %store.dir().display(), "trace receiver listening");
         Ok(Self {
             grpc: Some(grpc),
-            query_addr,
+            tls: tls.is_some(),
             store,
-            cancel,
-            query_task,
+            query,
         })
     }
 
-    /// The OTLP endpoint to export to (`OTEL_EXPORTER_OTLP_ENDPOINT`).
+    /// The OTLP endpoint to export to (`OTEL_EXPORTER_OTLP_ENDPOINT`;
+    /// `https://` when it serves TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.otlp_addr())
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.otlp_addr())
     }
 
     pub fn otlp_addr(&self) -> SocketAddr {
@@ -254,7 +236,7 @@ impl TraceReceiver {
     }
 
     pub fn query_addr(&self) -> Option<SocketAddr> {
-        self.query_addr
+        self.query.as_ref().map(|q| q.addr)
     }
 
     pub fn store(&self) -> &SpanStore {
@@ -264,14 +246,23 @@ impl TraceReceiver {
     /// Stops accepting, waits for in-flight exports and queries, and closes
     /// the store (when the last request holding it is done).
     pub async fn stop(mut self) {
-        self.cancel.cancel();
-        if let Some(g) = self.grpc.take()
-            && let Err(e) = g.stop().await
-        {
+        let query = self.query.take();
+        let grpc = self.grpc.take();
+        let (_, grpc) = tokio::join!(
+            async {
+                if let Some(q) = query {
+                    q.stop().await;
+                }
+            },
+            async {
+                match grpc {
+                    Some(g) => g.stop().await,
+                    None => Ok(()),
+                }
+            }
+        );
+        if let Err(e) = grpc {
             tracing::error!(error = %e, "OTLP receiver failed");
-        }
-        if let Some(t) = self.query_task.take() {
-            let _ = t.await;
         }
     }
 }
@@ -280,7 +271,9 @@ impl Drop for TraceReceiver {
     /// Dropped without [`stop`](Self::stop): both servers stop accepting and
     /// end on their own.
     fn drop(&mut self) {
-        self.cancel.cancel();
+        if let Some(q) = &self.query {
+            q.stop_token().cancel();
+        }
         if let Some(g) = &self.grpc {
             g.stop_token().cancel();
         }

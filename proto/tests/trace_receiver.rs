@@ -57,6 +57,7 @@ async fn keeps_good_spans_refuses_bad_ones_and_answers_queries() {
         any,
         Some(any),
         SpanStore::open(dir.path()).expect("open store"),
+        None,
     )
     .await
     .expect("start receiver");

@@ -29,6 +29,9 @@ pub enum IoOp {
     Rename,
     Remove,
     SyncDir,
+    /// A hard link (a second name for an existing file).
+    Link,
+    CreateDir,
 }
 
 /// Decides whether an operation fails. Return `Err` to fail it.
@@ -66,7 +69,7 @@ impl Fs {
     ) -> Result<Option<MutexGuard<'_, State>>> {
         let guard = match &self.power {
             Some(p) => {
-                let g = p.lock();
+                let mut g = p.lock();
                 g.check().map_err(|e| Error::io(what, path, e))?;
                 Some(g)
             }
@@ -95,6 +98,68 @@ impl Fs {
             fs: self.clone(),
             len: 0,
         })
+    }
+
+    /// Opens a file for appending, creating it if missing (an append-only
+    /// log kept across restarts, such as ingest's manifest).
+    pub fn open_append(&self, path: &Path) -> Result<WritableFile> {
+        let mut power = self.check(IoOp::Create, path, "open")?;
+        if let Some(s) = power.as_deref_mut() {
+            s.before_open(path);
+        }
+        let existed = path.exists();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io("open", path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("open", path, e))?
+            .len();
+        if let Some(s) = power.as_deref_mut()
+            && !existed
+        {
+            s.after_create(path);
+        }
+        Ok(WritableFile {
+            file,
+            path: path.to_path_buf(),
+            fs: self.clone(),
+            len,
+        })
+    }
+
+    /// Gives the file at `from` a second name `to`, failing (with
+    /// `ErrorKind::AlreadyExists` as the source) if `to` exists: unlike a
+    /// rename it never replaces a file. Durable once `to`'s directory is
+    /// fsynced.
+    pub fn hard_link(&self, from: &Path, to: &Path) -> Result<()> {
+        let mut power = self.check(IoOp::Link, to, "link")?;
+        if let Some(s) = power.as_deref_mut() {
+            s.before_link(from, to);
+        }
+        std::fs::hard_link(from, to).map_err(|e| Error::io("link", to, e))?;
+        if let Some(s) = power.as_deref_mut() {
+            s.after_link(from, to);
+        }
+        Ok(())
+    }
+
+    /// Creates one directory (its parent must exist), failing with
+    /// `ErrorKind::AlreadyExists` as the source if it exists. Its entry is
+    /// durable once its parent is fsynced; until then a power cut removes it
+    /// with everything in it.
+    pub fn create_dir(&self, dir: &Path) -> Result<()> {
+        let mut power = self.check(IoOp::CreateDir, dir, "create directory")?;
+        if let Some(s) = power.as_deref_mut() {
+            s.before_create_dir(dir);
+        }
+        std::fs::create_dir(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        if let Some(s) = power.as_deref_mut() {
+            s.after_create_dir(dir);
+        }
+        Ok(())
     }
 
     pub fn rename(&self, from: &Path, to: &Path) -> Result<()> {
@@ -164,7 +229,8 @@ impl Fs {
     }
 }
 
-/// A file being written, append-only.
+/// A file being written, append-only. It is also a [`std::io::Write`], so
+/// an encoder (a Parquet writer) can write through the layer.
 #[derive(Debug)]
 pub struct WritableFile {
     file: File,
@@ -221,5 +287,28 @@ impl WritableFile {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+impl std::io::Write for WritableFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        WritableFile::write_all(self, buf).map_err(|e| match &e {
+            // Keep the kind (a full disk stays `StorageFull`).
+            Error::Io { source, .. } => std::io::Error::new(source.kind(), e.to_string()),
+            _ => std::io::Error::other(e),
+        })?;
+        Ok(buf.len())
+    }
+
+    /// Nothing is buffered here; durability is [`WritableFile::sync`].
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The descriptor, for `flock(2)` on a file being written.
+impl std::os::fd::AsRawFd for WritableFile {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
     }
 }

@@ -21,19 +21,23 @@
 //!   renamed file is back under its old name, an unlinked file is back, with
 //!   its durable contents.
 //! - Truncating a file by re-creating it is undone the same way.
+//! - A directory created through the layer ([`crate::io::Fs::create_dir`])
+//!   whose parent has not been fsynced since is gone, with everything in it.
+//! - A hard link is a second name for the same file: durable as a name once
+//!   its directory is fsynced, with the file's durable bytes.
 //!
 //! Real file systems often keep more (ext4's `data=ordered` commits a
 //! rename's data with it), so for files a test that passes here passes
-//! there; the reverse is what this layer is for. Directories themselves are
-//! not modelled: a directory created and never fsynced in its parent
-//! survives the cut, so a missing parent fsync after `create_dir` goes
-//! unseen.
+//! there; the reverse is what this layer is for. Directories are not
+//! renamed or removed through the layer, so those are not modelled.
 //!
 //! # Use
 //! Give a [`PowerLoss`] to [`crate::Options::power_loss`], write, call
 //! [`PowerLoss::power_off`] (every file operation from then on fails, as a
 //! dead disk would), drop the database, call [`PowerLoss::cut`], and reopen
-//! with a new layer. Only files written through [`crate::io::Fs`] are seen:
+//! with a new layer. [`PowerLoss::power_off_after`] instead lets a given
+//! number of operations run first: a test can sweep the cut over every
+//! point of a sequence. Only files written through [`crate::io::Fs`] are seen:
 //! a file the engine writes with `std::fs` directly is invisible here, which
 //! is why the engine has no such writes.
 
@@ -58,6 +62,8 @@ pub struct CutReport {
     pub files_rewritten: usize,
     /// Files an undone unlink or rename brought back.
     pub files_restored: usize,
+    /// Directories created after their parent's last fsync: removed.
+    pub dirs_dropped: usize,
 }
 
 /// One file's identity, as an inode: a rename keeps it, a create makes a new
@@ -76,6 +82,11 @@ struct Inode {
 #[derive(Debug, Default)]
 pub(crate) struct State {
     off: bool,
+    /// Operations left before the power goes (`power_off_after`).
+    ops_left: Option<u64>,
+    /// Directories created through the layer whose entry no fsync of their
+    /// parent has covered yet.
+    new_dirs: std::collections::BTreeSet<PathBuf>,
     next_ino: u64,
     inodes: HashMap<u64, Inode>,
     /// The namespace as the running program sees it (tracked directories).
@@ -84,8 +95,13 @@ pub(crate) struct State {
     durable: HashMap<PathBuf, BTreeMap<OsString, u64>>,
 }
 
+/// A path's directory; `.` for a bare relative name (what a caller fsyncs
+/// for it).
 fn parent(path: &Path) -> PathBuf {
-    path.parent().map(Path::to_path_buf).unwrap_or_default()
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 impl PowerLoss {
@@ -104,6 +120,13 @@ impl PowerLoss {
         self.state.lock().off = true;
     }
 
+    /// The next `ops` file operations run; the one after them, and every
+    /// later one, fails as after [`PowerLoss::power_off`].
+    pub fn power_off_after(&self, ops: u64) {
+        self.state.lock().ops_left = Some(ops);
+    }
+
+    /// Whether the power has gone (by `power_off` or `power_off_after`).
     pub fn is_off(&self) -> bool {
         self.state.lock().off
     }
@@ -155,6 +178,17 @@ impl PowerLoss {
             }
             std::fs::File::open(&dir)?.sync_all()?;
         }
+        // Shallowest first: removing a directory takes the new ones in it.
+        let new_dirs = std::mem::take(&mut s.new_dirs);
+        for dir in &new_dirs {
+            if dir.is_dir() {
+                std::fs::remove_dir_all(dir)?;
+                report.dirs_dropped += 1;
+                if let Some(p) = dir.parent() {
+                    std::fs::File::open(p)?.sync_all()?;
+                }
+            }
+        }
         s.inodes.clear();
         s.live.clear();
         s.durable.clear();
@@ -163,8 +197,14 @@ impl PowerLoss {
 }
 
 impl State {
-    /// Fails every operation once the power is off.
-    pub(crate) fn check(&self) -> std::io::Result<()> {
+    /// Fails every operation once the power is off (counting down
+    /// `power_off_after`'s budget first).
+    pub(crate) fn check(&mut self) -> std::io::Result<()> {
+        match self.ops_left {
+            Some(0) => self.off = true,
+            Some(n) => self.ops_left = Some(n - 1),
+            None => {}
+        }
         if self.off {
             return Err(std::io::Error::other(
                 "simulated power loss: the disk is gone",
@@ -234,7 +274,10 @@ impl State {
         let Some(&ino) = self.live.get(path) else {
             return Ok(());
         };
-        if self.is_durably_named(ino) {
+        // Only the last name's going detaches the inode: with a hard link
+        // left, the cut reads the bytes through that name.
+        let other_name = self.live.iter().any(|(p, &i)| i == ino && p != path);
+        if !other_name && self.is_durably_named(ino) {
             let b = self.durable_bytes(ino)?;
             if let Some(n) = self.inodes.get_mut(&ino) {
                 n.detached = Some(b);
@@ -280,6 +323,32 @@ impl State {
         }
     }
 
+    /// Opening `path` for appending: its directory is tracked (an existing
+    /// file counts as durable, as it was there before the layer).
+    pub(crate) fn before_open(&mut self, path: &Path) {
+        self.track(&parent(path));
+    }
+
+    pub(crate) fn before_link(&mut self, from: &Path, to: &Path) {
+        self.track(&parent(from));
+        self.track(&parent(to));
+    }
+
+    /// `to` now names `from`'s inode.
+    pub(crate) fn after_link(&mut self, from: &Path, to: &Path) {
+        if let Some(&ino) = self.live.get(from) {
+            self.live.insert(to.to_path_buf(), ino);
+        }
+    }
+
+    pub(crate) fn before_create_dir(&mut self, dir: &Path) {
+        self.track(&parent(dir));
+    }
+
+    pub(crate) fn after_create_dir(&mut self, dir: &Path) {
+        self.new_dirs.insert(dir.to_path_buf());
+    }
+
     pub(crate) fn before_rename(&mut self, from: &Path, to: &Path) -> std::io::Result<()> {
         self.track(&parent(from));
         self.track(&parent(to));
@@ -300,6 +369,7 @@ impl State {
     /// A directory fsync: its entries as they are now become durable.
     pub(crate) fn after_sync_dir(&mut self, dir: &Path) {
         self.track(dir);
+        self.new_dirs.retain(|d| parent(d) != dir);
         let names = self
             .live
             .iter()
@@ -392,5 +462,62 @@ mod tests {
         );
         assert_eq!(std::fs::read(d.join("m")).expect("m"), b"manifest".to_vec());
         assert!(!d.join("m.tmp").exists());
+    }
+
+    #[test]
+    fn an_unsynced_directory_goes_with_its_files_and_a_link_keeps_the_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let p = Arc::new(PowerLoss::new());
+        let fs = fs(&p);
+        // `kept/` is synced in its parent; `lost/` is not, so a file synced
+        // inside it (data and entry) still goes with it.
+        fs.create_dir(&d.join("kept")).expect("mkdir");
+        fs.sync_dir(d).expect("sync parent");
+        fs.create_dir(&d.join("lost")).expect("mkdir");
+        let mut f = fs.create(&d.join("lost/f")).expect("create");
+        f.write_all(b"synced").expect("write");
+        f.sync().expect("sync");
+        fs.sync_dir(&d.join("lost")).expect("sync lost/");
+        // A temp file linked to its final name, the temp name removed and
+        // the directory synced: the final name keeps the synced bytes only.
+        let mut t = fs.create(&d.join("kept/tmp")).expect("create");
+        t.write_all(b"data").expect("write");
+        t.sync().expect("sync");
+        t.write_all(b" tail").expect("write");
+        fs.hard_link(&d.join("kept/tmp"), &d.join("kept/final"))
+            .expect("link");
+        let taken = fs.hard_link(&d.join("kept/tmp"), &d.join("kept/final"));
+        assert!(
+            matches!(&taken, Err(crate::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists),
+            "{taken:?}"
+        );
+        fs.remove(&d.join("kept/tmp")).expect("remove");
+        fs.sync_dir(&d.join("kept")).expect("sync kept/");
+        // A link with no directory fsync after it: undone.
+        fs.hard_link(&d.join("kept/final"), &d.join("kept/again"))
+            .expect("link");
+        drop((f, t));
+        let r = p.cut().expect("cut");
+        assert!(!d.join("lost").exists());
+        assert_eq!(r.dirs_dropped, 1, "{r:?}");
+        assert_eq!(std::fs::read(d.join("kept/final")).expect("final"), b"data");
+        assert!(!d.join("kept/tmp").exists());
+        assert!(!d.join("kept/again").exists());
+    }
+
+    #[test]
+    fn the_power_goes_after_the_given_number_of_operations() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let p = Arc::new(PowerLoss::new());
+        p.power_off_after(2);
+        let fs = fs(&p);
+        let mut f = fs.create(&d.join("a")).expect("op 1");
+        f.write_all(b"x").expect("op 2");
+        assert!(!p.is_off());
+        assert!(f.sync().is_err(), "op 3 finds the power gone");
+        assert!(p.is_off());
+        assert!(fs.create(&d.join("b")).is_err());
     }
 }

@@ -115,6 +115,9 @@ pub struct IngestConfig {
     /// their manifest commit, the process stops itself (SIGSTOP), as a GC
     /// pause would: the window in which a zombie's commit must be fenced.
     pub stop_after_rename: Option<u64>,
+    /// The file layer part files are written through (tests put a
+    /// simulated power cut in it, `storage::power_loss`).
+    pub fs: storage::io::Fs,
 }
 
 /// The default of [`IngestConfig::max_open_files_per_partition`]: a
@@ -140,6 +143,7 @@ impl IngestConfig {
             keep_latency_samples: false,
             max_open_files_per_partition: DEFAULT_MAX_OPEN_FILES_PER_PARTITION,
             stop_after_rename: None,
+            fs: storage::io::Fs::default(),
         }
     }
 }
@@ -715,6 +719,7 @@ async fn handle(
     if files.is_empty() {
         let date = date_of(ts_ms.unwrap_or_else(|| chrono::Utc::now().timestamp_millis()));
         files.push(PartFile::create(
+            &cfg.fs,
             &cfg.out,
             &cfg.topic,
             &date,
@@ -768,6 +773,7 @@ fn finish_record(
             }
         }
         let f = PartFile::create(
+            &st.cfg.fs,
             &st.cfg.out,
             &st.cfg.topic,
             date,

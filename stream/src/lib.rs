@@ -11,7 +11,8 @@
 //!
 //! # Layout
 //! - [`schema`]: the declared schema, per-record validation, Arrow builders.
-//! - [`writer`]: Parquet part files (temp → fsync → rename → fsync dir).
+//! - [`writer`]: Parquet part files (temp → fsync → link → fsync dir),
+//!   written through `storage::io::Fs` (so a test can cut the power).
 //! - [`manifest`]: the authoritative record of committed files: a local
 //!   checksummed file, or the Raft KV cluster (one key per commit,
 //!   compare-and-set on a per-partition head, fenced by an owner epoch).

@@ -23,7 +23,7 @@
 use crate::Error;
 use crate::writer::FileCommit;
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 /// What the manifest knows.
@@ -106,7 +106,9 @@ pub fn commit_range(files: &[FileCommit]) -> Result<(i32, i64, i64), Error> {
 #[derive(Debug)]
 pub struct LocalManifest {
     path: PathBuf,
-    file: Option<std::fs::File>,
+    /// The layer the manifest's appends and fsyncs go through.
+    fs: storage::io::Fs,
+    file: Option<storage::io::WritableFile>,
     _lock: std::fs::File,
     state: ManifestState,
 }
@@ -116,11 +118,15 @@ pub const LOCAL_MANIFEST: &str = "_manifest.jsonl";
 impl LocalManifest {
     /// Opens (creating) the manifest of `out` and takes its lock.
     pub fn open(out: &Path) -> Result<Self, Error> {
-        std::fs::create_dir_all(out).map_err(|source| Error::Io {
-            op: "create directory",
-            path: out.to_path_buf(),
-            source,
-        })?;
+        Self::open_with(out, storage::io::Fs::default())
+    }
+
+    /// [`LocalManifest::open`], writing through `fs` (a test's power-loss
+    /// layer).
+    pub fn open_with(out: &Path, fs: storage::io::Fs) -> Result<Self, Error> {
+        // Durably: a new output directory's entry is fsynced in its parent,
+        // or a power cut could take it with every commit in it.
+        crate::writer::create_dir_durable(&fs, out)?;
         let lock_path = out.join("_manifest.lock");
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -144,6 +150,7 @@ impl LocalManifest {
         }
         Ok(LocalManifest {
             path: out.join(LOCAL_MANIFEST),
+            fs,
             file: None,
             _lock: lock,
             state: ManifestState::default(),
@@ -233,27 +240,25 @@ impl Manifest for LocalManifest {
             }
         };
         let (state, good_len) = parse(&self.path, &bytes)?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(|source| Error::Io {
-                op: "open",
-                path: self.path.clone(),
-                source,
-            })?;
+        let fs_err = crate::writer::fs_err;
         if good_len < bytes.len() {
             tracing::warn!(
                 path = %self.path.display(),
                 dropped_bytes = bytes.len() - good_len,
                 "dropping a torn last manifest line (a crash mid-commit; that file is an orphan)"
             );
-            file.set_len(good_len as u64).map_err(|source| Error::Io {
-                op: "truncate",
-                path: self.path.clone(),
-                source,
-            })?;
+            self.fs
+                .truncate(&self.path, good_len as u64)
+                .map_err(fs_err)?;
         }
+        let file = self.fs.open_append(&self.path).map_err(fs_err)?;
+        // The file's name must be durable before any commit is acknowledged
+        // through it (an fsync of the file does not make its directory entry
+        // survive a power cut). Every start fsyncs the directory, not only
+        // the one that created the file: that one may have crashed between
+        // the create and the fsync.
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        self.fs.sync_dir(dir).map_err(fs_err)?;
         self.file = Some(file);
         self.state = state.clone();
         Ok(state)
@@ -276,17 +281,9 @@ impl Manifest for LocalManifest {
                 source: std::io::Error::other("manifest not loaded"),
             });
         };
-        let io = |source| Error::Io {
-            op: "append",
-            path: self.path.clone(),
-            source,
-        };
-        file.write_all(line_for(files).as_bytes()).map_err(io)?;
-        file.sync_data().map_err(|source| Error::Io {
-            op: "fsync",
-            path: self.path.clone(),
-            source,
-        })?;
+        file.write_all(line_for(files).as_bytes())
+            .map_err(crate::writer::fs_err)?;
+        file.sync().map_err(crate::writer::fs_err)?;
         for c in files {
             self.state.apply(c);
         }

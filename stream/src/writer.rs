@@ -18,6 +18,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use storage::io::{Fs, WritableFile};
 
 /// When to close a file.
 #[derive(Clone, Copy, Debug)]
@@ -65,7 +66,10 @@ pub struct PartFile {
     pub last_offset: i64,
     pub opened: Instant,
     rows: Rows,
-    writer: ArrowWriter<BufWriter<File>>,
+    writer: ArrowWriter<BufWriter<WritableFile>>,
+    /// The file layer every write, fsync, link and directory goes through
+    /// (a test's power-loss layer sits in it).
+    fs: Fs,
     tmp: PathBuf,
     /// This writer's unique token (pid-counter), for a fallback final name.
     token: String,
@@ -96,6 +100,24 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Er
     }
 }
 
+/// The file layer's error as this crate's (every `Fs` failure is an I/O
+/// error naming its operation and path).
+pub(crate) fn fs_err(e: storage::Error) -> Error {
+    match e {
+        storage::Error::Io { op, path, source } => Error::Io { op, path, source },
+        other => Error::Io {
+            op: "file layer",
+            path: PathBuf::new(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    }
+}
+
+/// Whether a file-layer error is "it exists already".
+fn already_exists(e: &storage::Error) -> bool {
+    matches!(e, storage::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists)
+}
+
 static TMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// `topic=T/date=D`.
@@ -118,23 +140,25 @@ pub fn date_of(ts_ms: i64) -> String {
 /// Creates `dir` and its missing parents, fsyncing each new directory's
 /// parent: a file renamed into `date=D/` is only as durable as the entry of
 /// `date=D` itself in `topic=T/` (and so on up).
-fn create_dir_durable(dir: &Path) -> Result<(), Error> {
+pub(crate) fn create_dir_durable(fs: &Fs, dir: &Path) -> Result<(), Error> {
     if dir.as_os_str().is_empty() || dir.is_dir() {
         return Ok(());
     }
     if let Some(parent) = dir.parent() {
-        create_dir_durable(parent)?;
+        create_dir_durable(fs, parent)?;
     }
-    match std::fs::create_dir(dir) {
+    match fs.create_dir(dir) {
         Ok(()) => {}
-        // Another writer of the same output created it meanwhile.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
-        Err(e) => return Err(io("create directory", dir)(e)),
+        // Another writer of the same output created it meanwhile and may
+        // not have fsynced its parent yet: fsync it here too.
+        Err(e) if already_exists(&e) => {}
+        Err(e) => return Err(fs_err(e)),
     }
-    match dir.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent),
-        _ => sync_dir(Path::new(".")),
-    }
+    let parent = match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    fs.sync_dir(parent).map_err(fs_err)
 }
 
 /// Whether a live process holds `path` locked (an open part file's temp
@@ -149,7 +173,8 @@ pub fn locked_by_a_writer(path: &Path) -> bool {
     rc != 0
 }
 
-/// fsync a directory so a rename in it is durable.
+/// fsync a directory so a rename or removal in it is durable (orphan
+/// removal's; part files go through their [`Fs`]).
 pub fn sync_dir(dir: &Path) -> Result<(), Error> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -157,8 +182,11 @@ pub fn sync_dir(dir: &Path) -> Result<(), Error> {
 }
 
 impl PartFile {
-    /// Opens `<out>/topic=T/date=D/.part-<p>-<first>.parquet.tmp`.
+    /// Opens `<out>/topic=T/date=D/.part-<p>-<first>.parquet.tmp`, writing
+    /// through `fs`.
+    #[allow(clippy::too_many_arguments)]
     pub fn create(
+        fs: &Fs,
         out: &Path,
         topic: &str,
         date: &str,
@@ -168,7 +196,7 @@ impl PartFile {
         policy: &RollPolicy,
     ) -> Result<PartFile, Error> {
         let dir = out.join(dir_for(topic, date));
-        create_dir_durable(&dir)?;
+        create_dir_durable(fs, &dir)?;
         // The temp name is this writer's own (pid and a counter): with a
         // shared output directory a deposed owner and the new one may write
         // the same range at once, and must not write or rename each other's
@@ -178,7 +206,7 @@ impl PartFile {
         let tmp = dir.join(format!(
             ".part-{partition}-{first_offset}.{token}.parquet.tmp"
         ));
-        let file = File::create(&tmp).map_err(io("create", &tmp))?;
+        let file = fs.create(&tmp).map_err(fs_err)?;
         // Held until the file is closed in `finish` (or this process dies):
         // orphan removal skips a temp file someone holds locked, so a
         // consumer that is only paused keeps its open file, and its commit is
@@ -211,6 +239,7 @@ impl PartFile {
             opened: Instant::now(),
             rows: Rows::new(schema),
             writer,
+            fs: fs.clone(),
             tmp,
             token,
             total_rows: 0,
@@ -291,13 +320,16 @@ impl PartFile {
         };
         let mut buf = self.writer.into_inner().map_err(perr)?;
         buf.flush().map_err(io("write", &tmp))?;
-        let file = buf.into_inner().map_err(|e| Error::Io {
+        let mut file = buf.into_inner().map_err(|e| Error::Io {
             op: "flush",
             path: tmp.clone(),
             source: e.into_error(),
         })?;
-        file.sync_all().map_err(io("fsync", &tmp))?;
-        drop(file);
+        file.sync().map_err(fs_err)?;
+        // `file` (and with it the flock orphan removal respects) stays open
+        // until the final name exists: dropped here, a new owner's orphan
+        // removal could delete the temp file between the unlock and the
+        // link.
         let bytes_on_disk = std::fs::read(&tmp).map_err(io("read back", &tmp))?;
         // Check the file on the way to the manifest: a footer that does not
         // parse or a row count that differs would be committed forever.
@@ -324,27 +356,35 @@ impl PartFile {
             self.last_offset,
         ));
         let mut fin = out.join(&rel);
-        match std::fs::hard_link(&tmp, &fin) {
+        let fs = &self.fs;
+        match fs.hard_link(&tmp, &fin) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(e) if already_exists(&e) => {
                 rel = dir.join(format!(
                     "part-{}-{}-{}.{}.parquet",
                     self.partition, self.first_offset, self.last_offset, self.token
                 ));
                 fin = out.join(&rel);
                 tracing::warn!(path = %fin.display(), "the part file's name is taken (another consumer's file); using the writer's own name");
-                std::fs::hard_link(&tmp, &fin).map_err(io("link", &tmp))?;
+                fs.hard_link(&tmp, &fin).map_err(fs_err)?;
             }
             // A file system without hard links: rename (which replaces).
-            Err(_) => std::fs::rename(&tmp, &fin).map_err(io("rename", &tmp))?,
+            // Any other failure (a full disk, a dead one) is the error.
+            Err(storage::Error::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied
+                ) =>
+            {
+                fs.rename(&tmp, &fin).map_err(fs_err)?
+            }
+            Err(e) => return Err(fs_err(e)),
         }
-        match std::fs::remove_file(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io("remove temp", &tmp)(e)),
-        }
+        drop(file);
+        // (A missing temp file, after the rename above, is no error.)
+        fs.remove(&tmp).map_err(fs_err)?;
         if let Some(dir) = fin.parent() {
-            sync_dir(dir)?;
+            fs.sync_dir(dir).map_err(fs_err)?;
         }
         let commit = FileCommit {
             path: rel.to_string_lossy().into_owned(),

@@ -104,6 +104,33 @@ pub fn run_mlstack_env(
     )
 }
 
+/// `mlstack certs generate --servers NAME` into `dir/pki`: (certificate,
+/// key, CA) paths.
+pub fn server_certs(dir: &std::path::Path, name: &str) -> (String, String, String) {
+    let pki = dir.join("pki");
+    let pki_s = pki.to_string_lossy().into_owned();
+    let (ok, _, err) = run_mlstack(
+        &[
+            "certs",
+            "generate",
+            "--out",
+            &pki_s,
+            "--nodes",
+            "1",
+            "--servers",
+            name,
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let p = |f: &str| pki.join(f).to_string_lossy().into_owned();
+    (
+        p(&format!("server-{name}.pem")),
+        p(&format!("server-{name}.key")),
+        p("ca.pem"),
+    )
+}
+
 /// A child process that is SIGKILLed on drop unless it already exited.
 #[derive(Debug)]
 pub struct Proc {

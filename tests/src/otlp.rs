@@ -18,7 +18,7 @@ impl Receiver {
         let dir = tempfile::tempdir().expect("tempdir for the trace store");
         let store = observe::traces::SpanStore::open(dir.path()).expect("opening the trace store");
         let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        let inner = proto::trace_receiver::TraceReceiver::start(any, None, store)
+        let inner = proto::trace_receiver::TraceReceiver::start(any, None, store, None)
             .await
             .expect("starting the OTLP receiver");
         Receiver { inner, _dir: dir }

@@ -203,6 +203,148 @@ fn the_health_probe_tells_ready_from_missing_and_unreachable() {
     );
 }
 
+/// `127.0.0.1:PORT` (or a URL of it) as `localhost:PORT`: the certificate
+/// names 127.0.0.1 and localhost (`certs generate`'s default hosts); dialling
+/// by name makes the host check the name check.
+fn by_name(addr: &str) -> String {
+    addr.replace("127.0.0.1", "localhost")
+}
+
+/// `mlstack diag serve` over TLS (issue 15: TLS on every gRPC server):
+/// `diag ping --ca` answers through the server certificate `certs generate
+/// --servers diag` writes; without the CA, or over plaintext, it cannot;
+/// a relay is refused (it would dial the next hop in plaintext); a key
+/// file that holds no key fails the start.
+#[test]
+fn diag_serves_tls_and_ping_trusts_the_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key, ca) = tests::server_certs(dir.path(), "diag");
+    let mut server = Proc::spawn_mlstack(&diag_serve_tls(&cert, &key), &[]);
+    assert_eq!(server.field("tls"), "on");
+    let ep = by_name(&server.field("grpc"));
+    let ping = |extra: &[&str]| {
+        let mut args = vec![
+            "diag",
+            "ping",
+            "--endpoint",
+            &ep,
+            "--timeout",
+            "5",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let (ok, out, err) = ping(&["--ca", &ca]);
+    assert!(ok, "{err}");
+    let reply: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(reply["payload"], "ping");
+    // No CA: the system trust store does not know the dev CA.
+    let (ok, _, err) = ping(&[]);
+    assert!(!ok, "a plaintext ping reached a TLS-only port");
+    assert!(err.contains(&ep), "{err}");
+    // A relay from a TLS server is refused, not dialled in plaintext.
+    let (ok, _, err) = ping(&["--ca", &ca, "--via", "127.0.0.1:1"]);
+    assert!(!ok && err.contains("does not relay"), "{err}");
+    assert!(
+        server
+            .terminate(std::time::Duration::from_secs(10))
+            .success()
+    );
+    // A key file holding no key (the CA's certificate): the start fails
+    // naming the key, before any port is bound.
+    let (ok, _, err) = run(&diag_serve_tls(&cert, &ca));
+    assert!(!ok && err.contains("server key"), "{err}");
+}
+
+/// `diag serve` on ephemeral ports with `--tls-cert cert --tls-key key`.
+fn diag_serve_tls<'a>(cert: &'a str, key: &'a str) -> Vec<&'a str> {
+    vec![
+        "diag",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+    ]
+}
+
+/// `mlstack trace serve` over TLS: a process exports its spans to the
+/// https:// OTLP port trusting the CA named by OpenTelemetry's
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE`, and `trace list --query https://...
+/// --ca` reads them back from the HTTPS query port. Without the CA the
+/// query fails, and an https:// export without a CA is refused at start.
+#[test]
+fn the_trace_receiver_serves_tls_on_both_ports() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key, ca) = tests::server_certs(dir.path(), "trace");
+    let store = dir.path().join("traces").to_string_lossy().into_owned();
+    let mut receiver = Proc::spawn_mlstack(
+        &[
+            "trace",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--query-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--data",
+            &store,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ],
+        &[],
+    );
+    assert_eq!(receiver.field("tls"), "on");
+    let otlp = by_name(&receiver.field("otlp"));
+    let query = by_name(&receiver.field("query"));
+    assert!(otlp.starts_with("https://") && query.starts_with("https://"));
+    // A ping of the receiver's own Diag service (every gRPC server mounts
+    // it), over TLS, exporting the client span over TLS.
+    let grpc = otlp.trim_start_matches("https://").to_string();
+    let export = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.clone()),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.clone()),
+    ];
+    let (ok, _, err) = tests::run_mlstack_env(
+        &["diag", "ping", "--endpoint", &grpc, "--ca", &ca],
+        &[],
+        &export,
+    );
+    assert!(ok, "{err}");
+    // Spans arrive at the exporter's shutdown flush; the receiver stores them
+    // before answering the export.
+    let (ok, list, err) = run(&["trace", "list", "--query", &query, "--ca", &ca]);
+    assert!(ok, "{err}");
+    assert!(list.contains("Diag/Ping"), "no ping trace listed:\n{list}");
+    let (ok, _, err) = run(&["trace", "list", "--query", &query]);
+    assert!(
+        !ok && err.contains(&query),
+        "an https query without a CA: {err}"
+    );
+    let (ok, _, err) = tests::run_mlstack_env(
+        &["diag", "ping", "--endpoint", &grpc, "--ca", &ca],
+        &[],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.clone())],
+    );
+    assert!(
+        !ok && err.contains("OTEL_EXPORTER_OTLP_CERTIFICATE"),
+        "an https export without a CA: {err}"
+    );
+    assert!(
+        receiver
+            .terminate(std::time::Duration::from_secs(10))
+            .success()
+    );
+}
+
 /// `mlstack lsm bench` with both peers at a tiny size, so the peer paths
 /// (RocksDB's db_bench, fjall) cannot rot: every system has a figure for
 /// every workload, in the JSON convention, and the table names them.

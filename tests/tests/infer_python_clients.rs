@@ -54,31 +54,9 @@ fn grpcio_and_openai_clients_get_llama_cpps_answers() {
 fn tls_with_api_keys_for_grpcio_openai_and_the_cli() {
     const KEY: &str = "sk-infer-tls-test";
     let dir = tempfile::tempdir().expect("tempdir");
-    let pki = dir.path().join("pki");
-    let pki_s = pki.to_string_lossy().into_owned();
-    let (ok, _, stderr) = run_mlstack(
-        &[
-            "certs",
-            "generate",
-            "--out",
-            &pki_s,
-            "--nodes",
-            "1",
-            "--servers",
-            "infer",
-        ],
-        &[],
-    );
-    assert!(ok, "certs generate: {stderr}");
-    let p = |f: &str| pki.join(f).to_string_lossy().into_owned();
-    let mut server = Proc::spawn_infer_server(&[
-        "--tls-cert",
-        &p("server-infer.pem"),
-        "--tls-key",
-        &p("server-infer.key"),
-        "--api-keys",
-        KEY,
-    ]);
+    let (cert, key, ca) = tests::server_certs(dir.path(), "infer");
+    let mut server =
+        Proc::spawn_infer_server(&["--tls-cert", &cert, "--tls-key", &key, "--api-keys", KEY]);
     assert_eq!(server.field("tls"), "on");
     let grpc = server.field("grpc");
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
@@ -87,7 +65,7 @@ fn tls_with_api_keys_for_grpcio_openai_and_the_cli() {
         .args(["--grpc", &grpc])
         .args(["--http", &format!("https://{}", server.field("http"))])
         .args(["--proto-dir", &format!("{root}/proto/proto")])
-        .args(["--ca", &p("ca.pem"), "--api-key", KEY])
+        .args(["--ca", &ca, "--api-key", KEY])
         .output()
         .expect("running python3");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -109,7 +87,6 @@ fn tls_with_api_keys_for_grpcio_openai_and_the_cli() {
         args.extend_from_slice(extra);
         run_mlstack(&args, &[])
     };
-    let ca = p("ca.pem");
     let (cli_ok, cli_out, cli_err) = client(&["--ca", &ca]);
     let (plain_ok, _, plain_err) = client(&["--timeout", "5s"]);
     let status = server.terminate(Duration::from_secs(20));

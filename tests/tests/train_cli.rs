@@ -285,6 +285,9 @@ fn a_rank_that_exits_or_hangs_fails_the_launch_naming_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = corpus(dir.path());
     let out = dir.path().join("ck");
+    // Build (or find fresh) the binary before the clock starts: the limit
+    // is on the launch, not on a `cargo build` of a stale binary.
+    mlstack_bin();
     for (fault, timeout) in [("exit:1:3", "30"), ("hang:1:3", "3")] {
         let started = Instant::now();
         let (ok, _, stderr) = launch(

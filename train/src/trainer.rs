@@ -263,7 +263,7 @@ fn run_in_span(cfg: &RunConfig, run_span: &tracing::Span) -> Result<Summary> {
             "ZeRO-1 with tensor parallelism is not built",
         ));
     }
-    let (dp_rank, tp_rank, dp_world) = (cfg.rank / tp, cfg.rank % tp, cfg.world / tp);
+    let (dp_rank, tp_rank) = (cfg.rank / tp, cfg.rank % tp);
     let llama = if tp > 1 {
         Llama::new(
             crate::dist::tensor::local_config(&full_llama.config, tp)?,
@@ -314,8 +314,8 @@ fn run_in_span(cfg: &RunConfig, run_span: &tracing::Span) -> Result<Summary> {
     ));
 
     // The groups: with tp = 1 one data-parallel group on the rendezvous;
-    // with a (dp × tp) mesh, tensor group d on port+1+d and data group t on
-    // port+1+dp+t (the launcher's port is free; the next few are assumed so).
+    // with a (dp × tp) mesh a tensor group and a data group per rank, both
+    // joined through the one rendezvous (`ProcessGroup::connect_mesh`).
     let (mut group, llama) = if tp == 1 {
         let g = ProcessGroup::connect(
             cfg.rank,
@@ -326,32 +326,11 @@ fn run_in_span(cfg: &RunConfig, run_span: &tracing::Span) -> Result<Summary> {
         )?;
         (g, llama)
     } else {
-        let (host, port) = cfg
-            .rendezvous
-            .rsplit_once(':')
-            .and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h.to_string(), p)))
-            .ok_or_else(|| {
-                config_err(
-                    "rendezvous",
-                    format!("{:?} is not host:port", cfg.rendezvous),
-                )
-            })?;
-        let at = |off: usize| -> Result<String> {
-            u16::try_from(usize::from(port) + off)
-                .map(|p| format!("{host}:{p}"))
-                .map_err(|_| config_err("rendezvous", "port out of range for the mesh"))
-        };
-        let tp_group = ProcessGroup::connect(
-            tp_rank,
+        let (tp_group, dp_group) = ProcessGroup::connect_mesh(
+            cfg.rank,
+            cfg.world,
             tp,
-            &at(1 + dp_rank)?,
-            cfg.token,
-            cfg.collective_timeout,
-        )?;
-        let dp_group = ProcessGroup::connect(
-            dp_rank,
-            dp_world,
-            &at(1 + dp_world + tp_rank)?,
+            &cfg.rendezvous,
             cfg.token,
             cfg.collective_timeout,
         )?;

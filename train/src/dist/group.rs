@@ -90,118 +90,62 @@ impl ProcessGroup {
         if world <= 1 {
             return Ok(ProcessGroup::single());
         }
-        if rank >= world {
+        let rdv = Rendezvous::new(rank, rendezvous, token, timeout)?;
+        let [ring] = bind_rings::<1>(rendezvous)?;
+        let table = rdv.exchange(rank, world, &[local_addr(&ring, rendezvous)?])?;
+        let members: Vec<SocketAddr> = table.iter().map(|a| a[0]).collect();
+        rdv.ring("ring", rank, &members, &ring)
+    }
+
+    /// Joins a (dp × tp) mesh through one rendezvous and returns
+    /// `(tensor group, data group)`. Global rank r is tensor rank r % tp of
+    /// data rank r / tp: the tensor group is the tp consecutive ranks of one
+    /// data rank, the data group every tp-th rank. Each rank listens for its
+    /// two rings on ephemeral ports and publishes both through the one
+    /// rendezvous, so the mesh needs no port beyond the launcher's (a run of
+    /// "assumed free" ports after it collided with other processes' ephemeral
+    /// ports).
+    pub fn connect_mesh(
+        rank: usize,
+        world: usize,
+        tp: usize,
+        rendezvous: &str,
+        token: u64,
+        timeout: Duration,
+    ) -> Result<(ProcessGroup, ProcessGroup)> {
+        if tp == 0 || !world.is_multiple_of(tp) {
             return Err(rdv_err(
                 rendezvous,
-                format!("rank {rank} is not below world size {world}"),
+                format!("tensor-parallel size {tp} does not divide world size {world}"),
             ));
         }
-        let deadline = Instant::now() + timeout;
-        // The ring listener, on the rendezvous host and an ephemeral port.
-        let host = rendezvous
-            .rsplit_once(':')
-            .map(|(h, _)| h)
-            .ok_or_else(|| rdv_err(rendezvous, "not host:port"))?;
-        let ring = TcpListener::bind((host, 0))
-            .map_err(|e| rdv_err(rendezvous, format!("bind the ring port: {e}")))?;
-        let my_addr = ring
-            .local_addr()
-            .map_err(|e| rdv_err(rendezvous, e.to_string()))?;
-        let table: Vec<SocketAddr> = if rank == 0 {
-            let l = TcpListener::bind(rendezvous)
-                .map_err(|e| rdv_err(rendezvous, format!("rank 0 binds the rendezvous: {e}")))?;
-            let mut table = vec![my_addr; world];
-            let mut conns = Vec::with_capacity(world - 1);
-            for _ in 1..world {
-                let mut s = accept_until(&l, deadline, rendezvous)?;
-                set_timeouts(&s, timeout);
-                let mut hdr = [0u8; 20];
-                s.read_exact(&mut hdr)
-                    .map_err(|e| rdv_err(rendezvous, format!("read a hello: {e}")))?;
-                let (magic, their_token, r) = (
-                    u32::from_le_bytes(hdr[0..4].try_into().expect("4")),
-                    u64::from_le_bytes(hdr[4..12].try_into().expect("8")),
-                    u64::from_le_bytes(hdr[12..20].try_into().expect("8")) as usize,
-                );
-                if magic != MAGIC || their_token != token || r == 0 || r >= world {
-                    return Err(rdv_err(
-                        rendezvous,
-                        format!(
-                            "a hello that is not this group's (rank {r}, token match {})",
-                            their_token == token
-                        ),
-                    ));
-                }
-                let addr = read_string(&mut s).map_err(|e| rdv_err(rendezvous, e))?;
-                table[r] = addr.parse().map_err(|e| {
-                    rdv_err(rendezvous, format!("rank {r}'s address {addr:?}: {e}"))
-                })?;
-                conns.push(s);
-            }
-            let text = table
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(",");
-            for mut s in conns {
-                write_string(&mut s, &text).map_err(|e| rdv_err(rendezvous, e))?;
-            }
-            table
+        if world <= 1 {
+            return Ok((ProcessGroup::single(), ProcessGroup::single()));
+        }
+        let (dp_rank, tp_rank, dp) = (rank / tp, rank % tp, world / tp);
+        let rdv = Rendezvous::new(rank, rendezvous, token, timeout)?;
+        let [tp_ring, dp_ring] = bind_rings::<2>(rendezvous)?;
+        let mine = [
+            local_addr(&tp_ring, rendezvous)?,
+            local_addr(&dp_ring, rendezvous)?,
+        ];
+        let table = rdv.exchange(rank, world, &mine)?;
+        // The tensor ring first on every rank: connecting to a ring's next
+        // rank completes in the listener's backlog, so neither ring waits on
+        // the other and the order cannot deadlock.
+        let tp_group = if tp > 1 {
+            let members: Vec<SocketAddr> = (0..tp).map(|j| table[dp_rank * tp + j][0]).collect();
+            rdv.ring("tensor ring", tp_rank, &members, &tp_ring)?
         } else {
-            let mut s = connect_until(rendezvous, deadline)?;
-            set_timeouts(&s, timeout);
-            let mut hello = Vec::with_capacity(20);
-            hello.extend_from_slice(&MAGIC.to_le_bytes());
-            hello.extend_from_slice(&token.to_le_bytes());
-            hello.extend_from_slice(&(rank as u64).to_le_bytes());
-            s.write_all(&hello)
-                .map_err(|e| rdv_err(rendezvous, e.to_string()))?;
-            write_string(&mut s, &my_addr.to_string()).map_err(|e| rdv_err(rendezvous, e))?;
-            let text = read_string(&mut s).map_err(|e| rdv_err(rendezvous, e))?;
-            text.split(',')
-                .map(|a| {
-                    a.parse()
-                        .map_err(|e| rdv_err(rendezvous, format!("table entry {a:?}: {e}")))
-                })
-                .collect::<Result<_>>()?
+            ProcessGroup::single()
         };
-        // Ring: connect to next, accept from prev; each side says who it is.
-        let next_rank = (rank + 1) % world;
-        let prev_rank = (rank + world - 1) % world;
-        let mut next = connect_until(&table[next_rank].to_string(), deadline)?;
-        set_timeouts(&next, timeout);
-        let mut hello = Vec::with_capacity(20);
-        hello.extend_from_slice(&MAGIC.to_le_bytes());
-        hello.extend_from_slice(&token.to_le_bytes());
-        hello.extend_from_slice(&(rank as u64).to_le_bytes());
-        next.write_all(&hello)
-            .map_err(|e| rdv_err(rendezvous, e.to_string()))?;
-        let mut prev = accept_until(&ring, deadline, rendezvous)?;
-        set_timeouts(&prev, timeout);
-        let mut hdr = [0u8; 20];
-        prev.read_exact(&mut hdr)
-            .map_err(|e| rdv_err(rendezvous, format!("ring hello: {e}")))?;
-        let their_token = u64::from_le_bytes(hdr[4..12].try_into().expect("8"));
-        let r = u64::from_le_bytes(hdr[12..20].try_into().expect("8")) as usize;
-        if u32::from_le_bytes(hdr[0..4].try_into().expect("4")) != MAGIC
-            || their_token != token
-            || r != prev_rank
-        {
-            return Err(rdv_err(
-                rendezvous,
-                format!("ring hello from rank {r}, expected rank {prev_rank} of this group"),
-            ));
-        }
-        next.set_nodelay(true).ok();
-        prev.set_nodelay(true).ok();
-        Ok(ProcessGroup {
-            rank,
-            world,
-            next: Some(next),
-            prev: Some(prev),
-            seq: 0,
-            stats: CommStats::default(),
-        })
+        let dp_group = if dp > 1 {
+            let members: Vec<SocketAddr> = (0..dp).map(|i| table[i * tp + tp_rank][1]).collect();
+            rdv.ring("data ring", dp_rank, &members, &dp_ring)?
+        } else {
+            ProcessGroup::single()
+        };
+        Ok((tp_group, dp_group))
     }
 
     fn coll_err(&self, op: &'static str, peer: usize, reason: impl Into<String>) -> TrainError {
@@ -353,6 +297,205 @@ impl ProcessGroup {
         }
         Ok(())
     }
+}
+
+/// One rendezvous: where rank 0 listens, the group's token, the socket
+/// timeout and the deadline for the whole join.
+struct Rendezvous<'a> {
+    addr: &'a str,
+    token: u64,
+    timeout: Duration,
+    deadline: Instant,
+    /// Rank 0's listener, bound before any ring listener: the launcher freed
+    /// this port just before, and a ring's ephemeral port could take it.
+    listener: Option<TcpListener>,
+}
+
+/// A hello's (magic, token, rank).
+fn parse_hello(hdr: &[u8; 20]) -> (u32, u64, usize) {
+    (
+        u32::from_le_bytes(hdr[0..4].try_into().expect("4")),
+        u64::from_le_bytes(hdr[4..12].try_into().expect("8")),
+        u64::from_le_bytes(hdr[12..20].try_into().expect("8")) as usize,
+    )
+}
+
+impl<'a> Rendezvous<'a> {
+    fn new(rank: usize, addr: &'a str, token: u64, timeout: Duration) -> Result<Self> {
+        let listener = if rank == 0 {
+            Some(
+                TcpListener::bind(addr)
+                    .map_err(|e| rdv_err(addr, format!("rank 0 binds the rendezvous: {e}")))?,
+            )
+        } else {
+            None
+        };
+        Ok(Rendezvous {
+            addr,
+            token,
+            timeout,
+            deadline: Instant::now() + timeout,
+            listener,
+        })
+    }
+
+    fn hello(&self, rank: usize) -> Vec<u8> {
+        let mut hello = Vec::with_capacity(20);
+        hello.extend_from_slice(&MAGIC.to_le_bytes());
+        hello.extend_from_slice(&self.token.to_le_bytes());
+        hello.extend_from_slice(&(rank as u64).to_le_bytes());
+        hello
+    }
+
+    /// Every rank sends rank 0 its `mine` addresses; rank 0 answers every
+    /// rank with the whole table (`table[rank][i]`).
+    fn exchange(
+        &self,
+        rank: usize,
+        world: usize,
+        mine: &[SocketAddr],
+    ) -> Result<Vec<Vec<SocketAddr>>> {
+        let at = self.addr;
+        if rank >= world {
+            return Err(rdv_err(
+                at,
+                format!("rank {rank} is not below world size {world}"),
+            ));
+        }
+        let parse = |text: &str| -> Result<Vec<SocketAddr>> {
+            text.split(',')
+                .map(|a| {
+                    a.parse()
+                        .map_err(|e| rdv_err(at, format!("address {a:?}: {e}")))
+                })
+                .collect()
+        };
+        let join = |addrs: &[SocketAddr]| {
+            addrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        if rank != 0 {
+            let mut s = connect_until(at, self.deadline)?;
+            set_timeouts(&s, self.timeout);
+            s.write_all(&self.hello(rank))
+                .map_err(|e| rdv_err(at, e.to_string()))?;
+            write_string(&mut s, &join(mine)).map_err(|e| rdv_err(at, e))?;
+            let text = read_string(&mut s).map_err(|e| rdv_err(at, e))?;
+            let table = text.split(';').map(parse).collect::<Result<Vec<_>>>()?;
+            if table.len() != world || table.iter().any(|a| a.len() != mine.len()) {
+                return Err(rdv_err(
+                    at,
+                    format!("a table that is not this group's: {text:?}"),
+                ));
+            }
+            return Ok(table);
+        }
+        let Some(l) = &self.listener else {
+            return Err(rdv_err(at, "rank 0 without its rendezvous listener"));
+        };
+        let mut table = vec![mine.to_vec(); world];
+        let mut conns = Vec::with_capacity(world - 1);
+        for _ in 1..world {
+            let mut s = accept_until(l, self.deadline, at)?;
+            set_timeouts(&s, self.timeout);
+            let mut hdr = [0u8; 20];
+            s.read_exact(&mut hdr)
+                .map_err(|e| rdv_err(at, format!("read a hello: {e}")))?;
+            let (magic, their_token, r) = parse_hello(&hdr);
+            if magic != MAGIC || their_token != self.token || r == 0 || r >= world {
+                return Err(rdv_err(
+                    at,
+                    format!(
+                        "a hello that is not this group's (rank {r}, token match {})",
+                        their_token == self.token
+                    ),
+                ));
+            }
+            let addrs = parse(&read_string(&mut s).map_err(|e| rdv_err(at, e))?)?;
+            if addrs.len() != mine.len() {
+                return Err(rdv_err(
+                    at,
+                    format!(
+                        "rank {r} sent {} addresses, expected {}",
+                        addrs.len(),
+                        mine.len()
+                    ),
+                ));
+            }
+            table[r] = addrs;
+            conns.push(s);
+        }
+        let text = table.iter().map(|a| join(a)).collect::<Vec<_>>().join(";");
+        for mut s in conns {
+            write_string(&mut s, &text).map_err(|e| rdv_err(at, e))?;
+        }
+        Ok(table)
+    }
+
+    /// Closes the ring of `members` (ring addresses by group rank): connect
+    /// to the next rank, accept the previous one on `listener`; each side
+    /// says who it is.
+    fn ring(
+        &self,
+        what: &'static str,
+        rank: usize,
+        members: &[SocketAddr],
+        listener: &TcpListener,
+    ) -> Result<ProcessGroup> {
+        let world = members.len();
+        let next_rank = (rank + 1) % world;
+        let prev_rank = (rank + world - 1) % world;
+        let mut next = connect_until(&members[next_rank].to_string(), self.deadline)?;
+        set_timeouts(&next, self.timeout);
+        next.write_all(&self.hello(rank))
+            .map_err(|e| rdv_err(self.addr, e.to_string()))?;
+        let mut prev = accept_until(listener, self.deadline, self.addr)?;
+        set_timeouts(&prev, self.timeout);
+        let mut hdr = [0u8; 20];
+        prev.read_exact(&mut hdr)
+            .map_err(|e| rdv_err(self.addr, format!("{what} hello: {e}")))?;
+        let (magic, their_token, r) = parse_hello(&hdr);
+        if magic != MAGIC || their_token != self.token || r != prev_rank {
+            return Err(rdv_err(
+                self.addr,
+                format!("{what} hello from rank {r}, expected rank {prev_rank} of this group"),
+            ));
+        }
+        next.set_nodelay(true).ok();
+        prev.set_nodelay(true).ok();
+        Ok(ProcessGroup {
+            rank,
+            world,
+            next: Some(next),
+            prev: Some(prev),
+            seq: 0,
+            stats: CommStats::default(),
+        })
+    }
+}
+
+/// `N` ring listeners on the rendezvous host, each on an ephemeral port.
+fn bind_rings<const N: usize>(rendezvous: &str) -> Result<[TcpListener; N]> {
+    let host = rendezvous
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .ok_or_else(|| rdv_err(rendezvous, "not host:port"))?;
+    let mut out = Vec::with_capacity(N);
+    for _ in 0..N {
+        out.push(
+            TcpListener::bind((host, 0))
+                .map_err(|e| rdv_err(rendezvous, format!("bind the ring port: {e}")))?,
+        );
+    }
+    Ok(out.try_into().expect("N listeners"))
+}
+
+fn local_addr(l: &TcpListener, rendezvous: &str) -> Result<SocketAddr> {
+    l.local_addr()
+        .map_err(|e| rdv_err(rendezvous, e.to_string()))
 }
 
 fn describe_io(e: std::io::Error) -> String {
@@ -528,5 +671,56 @@ mod tests {
             assert!(e.to_string().contains("not this group's"), "{e}");
             let _ = b.join();
         });
+    }
+
+    #[test]
+    fn a_2x3_mesh_reduces_within_its_tensor_and_data_groups() {
+        let (tp, world) = (3, 6);
+        let addr = free_addr();
+        let out = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..world)
+                .map(|r| {
+                    let addr = &addr;
+                    s.spawn(move || {
+                        let (mut t, mut d) = ProcessGroup::connect_mesh(
+                            r,
+                            world,
+                            tp,
+                            addr,
+                            9,
+                            Duration::from_secs(10),
+                        )
+                        .expect("mesh");
+                        let mut bt = vec![r as f32; 7];
+                        t.all_reduce(&mut bt).expect("tensor all-reduce");
+                        let mut bd = vec![r as f32; 5];
+                        d.all_reduce(&mut bd).expect("data all-reduce");
+                        (t.rank, t.world, d.rank, d.world, bt[0], bd[0])
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().expect("rank"))
+                .collect::<Vec<_>>()
+        });
+        for (r, &(tr, tw, dr, dw, st, sd)) in out.iter().enumerate() {
+            assert_eq!(
+                (tr, tw, dr, dw),
+                (r % tp, tp, r / tp, world / tp),
+                "rank {r}"
+            );
+            // Tensor group of replica d: ranks d·tp .. d·tp+tp; data group of
+            // tensor rank t: t, t+tp.
+            let base = (r / tp) * tp;
+            assert_eq!(st, (base..base + tp).sum::<usize>() as f32, "rank {r}");
+            assert_eq!(sd, (r % tp + (r % tp + tp)) as f32, "rank {r}");
+        }
+    }
+
+    #[test]
+    fn a_mesh_whose_tensor_size_does_not_divide_the_world_is_refused() {
+        let e = ProcessGroup::connect_mesh(0, 4, 3, "127.0.0.1:1", 1, Duration::from_secs(1))
+            .expect_err("3 does not divide 4");
+        assert!(e.to_string().contains("does not divide"), "{e}");
     }
 }
