@@ -24,10 +24,11 @@
 #      - cargo install: tansu 0.6.0, the Kafka-protocol broker the stream tests
 #        run against (about 9 minutes on 2 cores; skipped when that version is
 #        already installed).
-#      - llama.cpp's C++ llama-server (the serving benchmark's peer; its
-#        tiny-size run is a test), built by scripts/peers/llama-server.sh from
-#        the llama.cpp tree in llama-cpp-python 0.3.36's source archive
-#        (about 10 minutes on 2 cores; skipped when already built).
+#      - llama.cpp's C++ llama-server and llama-bench (the serving and the
+#        engine benchmarks' peers; their tiny-size runs are tests), built by
+#        scripts/peers/llama-server.sh from the llama.cpp tree in
+#        llama-cpp-python 0.3.36's source archive (about 10 minutes on 2
+#        cores; skipped when both are already built).
 #    No system protoc is needed: .proto files compile with protox (pure Rust).
 # 2. Runs: cargo fmt --check, cargo clippy -D warnings, cargo test --workspace
 #    (unit tests, each crate's tests/, and the cross-component tests/ crate).
@@ -95,8 +96,9 @@ else
     || cargo install tansu --version 0.6.0 --features libsql,dynostore
 fi
 MLSTACK_LLAMA_SERVER_BIN="$(scripts/peers/llama-server.sh)"
-export MLSTACK_LLAMA_SERVER_BIN
-echo "llama-server: $MLSTACK_LLAMA_SERVER_BIN"
+MLSTACK_LLAMA_BENCH_BIN="$(dirname "$MLSTACK_LLAMA_SERVER_BIN")/llama-bench"
+export MLSTACK_LLAMA_SERVER_BIN MLSTACK_LLAMA_BENCH_BIN
+echo "llama-server: $MLSTACK_LLAMA_SERVER_BIN, llama-bench: $MLSTACK_LLAMA_BENCH_BIN"
 for component in rustfmt clippy; do
   if ! rustup component list --installed 2>/dev/null | grep -q "^${component}"; then
     rustup component add "$component"

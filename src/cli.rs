@@ -711,7 +711,7 @@ pub enum InferCommand {
     /// Generate text from a prompt, streamed to stdout; ends with prefill and
     /// decode tokens/s on stderr.
     Generate(InferGenerateArgs),
-    /// Benchmark prefill and decode against llama.cpp (llama-cpp-python, same
+    /// Benchmark prefill and decode against llama.cpp (its llama-bench, same
     /// GGUF, same threads); prints a table and writes JSON.
     BenchEngine(InferBenchArgs),
     /// Serve the model: gRPC `mlstack.infer.v1.Inference` (health, reflection)
@@ -894,7 +894,9 @@ pub struct InferGenerateArgs {
 pub struct InferBenchArgs {
     #[command(flatten)]
     pub model: InferModelArgs,
-    /// Systems to run: mlstack, llama.cpp.
+    /// Systems to run: mlstack, mlstack-avx2 (the same engine with its
+    /// quantized dot products capped at AVX2: what AVX-512 VNNI gives),
+    /// llama.cpp.
     #[arg(
         long,
         env = "MLSTACK_SYSTEMS",
@@ -902,6 +904,10 @@ pub struct InferBenchArgs {
         default_value = "mlstack,llama.cpp"
     )]
     pub systems: Vec<String>,
+    /// llama.cpp's `llama-bench` (default: where scripts/peers/llama-server.sh
+    /// builds it, ~/.cache/mlstack/llama-server-0.3.36/, else the PATH).
+    #[arg(long, env = "MLSTACK_LLAMA_BENCH_BIN")]
+    pub llama_bench_bin: Option<std::path::PathBuf>,
     /// Decode steps per decode measurement.
     #[arg(long, env = "MLSTACK_DECODE_TOKENS", default_value_t = 64)]
     pub decode_tokens: usize,

@@ -94,6 +94,7 @@ pub fn run(cmd: &InferCommand) -> Result<(), Error> {
                     repeats: a.repeats.max(1),
                     threads: rayon::current_num_threads(),
                     model_path,
+                    llama_bench_bin: llama_cpp_tool(a.llama_bench_bin.as_deref(), "llama-bench"),
                 },
             )
             .map_err(|e| Error::Bench(e.to_string()))?;
@@ -312,25 +313,25 @@ pub async fn client(args: &crate::cli::InferClientArgs) -> Result<(), Error> {
     Ok(())
 }
 
-/// `mlstack infer bench-serve`: the load generator against both servers.
-/// `--llama-server-bin`, else where scripts/peers/llama-server.sh puts it,
-/// else `llama-server` on the PATH.
-fn llama_server_bin(args: &crate::cli::InferBenchServeArgs) -> Option<std::path::PathBuf> {
-    if let Some(p) = &args.llama_server_bin {
-        return Some(p.clone());
+/// One of llama.cpp's programs (`llama-server`, `llama-bench`): the path
+/// given, else where scripts/peers/llama-server.sh builds them, else the PATH.
+fn llama_cpp_tool(given: Option<&std::path::Path>, name: &str) -> Option<std::path::PathBuf> {
+    if let Some(p) = given {
+        return Some(p.to_path_buf());
     }
-    let home = std::env::var_os("HOME").map(std::path::PathBuf::from)?;
-    let cached = home.join(".cache/mlstack/llama-server-0.3.36/llama-server");
-    if cached.is_file() {
-        return Some(cached);
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let cached = home.map(|h| h.join(".cache/mlstack/llama-server-0.3.36").join(name));
+    if let Some(c) = cached.filter(|c| c.is_file()) {
+        return Some(c);
     }
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
-            .map(|d| d.join("llama-server"))
+            .map(|d| d.join(name))
             .find(|p| p.is_file())
     })
 }
 
+/// `mlstack infer bench-serve`: the load generator against both servers.
 pub async fn bench_serve(args: &crate::cli::InferBenchServeArgs) -> Result<(), Error> {
     for s in &args.systems {
         if s != "mlstack" && s != "llama-server" {
@@ -351,7 +352,7 @@ pub async fn bench_serve(args: &crate::cli::InferBenchServeArgs) -> Result<(), E
             kv_cache_bytes: args.kv_cache_bytes,
             ..Default::default()
         },
-        llama_server_bin: llama_server_bin(args),
+        llama_server_bin: llama_cpp_tool(args.llama_server_bin.as_deref(), "llama-server"),
     };
     let report = bench::serve::run(std::sync::Arc::new(engine), &cfg)
         .await

@@ -15,8 +15,9 @@
 //! # Layout
 //! - [`types`]: the replicated commands, responses and openraft's type config.
 //! - [`store`]: the Raft log and the state machine in one LSM per node (group
-//!   commit, atomic apply, snapshots from an LSM snapshot, deduplication).
-//! - [`network`]: the Raft transport over gRPC (streamed snapshots).
+//!   commit, atomic apply, snapshots built from an LSM snapshot into files of
+//!   records, deduplication).
+//! - [`network`]: the Raft transport over gRPC (snapshot files streamed in chunks).
 //! - [`service`]: the client API `mlstack.kv.v1.KV` (read index, leader hints).
 //! - [`batcher`]: proposal batching (many client writes, one log entry).
 //! - [`read_index`]: read-index coalescing (many linearizable reads, one

@@ -16,13 +16,14 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::{OptionalSend, Snapshot, SnapshotMeta, Vote};
+use openraft::{OptionalSend, Snapshot, SnapshotMeta, StorageIOError, Vote};
 use proto::raft::v1 as pb;
 use proto::raft::v1::raft_client::RaftClient;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
 /// Largest AppendEntries payload sent in one RPC (see `append_entries`).
@@ -245,33 +246,14 @@ impl RaftNetwork<TypeConfig> for Network {
         option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
         let mut client = self.client()?;
-        let data = snapshot.snapshot.into_inner();
         let header = encode(&(vote, snapshot.meta.clone()));
-        let cluster = self.cluster.clone();
-        let mut chunks = Vec::new();
-        let mut first = true;
-        let mut pieces = data.chunks(SNAPSHOT_CHUNK_BYTES).peekable();
-        if pieces.peek().is_none() {
-            chunks.push(pb::SnapshotChunk {
-                header: header.clone(),
-                data: Vec::new(),
-                crc32c: crc32c::crc32c(&[]),
-                done: true,
-                cluster: cluster.clone(),
-            });
-        }
-        while let Some(p) = pieces.next() {
-            chunks.push(pb::SnapshotChunk {
-                header: if first { header.clone() } else { Vec::new() },
-                data: p.to_vec(),
-                crc32c: crc32c::crc32c(p),
-                done: pieces.peek().is_none(),
-                cluster: cluster.clone(),
-            });
-            first = false;
-        }
+        let chunks = snapshot_chunks(snapshot.snapshot, header, self.cluster.clone(), self.target)
+            .await
+            .map_err(|e| {
+                StreamingError::StorageError(StorageIOError::read_snapshot(None, &e).into())
+            })?;
         let ttl = option.hard_ttl().max(Duration::from_secs(10));
-        let mut request = tonic::Request::new(tokio_stream::iter(chunks));
+        let mut request = tonic::Request::new(chunks);
         request.set_timeout(ttl);
         let target = self.target;
         let call = client.install_snapshot(request);
@@ -308,6 +290,58 @@ impl RaftNetwork<TypeConfig> for Network {
         // Short and steady: a healed link is used again within 100 ms.
         Backoff::new(std::iter::repeat(Duration::from_millis(100)))
     }
+}
+
+/// The leader's side of a snapshot stream: `SNAPSHOT_CHUNK_BYTES` chunks read
+/// from the snapshot file as gRPC asks for them (one chunk in memory at a
+/// time), each with its CRC32C, the first with the vote and meta, the last
+/// marked `done`. A read error ends the stream without `done`, which the
+/// follower refuses ("ended before its last chunk").
+async fn snapshot_chunks(
+    mut file: Box<crate::store::SnapshotData>,
+    header: Vec<u8>,
+    cluster: String,
+    target: NodeId,
+) -> std::io::Result<impl futures::Stream<Item = pb::SnapshotChunk> + Send + 'static> {
+    file.seek(std::io::SeekFrom::Start(0)).await?;
+    let total = file.len().await?;
+    struct State {
+        file: Box<crate::store::SnapshotData>,
+        header: Option<Vec<u8>>,
+        sent: u64,
+        total: u64,
+        cluster: String,
+        target: NodeId,
+    }
+    let state = State {
+        file,
+        header: Some(header),
+        sent: 0,
+        total,
+        cluster,
+        target,
+    };
+    Ok(futures::stream::unfold(state, |mut s| async move {
+        // After the first chunk, nothing left means the stream is complete.
+        if s.header.is_none() && s.sent == s.total {
+            return None;
+        }
+        let n = (s.total - s.sent).min(SNAPSHOT_CHUNK_BYTES as u64) as usize;
+        let mut data = vec![0u8; n];
+        if let Err(e) = s.file.read_exact(&mut data).await {
+            tracing::warn!(target = s.target, sent = s.sent, error = %e, "reading the snapshot to send");
+            return None;
+        }
+        s.sent += n as u64;
+        let chunk = pb::SnapshotChunk {
+            header: s.header.take().unwrap_or_default(),
+            crc32c: crc32c::crc32c(&data),
+            data,
+            done: s.sent == s.total,
+            cluster: s.cluster.clone(),
+        };
+        Some((chunk, s))
+    }))
 }
 
 /// The server side of the transport: hands decoded messages to openraft.
@@ -415,52 +449,75 @@ impl pb::raft_server::Raft for RaftService {
         let certs = self.certs(&request);
         let mut stream = request.into_inner();
         let mut header: Option<(Vote<NodeId>, SnapshotMeta<NodeId, Node>)> = None;
-        let mut data = Vec::new();
+        // The stream goes to a temporary file in the snapshot directory
+        // (`StateMachine::begin_receiving_snapshot`), never whole into
+        // memory; dropped on any early return below, the file is removed.
+        let mut data: Option<Box<crate::store::SnapshotData>> = None;
+        let mut received: usize = 0;
         let mut done = false;
         while let Some(chunk) = stream.message().await? {
             check_cluster(&self.cluster, &chunk.cluster)?;
-            if header.is_none() {
+            if data.is_none() {
                 let h: (Vote<NodeId>, SnapshotMeta<NodeId, Node>) =
                     bincode::deserialize(&chunk.header)
                         .map_err(|e| bad_payload("snapshot header", e))?;
-                // Checked on the first chunk, before any data is buffered.
+                // Checked on the first chunk, before anything is written.
                 self.check_sender(
                     certs.as_deref().map(Vec::as_slice),
                     h.0.leader_id().voted_for(),
                 )?;
                 header = Some(h);
+                let f = self.raft.begin_receiving_snapshot().await.map_err(|e| {
+                    tonic::Status::unavailable(format!("receiving a snapshot: {e}"))
+                })?;
+                data = Some(f);
             }
+            let Some(file) = data.as_mut() else {
+                return Err(tonic::Status::internal(
+                    "no snapshot file after the first chunk",
+                ));
+            };
             let crc = crc32c::crc32c(&chunk.data);
             if crc != chunk.crc32c {
                 return Err(tonic::Status::data_loss(format!(
-                    "snapshot chunk at byte {} checksum mismatch: sent {:08x}, received {crc:08x}",
-                    data.len(),
+                    "snapshot chunk at byte {received} checksum mismatch: sent {:08x}, received {crc:08x}",
                     chunk.crc32c
                 )));
             }
-            if data.len().saturating_add(chunk.data.len())
-                > crate::types::limits::MAX_SNAPSHOT_BYTES
+            if received.saturating_add(chunk.data.len()) > crate::types::limits::MAX_SNAPSHOT_BYTES
             {
                 return Err(tonic::Status::resource_exhausted(format!(
                     "snapshot stream passes {} bytes, the limit (MAX_SNAPSHOT_BYTES); nothing installed",
                     crate::types::limits::MAX_SNAPSHOT_BYTES
                 )));
             }
-            data.extend_from_slice(&chunk.data);
+            file.write_all(&chunk.data).await.map_err(|e| {
+                tonic::Status::internal(format!(
+                    "writing snapshot byte {received} to {}: {e}",
+                    file.path().display()
+                ))
+            })?;
+            received += chunk.data.len();
             if chunk.done {
                 done = true;
                 break;
             }
         }
-        let Some((vote, meta)) = header.filter(|_| done) else {
+        let (Some((vote, meta)), Some(data), true) = (header, data, done) else {
             // A cut-off stream installs nothing: the old state stays.
             return Err(tonic::Status::aborted(
                 "snapshot stream ended before its last chunk; nothing installed",
             ));
         };
+        // Durable and whole before openraft sees it: a damaged or forged file
+        // is refused here, with the old state kept (and the file removed).
+        let mut data = data;
+        data.check(&meta).await.map_err(|e| {
+            tonic::Status::data_loss(format!("snapshot of {received} bytes refused: {e}"))
+        })?;
         let snapshot = Snapshot {
             meta,
-            snapshot: Box::new(std::io::Cursor::new(data)),
+            snapshot: data,
         };
         let r = self.raft.install_full_snapshot(vote, snapshot).await;
         Ok(tonic::Response::new(pb::RaftMessage {

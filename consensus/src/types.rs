@@ -8,14 +8,14 @@
 //! node's apply join the client's trace.
 
 use serde::{Deserialize, Serialize};
-use std::io::Cursor;
 
 openraft::declare_raft_types!(
     /// openraft's type configuration for the KV cluster: `u64` node ids,
-    /// `BasicNode { addr }` members, in-memory snapshot buffers, tokio.
+    /// `BasicNode { addr }` members, snapshots as files on disk, tokio.
     pub TypeConfig:
         D = Command,
         R = Response,
+        SnapshotData = crate::store::SnapshotData,
 );
 
 /// The Raft instance type of this crate.
@@ -223,10 +223,10 @@ pub mod limits {
     /// 1 MiB values a 10,000-entry page would be 10 GiB, and a gRPC client
     /// refuses messages over 4 MiB by default.
     pub const MAX_SCAN_BYTES: usize = 3 << 20;
-    /// Largest snapshot a node accepts from a peer. The stream is buffered
-    /// in memory and installed in one LSM batch, whose limit
-    /// (`storage::Options::max_batch_bytes`) is the same 256 MiB: a larger
-    /// state could not be installed anyway, and without the bound a peer
-    /// could make a node buffer without end.
+    /// Largest snapshot a node accepts from a peer. The stream goes to a
+    /// file on disk, never whole into memory, but it is installed in one
+    /// LSM batch, whose limit (`storage::Options::max_batch_bytes`) is the
+    /// same 256 MiB: a larger state could not be installed anyway, and
+    /// without the bound a peer could fill the node's disk.
     pub const MAX_SNAPSHOT_BYTES: usize = 256 << 20;
 }

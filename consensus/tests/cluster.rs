@@ -11,10 +11,17 @@ use std::time::{Duration, Instant};
 use storage::power_loss::PowerLoss;
 
 /// A reserved port: the listener is held until the node that uses the port
-/// starts, so parallel tests cannot be handed the same port meanwhile.
+/// starts, so parallel tests cannot be handed the same port meanwhile. It
+/// is below Linux's ephemeral range (32768–60999), which outgoing
+/// connections take their source ports from: one of those could otherwise
+/// take the port between the drop and the node's bind.
 fn reserve_port() -> (u16, std::net::TcpListener) {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("ephemeral port");
-    (l.local_addr().expect("addr").port(), l)
+    loop {
+        let port = rand::random_range(20_000..32_000u16);
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return (port, l);
+        }
+    }
 }
 
 fn free_port() -> u16 {
@@ -328,6 +335,28 @@ async fn restarted_follower_catches_up_through_install_snapshot() {
     c.wait_applied(leader, last).await;
     let (_, h_l) = c.nodes[&leader].shared.state_hash().expect("hash");
     assert_eq!(h_f, h_l);
+    // The streamed snapshot became the follower's `current.snap`, and no
+    // received temporary file is left beside it (a snapshot of its own may
+    // be being built meanwhile, as `build-N.tmp`).
+    let files = snapshot_files(&c, follower);
+    assert!(files.iter().any(|f| f == "current.snap"), "{files:?}");
+    assert!(!files.iter().any(|f| f.starts_with("recv-")), "{files:?}");
+    // A restart checks that file end to end and keeps the state.
+    c.stop_node(follower).await;
+    c.start_node(follower, false).await;
+    c.wait_applied(follower, last).await;
+    let (_, h_r) = c.nodes[&follower].shared.state_hash().expect("hash");
+    assert_eq!(h_r, h_l);
+}
+
+/// The names in a node's snapshot directory, sorted.
+fn snapshot_files(c: &Cluster, id: u64) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(c.nodes[&id].shared.snapshot_dir())
+        .expect("snapshot dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -848,14 +877,21 @@ async fn a_power_cut_on_every_node_loses_no_acknowledged_put() {
     for id in 1..=3 {
         c.stop_node(id).await;
     }
-    // Whether a cut finds unsynced bytes depends on where it falls between
-    // the log syncer's fsyncs; the storage test checks that cuts do drop
-    // data, and this one failed with the syncer's fsync removed (88 of 1,507
-    // acknowledged puts lost), which is what it is for.
+    // The cut must find unsynced writes somewhere, or it tested nothing:
+    // with four writers running, the state machine's batches (written
+    // unsynced, covered by the next log fsync) and log appends waiting for
+    // the syncer are on some node's WAL tail. With the syncer's fsync removed
+    // this test failed (88 of 1,507 acknowledged puts lost).
+    let mut changed = 0;
     for (id, p) in std::mem::take(&mut c.power) {
         let r = p.cut().expect("power cut");
         eprintln!("node {id}: {r:?}");
+        changed += r.files_dropped + r.files_rewritten + r.files_restored + r.dirs_dropped;
     }
+    assert!(
+        changed > 0,
+        "the power cut found nothing unsynced on any node: it tested nothing"
+    );
     for id in 1..=3 {
         c.start_node(id, false).await;
     }
@@ -937,7 +973,8 @@ async fn idle_client_sessions_expire_through_the_log() {
 
 /// A peer (or anyone who reaches the port) streaming a snapshot larger than
 /// `MAX_SNAPSHOT_BYTES` is refused with `RESOURCE_EXHAUSTED` once it passes the
-/// limit, instead of the node buffering without end, and nothing is installed.
+/// limit, instead of the node writing without end, nothing is installed and
+/// the partial file is removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_oversized_snapshot_stream_is_refused_and_installs_nothing() {
     use consensus::types::limits::MAX_SNAPSHOT_BYTES;
@@ -974,4 +1011,55 @@ async fn an_oversized_snapshot_stream_is_refused_and_installs_nothing() {
     assert!(e.message().contains("MAX_SNAPSHOT_BYTES"), "{e:?}");
     assert!(c.nodes[&target].shared.applied_index() >= applied);
     assert_eq!(get(&client, "kept").await.as_deref(), Some("1"));
+    // What was received went to a temporary file, removed on refusal.
+    let files = snapshot_files(&c, target);
+    assert!(!files.iter().any(|f| f.starts_with("recv-")), "{files:?}");
+}
+
+/// A whole stream whose file is not a valid snapshot (garbage, or a valid
+/// file cut short) is refused with `DATA_LOSS` before openraft sees it: the
+/// state stays, the node keeps serving, and the received file is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_snapshot_stream_is_refused_and_the_node_keeps_serving() {
+    use proto::raft::v1 as rpb;
+    let c = Cluster::start(3).await;
+    let client = c.client();
+    client.put(b"kept", b"1").await.expect("put");
+    let target = c.leader().await;
+    let meta = openraft::SnapshotMeta::<u64, openraft::BasicNode>::default();
+    let header = bincode::serialize(&(openraft::Vote::<u64>::new(1, 1), meta)).expect("header");
+    for body in [
+        b"MLSNAP02 and then nothing a snapshot file holds".to_vec(),
+        vec![0u8; 3 << 20],
+    ] {
+        let chunks: Vec<rpb::SnapshotChunk> = body
+            .chunks(1 << 20)
+            .enumerate()
+            .map(|(i, d)| rpb::SnapshotChunk {
+                header: if i == 0 { header.clone() } else { Vec::new() },
+                data: d.to_vec(),
+                crc32c: crc32c::crc32c(d),
+                done: (i + 1) * (1 << 20) >= body.len(),
+                cluster: c.name.clone(),
+            })
+            .collect();
+        let mut raft =
+            rpb::raft_client::RaftClient::connect(format!("http://{}", c.peers[&target]))
+                .await
+                .expect("connect");
+        let e = raft
+            .install_snapshot(futures::stream::iter(chunks))
+            .await
+            .expect_err("a damaged snapshot is refused");
+        assert_eq!(e.code(), tonic::Code::DataLoss, "{e:?}");
+        assert!(e.message().contains("refused"), "{e:?}");
+        let files = snapshot_files(&c, target);
+        assert!(!files.iter().any(|f| f.starts_with("recv-")), "{files:?}");
+    }
+    assert_eq!(get(&client, "kept").await.as_deref(), Some("1"));
+    client
+        .put(b"after", b"2")
+        .await
+        .expect("the cluster still takes writes");
+    assert_eq!(get(&client, "after").await.as_deref(), Some("2"));
 }

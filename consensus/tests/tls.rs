@@ -47,9 +47,18 @@ struct TlsCluster {
     nodes: BTreeMap<u64, Node>,
 }
 
+/// A port held by a listener until the node that uses it starts. Chosen
+/// below Linux's ephemeral range (32768–60999): a port from bind(0) is also
+/// what the kernel hands outgoing connections as their source port, and
+/// one of those (another test's) took a node's port between the drop and
+/// the node's bind ("Address already in use").
 fn free_addr() -> (String, std::net::TcpListener) {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-    (l.local_addr().expect("addr").to_string(), l)
+    loop {
+        let port = rand::random_range(20_000..32_000u16);
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return (l.local_addr().expect("addr").to_string(), l);
+        }
+    }
 }
 
 impl TlsCluster {
@@ -66,20 +75,20 @@ impl TlsCluster {
             proto::auth::ApiKeys::parse(&format!("{ADMIN_KEY} ops admin\n{APP_KEY} app\n"), "t")
                 .expect("keys"),
         );
-        let mut held = Vec::new();
+        // Each node's ports stay held until just before that node starts.
+        let mut held: BTreeMap<u64, Vec<std::net::TcpListener>> = BTreeMap::new();
         let mut peers = BTreeMap::new();
         let mut raft_ports = BTreeMap::new();
         for id in 1..=3u64 {
             let (a, l) = free_addr();
             peers.insert(id, a);
-            held.push(l);
+            held.entry(id).or_default().push(l);
             if peer_ports {
                 let (a, l) = free_addr();
                 raft_ports.insert(id, a);
-                held.push(l);
+                held.entry(id).or_default().push(l);
             }
         }
-        drop(held);
         // The membership: CLIENT, or CLIENT+PEER (consensus::member_addr).
         let members: BTreeMap<u64, String> = peers
             .iter()
@@ -115,6 +124,7 @@ impl TlsCluster {
                 keys: Some(keys.clone()),
                 require_cert: true,
             };
+            drop(held.remove(&id));
             nodes.insert(id, Node::start(cfg).await.expect("node starts"));
         }
         TlsCluster {

@@ -18,7 +18,8 @@
 //! - [`ops`]: scalar references for RMSNorm, softmax, SiLU·mul and RoPE (both
 //!   the GGUF and the Hugging Face layouts).
 //! - [`qdot`]: quantized dot products and matvec (Q8_0, Q4_0, Q4_1 weights ·
-//!   8-bit activations): scalar reference + AVX2/FMA with runtime detection.
+//!   8-bit activations): scalar reference + AVX2/FMA and AVX-512 VNNI with
+//!   runtime detection.
 //! - [`vec`]: f32 dot and axpy (attention), and the AVX2 versions of RMSNorm,
 //!   softmax and SiLU·mul (vectorized `exp`).
 //! - [`attention`]: scores and weighted sums over an f16 KV cache.

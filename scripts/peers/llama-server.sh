@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Builds llama.cpp's own C++ server (`llama-server`: parallel slots,
-# continuous batching), the serving benchmark's peer, from the llama.cpp tree
-# that ships inside llama-cpp-python's source archive (PyPI publishes only
-# the archive). Idempotent: prints the binary's path, building it only when
-# missing. About 10 minutes on 2 cores.
+# continuous batching), the serving benchmark's peer, and its benchmark tool
+# (`llama-bench`), the engine benchmark's peer, beside it, from the llama.cpp
+# tree that ships inside llama-cpp-python's source archive (PyPI publishes
+# only the archive). Idempotent: prints the server's path, building both
+# only when either is missing. About 10 minutes on 2 cores.
 #
 #   scripts/peers/llama-server.sh           # → ~/.cache/mlstack/llama-server-0.3.36/llama-server
+#                                           #   (and llama-bench in the same folder)
 #
 # On a CPU that reports AMX, the native build crashed in libggml-cpu (see
 # ../shared/PEERS.md), so there it builds the AVX2/AVX-512 paths without AMX.
@@ -14,7 +16,8 @@ version=0.3.36
 sha256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 dest="${MLSTACK_PEERS_DIR:-$HOME/.cache/mlstack}/llama-server-$version"
 bin="$dest/llama-server"
-if [ -x "$bin" ]; then
+bench="$dest/llama-bench"
+if [ -x "$bin" ] && [ -x "$bench" ]; then
   echo "$bin"
   exit 0
 fi
@@ -43,7 +46,9 @@ if grep -qw amx_tile /proc/cpuinfo 2>/dev/null; then
 fi
 echo "building llama-server $version (${flags[*]})" >&2
 cmake -S "$src" -B "$work/build" "${flags[@]}" >&2
-cmake --build "$work/build" --target llama-server -j "$(nproc)" >&2
+cmake --build "$work/build" --target llama-server llama-bench -j "$(nproc)" >&2
+cp "$work/build/bin/llama-bench" "$bench.tmp"
+mv "$bench.tmp" "$bench"
 cp "$work/build/bin/llama-server" "$bin.tmp"
 mv "$bin.tmp" "$bin"
 echo "$bin"

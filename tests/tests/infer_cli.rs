@@ -132,15 +132,18 @@ fn bad_input_fails_with_a_clear_message() {
     assert!(err.contains("8192"), "{err}");
 }
 
+/// Every row, and the peer path at a tiny size so it cannot rot: llama.cpp's
+/// `llama-bench` (which the test command builds) gives every workload, and
+/// `mlstack-avx2` (the kernels capped at AVX2) runs beside.
 #[test]
-fn bench_engine_writes_every_row() {
+fn bench_engine_writes_every_row_for_mlstack_its_avx2_kernels_and_llama_bench() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out_path = dir.path().join("engine.json");
     let (ok, out, err) = run(&[
         "infer",
         "bench-engine",
         "--systems",
-        "mlstack",
+        "mlstack,mlstack-avx2,llama.cpp",
         "--repeats",
         "1",
         "--decode-tokens",
@@ -162,14 +165,6 @@ fn bench_engine_writes_every_row() {
             .as_f64()
             .expect("number")
     };
-    for w in [
-        "prefill_128",
-        "prefill_1024",
-        "decode_ctx128",
-        "decode_ctx1024",
-    ] {
-        assert!(value("mlstack", w, "tokens_per_sec") > 0.0, "{w}");
-    }
     assert!(value("mlstack", "process", "peak_rss_mb") > 50.0);
     assert!(value("machine", "memory_read", "bandwidth_gb_per_sec") > 0.1);
     // 210 Q4_1 matrices + the Q8_0 head + norms: about 96.6 MB per token.
@@ -177,6 +172,34 @@ fn bench_engine_writes_every_row() {
         .as_u64()
         .expect("bytes");
     assert!((90_000_000..100_000_000).contains(&bytes), "{bytes}");
+    for system in ["mlstack", "mlstack-avx2", "llama.cpp"] {
+        for w in [
+            "prefill_128",
+            "prefill_1024",
+            "decode_ctx128",
+            "decode_ctx1024",
+        ] {
+            assert!(
+                value(system, w, "tokens_per_sec") > 1.0,
+                "{system} {w}: {out}"
+            );
+        }
+    }
+    let build = v["config"]["llama_cpp"]
+        .as_str()
+        .expect("llama.cpp's build");
+    assert!(build.starts_with("llama.cpp build "), "{build}");
+    let kernels = v["config"]["cpu_kernels"].as_str().expect("cpu_kernels");
+    assert!(
+        ["Scalar", "Avx2", "Avx512Vnni"].contains(&kernels),
+        "{kernels}"
+    );
+    assert!(out.contains("capped at AVX2"), "{out}");
+    // llama-bench's own peak memory: it maps the 96.6 MB model, and is not
+    // this process's (which a spawned child's rusage would report).
+    let rss = |system: &str| value(system, "process", "peak_rss_mb");
+    assert!(rss("llama.cpp") > 50.0, "{}", rss("llama.cpp"));
+    assert_ne!(rss("llama.cpp"), rss("mlstack"));
     let (ok, _, err) = run(&["infer", "bench-engine", "--systems", "vllm"]);
     assert!(!ok);
     assert!(err.contains("vllm"), "{err}");

@@ -1,7 +1,8 @@
 //! Raft's log and state machine, both persisted in one `storage` LSM per node.
 //! One concept a file: [`log`] (the Raft log store and its group-committed
-//! fsync), [`state_machine`] (atomic apply, deduplication, watches) and
-//! [`snapshot`] (building, saving and installing snapshots); this file holds
+//! fsync), [`state_machine`] (atomic apply, deduplication, watches, installing
+//! a snapshot), [`snapshot`] (building snapshots, the snapshot directory) and
+//! [`snapshot_file`] (the snapshot's streamed file format); this file holds
 //! the key spaces they share and opening the node's LSM.
 //!
 //! # Key spaces
@@ -36,7 +37,6 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Debug;
-use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -196,11 +196,13 @@ pub fn open_db(
 mod log;
 mod sessions;
 mod snapshot;
+mod snapshot_file;
 mod state_machine;
 
 pub use log::LogStore;
 pub use sessions::MAX_SESSIONS;
 use sessions::Sessions;
+pub use snapshot_file::SnapshotData;
 pub use state_machine::{Shared, StateMachine};
 
 /// For tests and the CLI: the ids of a membership's voters and all nodes.

@@ -2,7 +2,9 @@
 //! the applied index in one batch), request-id deduplication, watches.
 
 use super::snapshot::*;
+use super::snapshot_file::*;
 use super::*;
+use std::io::BufReader;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(super) struct Applied {
@@ -53,12 +55,20 @@ pub struct Shared {
     pub(super) watch_tx: broadcast::Sender<WatchEvent>,
     pub(super) history: Mutex<History>,
     pub(super) snapshot_dir: PathBuf,
-    pub(super) current_snapshot: Mutex<Option<StoredSnapshot>>,
+    /// The last log id `current.snap` covers; held across its replacement
+    /// (`snapshot::publish`).
+    pub(super) current_snapshot: Mutex<Option<LogId<NodeId>>>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) snapshot_seq: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
+    /// Where this node keeps `current.snap` (and snapshots being built or
+    /// received, as `*.tmp`).
+    pub fn snapshot_dir(&self) -> &Path {
+        &self.snapshot_dir
+    }
+
     pub(super) fn applied(&self) -> std::sync::MutexGuard<'_, Applied> {
         self.applied.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -212,7 +222,10 @@ impl StateMachine {
         };
         let dedup = Sessions::load(&db)?;
         metrics.sessions.set(dedup.clients() as i64);
-        let current_snapshot = load_snapshot_file(&snapshot_dir)?;
+        let current = open_snapshot_dir(&snapshot_dir)?;
+        if let Some(meta) = &current {
+            tracing::info!(snapshot = %meta.snapshot_id, "snapshot checked");
+        }
         let (watch_tx, _) = broadcast::channel(4096);
         Ok(Self {
             shared: Arc::new(Shared {
@@ -222,7 +235,7 @@ impl StateMachine {
                 watch_tx,
                 history: Mutex::new(History::default()),
                 snapshot_dir,
-                current_snapshot: Mutex::new(current_snapshot),
+                current_snapshot: Mutex::new(current.and_then(|m| m.last_log_id)),
                 metrics,
                 snapshot_seq: Default::default(),
             }),
@@ -521,71 +534,63 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SE> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    /// A temporary file in the snapshot directory for a snapshot streamed
+    /// from the leader (`network.rs` writes it; dropped unused, it is removed).
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, SE> {
+        let path = temp_path(&self.shared, "recv");
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(SnapshotData::new(file, path, true)))
     }
 
+    /// Installs a received snapshot file (`network.rs` has already fsynced
+    /// and checked it end to end; the checks here are the backstop): read it
+    /// a record at a time into one LSM batch, write the batch only once the
+    /// trailer has checked, then make the file `current.snap`.
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, Node>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        mut snapshot: Box<SnapshotData>,
     ) -> Result<(), SE> {
         let t0 = Instant::now();
-        let data = snapshot.into_inner();
         let sig = Some(meta.signature());
-        let body: SnapshotBody = decode("snapshot", &data)
-            .map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
-        let shared = &*self.shared;
-        let werr = |e: std::io::Error| StorageIOError::write_snapshot(sig.clone(), &e);
-        // One batch: delete the old state, write the new one and the applied
-        // pointer. The WAL makes it atomic, so a crash mid-install leaves the
-        // old state (and openraft will send the snapshot again).
-        let mut b = WriteBatch::new();
-        for prefix in STATE_PREFIXES {
-            for kv in shared
-                .db
-                .prefix(prefix, false, &ReadOptions::default())
-                .map_err(|e| werr(io_err(e)))?
-            {
-                let (k, _) = kv.map_err(|e| werr(io_err(e)))?;
-                b.delete(k);
-            }
-        }
-        for (k, v) in &body.entries {
-            if !STATE_PREFIXES.iter().any(|p| k.starts_with(p)) {
-                return Err(werr(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("snapshot holds a key outside the state key spaces: {k:?}"),
-                ))
-                .into());
-            }
-            b.put(k, v);
-        }
-        let dedup = Sessions::from_keys(
-            body.entries
-                .iter()
-                .map(|(k, v)| (k.as_slice(), v.as_slice())),
+        // Durable before it can be renamed to `current.snap`.
+        snapshot
+            .sync()
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
+        // Reading the file and writing the LSM block: off the async workers.
+        let (shared, path, m) = (
+            self.shared.clone(),
+            snapshot.path().to_path_buf(),
+            meta.clone(),
         );
+        let (applied, dedup) =
+            tokio::task::spawn_blocking(move || install_file(&shared, &path, &m))
+                .await
+                .map_err(|e| {
+                    StorageIOError::write_snapshot(sig.clone(), &std::io::Error::other(e))
+                })?
+                .map_err(|e| *e)?;
+        let shared = &*self.shared;
+        let current = shared.snapshot_dir.join(SNAPSHOT_FILE);
+        // (An install is never of `current.snap` itself: openraft installs
+        // only what `begin_receiving_snapshot` gave the receiver.)
+        if snapshot.path() != current
+            && publish(shared, snapshot.path(), meta)
+                .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?
+        {
+            snapshot.keep(current);
+        }
         shared.metrics.sessions.set(dedup.clients() as i64);
-        let applied = Applied {
-            last_applied: meta.last_log_id,
-            membership: meta.last_membership.clone(),
-        };
-        b.put(KEY_APPLIED, encode(&applied));
-        // Big snapshots may exceed the per-batch limit of the LSM: write in the
-        // LSM's own max batch size is 64 MiB by default, ample for a metadata
-        // store; a larger state is refused with the engine's typed error.
-        shared
-            .db
-            .write(b, &WriteOptions { sync: true })
-            .map_err(|e| werr(io_err(e)))?;
-        save_snapshot_file(shared.db.fs(), &shared.snapshot_dir, meta, &data).map_err(werr)?;
         *shared.applied() = applied;
         *shared.dedup.lock().unwrap_or_else(|p| p.into_inner()) = dedup;
-        *shared
-            .current_snapshot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), Arc::new(data)));
         {
             let mut h = shared.history.lock().unwrap_or_else(|p| p.into_inner());
             *h = History::default();
@@ -604,15 +609,86 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SE> {
-        let cur = self
-            .shared
-            .current_snapshot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        Ok(cur.map(|(meta, data)| Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data.as_ref().clone())),
-        }))
+        open_current(&self.shared)
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
     }
+}
+
+/// Replaces the state with a snapshot file's: one LSM batch deletes the old
+/// state and writes the file's records and the applied pointer. The WAL makes
+/// the batch atomic, so a crash mid-install leaves the old state (and
+/// openraft sends the snapshot again). Returns the new applied pointer and
+/// the client sessions rebuilt from the file (the error is boxed:
+/// `StorageError` is large).
+fn install_file(
+    shared: &Shared,
+    path: &Path,
+    meta: &SnapshotMeta<NodeId, Node>,
+) -> Result<(Applied, Sessions), Box<SE>> {
+    let sig = Some(meta.signature());
+    let rerr =
+        |e: std::io::Error| Box::new(SE::from(StorageIOError::read_snapshot(sig.clone(), &e)));
+    let werr =
+        |e: std::io::Error| Box::new(SE::from(StorageIOError::write_snapshot(sig.clone(), &e)));
+    let file = std::fs::File::open(path).map_err(rerr)?;
+    let mut reader = SnapshotReader::open(BufReader::with_capacity(1 << 20, file)).map_err(rerr)?;
+    if reader.meta() != meta {
+        return Err(rerr(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "the snapshot file's meta ({:?}) is not the one it was sent with ({:?})",
+                reader.meta().signature(),
+                meta.signature()
+            ),
+        )));
+    }
+    let mut b = WriteBatch::new();
+    for prefix in STATE_PREFIXES {
+        for kv in shared
+            .db
+            .prefix(prefix, false, &ReadOptions::default())
+            .map_err(|e| werr(io_err(e)))?
+        {
+            let (k, _) = kv.map_err(|e| werr(io_err(e)))?;
+            b.delete(k);
+        }
+    }
+    // The client sessions are rebuilt from their key spaces: the dedup keys
+    // (their answers are not needed for that) and the session records.
+    let mut session_keys = Vec::new();
+    while let Some((k, v)) = reader.next_record().map_err(rerr)? {
+        if !STATE_PREFIXES.iter().any(|p| k.starts_with(p)) {
+            return Err(rerr(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("snapshot holds a key outside the state key spaces: {k:?}"),
+            )));
+        }
+        if k.starts_with(DEDUP_PREFIX) {
+            session_keys.push((k.clone(), Vec::new()));
+        } else if k.starts_with(sessions::SESSION_PREFIX) {
+            session_keys.push((k.clone(), v.clone()));
+        }
+        b.put(k, v);
+    }
+    // Here the trailer's count and checksum have checked: nothing read from
+    // a damaged or forged file reaches the LSM.
+    let dedup = Sessions::from_keys(
+        session_keys
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice())),
+    );
+    let applied = Applied {
+        last_applied: meta.last_log_id,
+        membership: meta.last_membership.clone(),
+    };
+    b.put(KEY_APPLIED, encode(&applied));
+    // The batch is held in memory until written: the LSM's batch limit
+    // (`storage::Options::max_batch_bytes`, 256 MiB) bounds the state a
+    // snapshot can install; a larger one is refused with its typed error.
+    shared
+        .db
+        .write(b, &WriteOptions { sync: true })
+        .map_err(|e| werr(io_err(e)))?;
+    Ok((applied, dedup))
 }
