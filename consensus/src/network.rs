@@ -503,7 +503,7 @@ impl pb::raft_server::Raft for RaftService {
                 break;
             }
         }
-        let (Some((vote, meta)), Some(data), true) = (header, data, done) else {
+        let (Some((vote, meta)), Some(mut data), true) = (header, data, done) else {
             // A cut-off stream installs nothing: the old state stays.
             return Err(tonic::Status::aborted(
                 "snapshot stream ended before its last chunk; nothing installed",
@@ -511,7 +511,6 @@ impl pb::raft_server::Raft for RaftService {
         };
         // Durable and whole before openraft sees it: a damaged or forged file
         // is refused here, with the old state kept (and the file removed).
-        let mut data = data;
         data.check(&meta).await.map_err(|e| {
             tonic::Status::data_loss(format!("snapshot of {received} bytes refused: {e}"))
         })?;

@@ -32,9 +32,9 @@ pub(super) fn open_snapshot_dir(
     }
     let path = dir.join(SNAPSHOT_FILE);
     match verify_snapshot_file(&path) {
-        Ok((meta, _)) => Ok(Some(meta)),
+        Ok(meta) => Ok(Some(meta)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) if e.to_string().starts_with(NOT_THIS_VERSION) => {
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
             // A snapshot in an older format (before snapshots were files of
             // records) is moved aside, not read: the LSM holds the state it
             // covers, and openraft builds a new snapshot when one is needed.

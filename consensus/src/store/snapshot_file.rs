@@ -30,9 +30,6 @@ const MAX_META_BYTES: u32 = 1 << 20;
 /// cannot make a reader allocate more than this for one record.
 pub(super) const MAX_RECORD_BYTES: u32 = 16 << 20;
 
-/// How an error about a file of another format (or version) begins.
-pub(super) const NOT_THIS_VERSION: &str = "not a snapshot file of this version";
-
 fn bad(what: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what)
 }
@@ -117,9 +114,14 @@ impl<R: Read> SnapshotReader<R> {
         };
         let magic: [u8; 8] = s.take_array("magic")?;
         if &magic != MAGIC {
-            return Err(bad(format!(
-                "{NOT_THIS_VERSION}: magic {magic:02x?}, expected {MAGIC:02x?}"
-            )));
+            // Its own kind: start-up moves a file of another format aside
+            // (`open_snapshot_dir`) instead of refusing to start.
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                format!(
+                    "not a snapshot file of this version: magic {magic:02x?}, expected {MAGIC:02x?}"
+                ),
+            ));
         }
         let len = u32::from_le_bytes(s.take_array("meta length")?);
         if len > MAX_META_BYTES {
@@ -215,14 +217,12 @@ fn truncated(e: std::io::Error, what: &str) -> std::io::Error {
 }
 
 /// Reads a whole snapshot file, checking every record, the count and the
-/// checksum; returns its metadata and record count.
-pub(super) fn verify_snapshot_file(
-    path: &Path,
-) -> std::io::Result<(SnapshotMeta<NodeId, Node>, u64)> {
+/// checksum; returns its metadata.
+pub(super) fn verify_snapshot_file(path: &Path) -> std::io::Result<SnapshotMeta<NodeId, Node>> {
     let f = std::fs::File::open(path)?;
     let mut r = SnapshotReader::open(std::io::BufReader::with_capacity(1 << 20, f))?;
     while r.next_record()?.is_some() {}
-    Ok((r.meta().clone(), r.records))
+    Ok(r.meta().clone())
 }
 
 /// openraft's `SnapshotData`: an open snapshot file. The leader streams
@@ -265,7 +265,7 @@ impl SnapshotData {
     pub async fn check(&mut self, meta: &SnapshotMeta<NodeId, Node>) -> std::io::Result<()> {
         self.sync().await?;
         let path = self.path.clone();
-        let (found, _) = tokio::task::spawn_blocking(move || verify_snapshot_file(&path))
+        let found = tokio::task::spawn_blocking(move || verify_snapshot_file(&path))
             .await
             .map_err(std::io::Error::other)??;
         if found != *meta {
