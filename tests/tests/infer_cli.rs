@@ -179,10 +179,11 @@ fn bench_engine_writes_every_row_for_mlstack_its_avx2_kernels_and_llama_bench() 
             "decode_ctx128",
             "decode_ctx1024",
         ] {
-            assert!(
-                value(system, w, "tokens_per_sec") > 1.0,
-                "{system} {w}: {out}"
-            );
+            // A rate, not a speed check: this test shares two cores with
+            // the others, and llama.cpp's spinning threads, preempted, once
+            // decoded at 0.9 tokens/s here. Speed is bench-engine's to tell.
+            let rate = value(system, w, "tokens_per_sec");
+            assert!(rate.is_finite() && rate > 0.0, "{system} {w}: {out}");
         }
     }
     let build = v["config"]["llama_cpp"]
