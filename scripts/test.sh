@@ -32,8 +32,24 @@
 #    No system protoc is needed: .proto files compile with protox (pure Rust).
 # 2. Runs: cargo fmt --check, cargo clippy -D warnings, cargo test --workspace
 #    (unit tests, each crate's tests/, and the cross-component tests/ crate).
+# 3. With --long, then the long drills: 2,000 SIGKILLs and 2,000 power cuts
+#    of the storage engine (CRASH_CYCLES, POWER_CYCLES), the storage model
+#    test at 5,000 cases (PROPTEST_CASES), every cargo-fuzz target
+#    (scripts/fuzz.sh; installs nightly and cargo-fuzz when missing) and every
+#    KV chaos drill on five nodes, these two for MLSTACK_LONG_SECS each
+#    (default 600). About 1.5 hours more on 2 cores; CI does not pass it.
+#
+#   ./scripts/test.sh [--long]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+long=0
+case "${1:-}" in
+  "") ;;
+  --long) long=1 ;;
+  *) echo "usage: $0 [--long]" >&2; exit 2 ;;
+esac
+long_secs="${MLSTACK_LONG_SECS:-600}"
 
 log() { printf '\n== %s\n' "$*"; }
 
@@ -123,3 +139,26 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"
 cargo test --workspace --locked --no-fail-fast
 du -sh "${CARGO_TARGET_DIR:-target}" 2>/dev/null | awk '{print "target directory: " $1}' || true
+
+if [ "$long" = 1 ]; then
+  # Each drill runs on a release build; a failure is named and fails the
+  # command after every drill has had its turn.
+  failed=()
+  crash_cycles="${CRASH_CYCLES:-2000}" power_cycles="${POWER_CYCLES:-2000}"
+  log "long: $crash_cycles SIGKILLs and $power_cycles power cuts of the storage engine"
+  CRASH_CYCLES="$crash_cycles" POWER_CYCLES="$power_cycles" \
+    cargo test -p storage --release --locked --test crash -- --nocapture || failed+=(crash)
+  cases="${PROPTEST_CASES:-5000}"
+  log "long: the storage model test at $cases cases"
+  PROPTEST_CASES="$cases" cargo test -p storage --release --locked --test model || failed+=(model)
+  log "long: every cargo-fuzz target for ${long_secs}s"
+  scripts/fuzz.sh "$long_secs" || failed+=(fuzz)
+  log "long: every KV chaos drill on five nodes for ${long_secs}s"
+  cargo run --release --locked -- chaos all --nodes 5 --duration "${long_secs}s" --seed "$RANDOM" \
+    || failed+=(chaos)
+  if [ "${#failed[@]}" -gt 0 ]; then
+    echo "long drills failed: ${failed[*]}" >&2
+    exit 1
+  fi
+  echo "long drills passed"
+fi

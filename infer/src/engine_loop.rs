@@ -568,19 +568,29 @@ fn run(
             }
             fail(&mut sched, &mut live, id, &m, &pending);
         }
+        let mut admitted = 0;
         for b in &report.batch {
             if let Some(l) = live.get_mut(&b.id)
                 && l.admitted.is_none()
             {
                 l.admitted = Some(Instant::now());
                 l.queue_span = None; // closes infer.queue
-                pending.fetch_sub(1, Ordering::SeqCst);
+                admitted += 1;
                 l.phase_span = Some(tracing::info_span!(
                     parent: &l.span,
                     "infer.prefill",
                     gen_ai.usage.input_tokens = l.req.prompt.len()
                 ));
             }
+        }
+        if admitted > 0 {
+            // Publish the stats that count them as running *before* they
+            // leave `pending`: a reader that sees both `pending` at zero and
+            // an idle snapshot then knows the engine is idle (the snapshot
+            // is otherwise a step old, and a long step once let a drained
+            // check pass with three requests in flight).
+            publish(&sched, &m, &stats, steps, &mut last_queries, &mut last_hits);
+            pending.fetch_sub(admitted, Ordering::SeqCst);
         }
         if report.batch.is_empty() {
             publish(&sched, &m, &stats, steps, &mut last_queries, &mut last_hits);

@@ -27,6 +27,8 @@
 //!   preemption.
 //! - [`request`]: the one request type, how a sequence ends, and the
 //!   per-token step (sample, EOS, UTF-8 decoder, stop filter) every loop runs.
+//! - [`stop`]: stop strings matched as text streams (a KMP automaton per
+//!   string: amortised O(1) per byte, whatever their length).
 //! - [`engine_loop`]: the engine thread (continuous batching over the
 //!   scheduler), request channels, metrics.
 //! - [`api`]: the front: gRPC `mlstack.infer.v1.Inference` and
@@ -45,5 +47,6 @@ pub mod paged;
 pub mod request;
 pub mod sampling;
 pub mod scheduler;
+pub mod stop;
 
 pub use ::model::locate::{DEFAULT_MODEL_FILE, locate_model};

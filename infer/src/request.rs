@@ -16,6 +16,7 @@
 use model::tokenizer::{StreamDecoder, Tokenizer, TokenizerError};
 
 use crate::sampling::{InvalidParam, Sampler, SamplingParams};
+use crate::stop::StopFilter;
 
 /// A generation request, already tokenized.
 #[derive(Clone, Debug, Default)]
@@ -33,7 +34,8 @@ pub struct Request {
 }
 
 /// Most stop strings a request may carry (OpenAI allows 4; vLLM has no
-/// limit): each one is scanned on the single engine thread at every token.
+/// limit): each one steps through every byte of every token on the single
+/// engine thread ([`crate::stop`]: O(1) amortised per byte and string).
 pub const MAX_STOP_STRINGS: usize = 16;
 /// Longest stop string, in bytes.
 pub const MAX_STOP_BYTES: usize = 256;
@@ -121,7 +123,7 @@ impl<'a> TokenStep<'a> {
             eos: tokenizer.eos_ids(),
             ignore_eos: req.ignore_eos,
             decoder: tokenizer.stream(),
-            filter: StopFilter::new(req.stop.clone()),
+            filter: StopFilter::new(&req.stop),
             stopped: false,
         })
     }
@@ -160,75 +162,5 @@ impl<'a> TokenStep<'a> {
         }
         let tail = self.decoder.finish()?.unwrap_or_default();
         Ok(self.filter.push(&tail).0 + &self.filter.flush())
-    }
-}
-
-/// Holds back text that might be the start of a stop string, so a stop string
-/// is never streamed and then retracted.
-#[derive(Debug)]
-struct StopFilter {
-    stops: Vec<String>,
-    pending: String,
-}
-
-impl StopFilter {
-    fn new(stops: Vec<String>) -> StopFilter {
-        StopFilter {
-            stops,
-            pending: String::new(),
-        }
-    }
-
-    /// Adds text; returns (text safe to emit, whether a stop string was hit).
-    fn push(&mut self, text: &str) -> (String, bool) {
-        self.pending.push_str(text);
-        if let Some(at) = self
-            .stops
-            .iter()
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| self.pending.find(s.as_str()))
-            .min()
-        {
-            let out = self.pending[..at].to_string();
-            self.pending.clear();
-            return (out, true);
-        }
-        // Keep the longest suffix that is a prefix of some stop string.
-        let keep = self
-            .stops
-            .iter()
-            .flat_map(|s| {
-                (1..s.len())
-                    .filter(|&n| s.is_char_boundary(n) && self.pending.ends_with(&s[..n]))
-                    .max()
-            })
-            .max()
-            .unwrap_or(0);
-        let cut = self.pending.len() - keep;
-        let out = self.pending[..cut].to_string();
-        self.pending.drain(..cut);
-        (out, false)
-    }
-
-    fn flush(&mut self) -> String {
-        std::mem::take(&mut self.pending)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::StopFilter;
-
-    #[test]
-    fn stop_strings_are_held_back_and_cut() {
-        let mut f = StopFilter::new(vec!["\nUser:".into()]);
-        assert_eq!(f.push("Hello"), ("Hello".into(), false));
-        // "\nUs" could start the stop string: held back.
-        assert_eq!(f.push(" world\nUs"), (" world".into(), false));
-        assert_eq!(f.push("er: more"), (String::new(), true));
-        let mut f = StopFilter::new(vec!["\nUser:".into()]);
-        assert_eq!(f.push("a\nU"), ("a".into(), false));
-        assert_eq!(f.push("nder"), ("\nUnder".into(), false));
-        assert_eq!(f.flush(), "");
     }
 }

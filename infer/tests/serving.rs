@@ -190,11 +190,16 @@ impl Server {
     }
 
     /// Waits until the engine holds no sequences and no blocks.
+    /// Waits until nothing is queued or running. `pending` is live; the
+    /// stats snapshot is published after each step, and before an admitted
+    /// request leaves `pending`, so the two together cannot both look idle
+    /// while a request is in flight.
     async fn drained(&self) -> infer::engine_loop::EngineStats {
         let mut s = self.handle.stats();
         for _ in 0..500 {
             s = self.handle.stats();
-            if s.running == 0 && s.waiting == 0 && s.blocks_used == 0 {
+            if self.handle.pending() == 0 && s.running == 0 && s.waiting == 0 && s.blocks_used == 0
+            {
                 return s;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
