@@ -35,6 +35,9 @@ struct Pattern {
     fail: Vec<usize>,
     /// How many leading bytes of `bytes` the text ends with (< `bytes.len()`).
     matched: usize,
+    /// State moves so far (the tests bound them: the cost, counted).
+    #[cfg(test)]
+    moves: usize,
 }
 
 impl Pattern {
@@ -55,6 +58,8 @@ impl Pattern {
             bytes,
             fail,
             matched: 0,
+            #[cfg(test)]
+            moves: 0,
         }
     }
 
@@ -64,6 +69,14 @@ impl Pattern {
         // sequence, and the filter is not fed again.
         while self.matched > 0 && self.bytes[self.matched] != b {
             self.matched = self.fail[self.matched - 1];
+            #[cfg(test)]
+            {
+                self.moves += 1;
+            }
+        }
+        #[cfg(test)]
+        {
+            self.moves += 1;
         }
         if self.bytes[self.matched] == b {
             self.matched += 1;
@@ -200,6 +213,32 @@ mod tests {
         assert_eq!(f.push("és"), ("éés".into(), false));
         assert_eq!(f.push("😀é"), ("😀".into(), false));
         assert_eq!(f.push("!x"), (String::new(), true));
+    }
+
+    #[test]
+    fn the_work_per_byte_is_bounded_whatever_the_stop_strings() {
+        // The limits (16 strings of 256 bytes) and a text that keeps almost
+        // matching all of them: 255 "a"s then a byte none expects. Each byte
+        // moves a string's state forward at most once, and a fall back along
+        // the failure links undoes at least one forward move, so each string
+        // makes at most 2 moves per byte (the search this replaced made about
+        // Σ len² / 2 = 524,288 byte comparisons per token here).
+        let stops: Vec<String> = (0..16u8)
+            .map(|i| "a".repeat(255) + &char::from(b'b' + i).to_string())
+            .collect();
+        let mut f = StopFilter::new(&stops);
+        let mut bytes = 0;
+        for i in 0..20_000 {
+            let token = if i % 300 == 299 { "z" } else { "aaa" };
+            bytes += token.len();
+            let (_, hit) = f.push(token);
+            assert!(!hit);
+        }
+        for p in &f.stops {
+            assert!(p.moves <= 2 * bytes, "{} moves for {bytes} bytes", p.moves);
+        }
+        // What the held-back text costs: never more than the longest string.
+        assert!(f.pending.len() < 256, "{}", f.pending.len());
     }
 
     /// The stream's answer, by brute force: the earliest byte at which some
