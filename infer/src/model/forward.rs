@@ -136,7 +136,26 @@ impl Model {
     ///
     /// A sequence's result does not depend on what else is in the batch: each
     /// token row goes through the same kernels with the same arithmetic.
-    pub fn forward_batch<C: KvStore + Sync + ?Sized>(
+    pub fn forward_batch<C: KvStore + Sync + Send + ?Sized>(
+        &self,
+        seqs: &[SeqInput<'_>],
+        cache: &mut C,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        // Run the pass on one of the pool's threads, not the caller's. A
+        // caller outside the pool (the engine thread, `generate`) that starts
+        // a parallel loop hands the job over and sleeps until the pool is
+        // done: a futex wake and a context switch each way, for each of the
+        // ~150 parallel regions a token takes (5 per layer). On a pool thread
+        // a region is a local fork and join, and the caller sleeps once per
+        // pass. rayon::scope runs inline when already on a pool thread.
+        if rayon::current_thread_index().is_none() {
+            return rayon::scope(|_| self.forward_batch_on_pool(seqs, cache));
+        }
+        self.forward_batch_on_pool(seqs, cache)
+    }
+
+    /// [`Model::forward_batch`]'s body, on a pool thread.
+    fn forward_batch_on_pool<C: KvStore + Sync + Send + ?Sized>(
         &self,
         seqs: &[SeqInput<'_>],
         cache: &mut C,
