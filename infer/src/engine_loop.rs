@@ -14,7 +14,9 @@
 //!
 //! Why one engine thread: the model step is the unit of work and every
 //! running sequence is in it; the parallelism is *inside* the step (rayon
-//! over matrix rows and attention heads). Handlers never touch the model.
+//! over matrix rows and attention heads, the step itself run on a pool
+//! thread by `forward_batch`, so this thread sleeps once per step rather
+//! than once per parallel region). Handlers never touch the model.
 
 use std::collections::HashMap;
 use std::sync::Arc;
