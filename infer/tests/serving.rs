@@ -189,11 +189,10 @@ impl Server {
             .map_or(0.0, |m| m.get_counter().value())
     }
 
-    /// Waits until the engine holds no sequences and no blocks.
-    /// Waits until nothing is queued or running. `pending` is live; the
-    /// stats snapshot is published after each step, and before an admitted
-    /// request leaves `pending`, so the two together cannot both look idle
-    /// while a request is in flight.
+    /// Waits until nothing is queued or running and no block is held.
+    /// `pending` is live; the stats snapshot is published after each step,
+    /// and before an admitted request leaves `pending`, so the two together
+    /// cannot both look idle while a request is in flight.
     async fn drained(&self) -> infer::engine_loop::EngineStats {
         let mut s = self.handle.stats();
         for _ in 0..500 {

@@ -148,10 +148,7 @@ impl Model {
         // ~150 parallel regions a token takes (5 per layer). On a pool thread
         // a region is a local fork and join, and the caller sleeps once per
         // pass. rayon::scope runs inline when already on a pool thread.
-        if rayon::current_thread_index().is_none() {
-            return rayon::scope(|_| self.forward_batch_on_pool(seqs, cache));
-        }
-        self.forward_batch_on_pool(seqs, cache)
+        rayon::scope(|_| self.forward_batch_on_pool(seqs, cache))
     }
 
     /// [`Model::forward_batch`]'s body, on a pool thread.
